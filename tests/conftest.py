@@ -1,0 +1,145 @@
+"""Shared fixtures: a tiny random Llama with a tiny BPE tokenizer (built in seconds), and a tiny trained run.
+
+The tokenizer is a byte-level BPE trained on the shipped example data, with ChatML special tokens and the
+same chat template as SmolLM2, so the real tokenisation and loss-mask code paths run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tuneforge.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def chat(user: str, answer: str, system: str | None = None) -> dict[str, object]:
+    """One chat example as a JSONL row."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": answer},
+    ]
+    return {"messages": messages}
+
+
+def write_jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def toy_rows(n: int) -> list[dict[str, object]]:
+    """A learnable toy task: answer the colour of a numbered item with a fixed JSON shape."""
+    colours = ["red", "green", "blue", "black"]
+    return [chat(f"Item {i}: what colour?", json.dumps({"item": i, "colour": colours[i % 4]})) for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved 2-layer random Llama + BPE tokenizer folder, usable as model.name."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    corpus = [line for f in (ROOT / "examples" / "contracts").glob("*.jsonl") for line in f.read_text().splitlines()]
+    corpus += [json.dumps(r) for r in toy_rows(50)]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    # initializer_range 0.2 (not 0.02): with tied embeddings the logit scale is bounded by the embedding norm,
+    # and at 0.02 a 64-wide model cannot become confident enough for "the loss falls" checks to mean anything.
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60-example chat JSONL of the toy task."""
+    return write_jsonl(tmp_path_factory.mktemp("toy") / "toy.jsonl", toy_rows(60))
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, tiny_model_dir: Path, toy_data: Path):
+    """A fast RunConfig on the tiny model and toy data, with its run directory in tmp_path."""
+
+    def make(*overrides: str):
+        base = [
+            f"model.name={tiny_model_dir}",
+            f"data.path={toy_data}",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=toy",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.learning_rate=0.01",
+            "train.precision=fp32",
+            "evaluate.max_new_tokens=24",
+            "evaluate.limit=8",
+        ]
+        return load_config(None, base + list(overrides))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, toy_data: Path) -> Path:
+    """A run directory with prepared data and a trained adapter of the tiny model (shared, read-only)."""
+    from tuneforge.data import prepare
+    from tuneforge.train import train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny_model_dir}",
+            f"data.path={toy_data}",
+            f"output_dir={out}",
+            "name=toy",
+            "train.epochs=3",
+            "train.learning_rate=0.01",
+            "train.precision=fp32",
+            "evaluate.max_new_tokens=24",
+            "evaluate.limit=8",
+        ],
+    )
+    prepare(cfg)
+    train(cfg, log=lambda *a: None)
+    return cfg.run_dir

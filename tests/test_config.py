@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from tuneforge.config import RunConfig, describe_fields, load_config
+from tuneforge.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_points_at_real_files(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.data.path is not None and Path(cfg.data.path).is_file()
+    if cfg.data.test_path:
+        assert Path(cfg.data.test_path).is_file()
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    cfg = load_config(
+        ROOT / "configs" / "contracts.yaml",
+        ["train.epochs=3", "train.target_modules=[q_proj, v_proj]", "evaluate.limit=5", "name=x"],
+    )
+    assert cfg.train.epochs == 3.0
+    assert cfg.train.target_modules == ["q_proj", "v_proj"]
+    assert cfg.evaluate.limit == 5
+    assert cfg.run_dir == Path("runs") / "x"
+
+
+def test_data_path_resolves_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("data:\n  path: d.jsonl\n")
+    assert load_config(tmp_path / "sub" / "c.yaml").data.path == (tmp_path / "sub" / "d.jsonl").resolve()
+
+
+def test_every_problem_is_reported_at_once_with_suggestions() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epoch=3", "train.lora_r=0", "evaluate.split=dev"])
+    text = str(info.value)
+    assert "3 invalid setting(s)" in text
+    assert "train.epoch: unknown setting; did you mean train.epochs?" in text
+    assert "train.lora_r: Input should be greater than or equal to 1 (got 0)" in text
+    assert "evaluate.split" in text and "'dev'" in text
+
+
+def test_splits_must_leave_training_data() -> None:
+    with pytest.raises(ConfigError, match="leaves too little to train on"):
+        load_config(None, ["data.val_size=0.5", "data.test_size=0.45"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs", "is not key=value"),
+        ("=3", "has an empty key part"),
+        ("name=../escape", "name: String should match pattern"),
+    ],
+)
+def test_bad_overrides(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+
+
+def test_every_field_is_documented() -> None:
+    lines = describe_fields().splitlines()
+    assert any(line.startswith("train.lora_r (default 16): LoRA rank.") for line in lines)
+    assert all(not line.endswith("None") for line in lines), "a field has no description"

@@ -1,0 +1,142 @@
+import json
+from pathlib import Path
+
+import pytest
+from conftest import chat, toy_rows, write_jsonl
+
+from tuneforge.data import prepare
+from tuneforge.data.formats import read_chat_jsonl
+from tuneforge.data.split import split
+from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
+from tuneforge.errors import DataError
+from tuneforge.models import load_tokenizer
+from tuneforge.rundir import read_jsonl
+
+GOOD = chat("Hello", "Hi there")
+
+
+def read_issues(tmp_path: Path, lines: list[str] | bytes) -> list[str]:
+    path = tmp_path / "d.jsonl"
+    if isinstance(lines, bytes):
+        path.write_bytes(lines)
+    else:
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [str(i) for i in read_chat_jsonl(path)[1]]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('{"messages": [', "d.jsonl:1: invalid JSON: Expecting value at column 15 (invalid_json)"),
+        ("[1, 2]", "d.jsonl:1: expected a JSON object, got list (not_an_object)"),
+        ('{"prompt": "x"}', "d.jsonl:1 [messages]: no 'messages' key (keys: ['prompt']) (missing_messages)"),
+        ('{"messages": []}', "d.jsonl:1 [messages]: 'messages' must be a non-empty list"),
+        (
+            '{"messages": [{"role": "bot", "content": "x"}]}',
+            "d.jsonl:1 [messages[0].role]: unknown role 'bot' (unknown_role)",
+        ),
+        ('{"messages": [{"content": "x"}]}', "d.jsonl:1 [messages[0].role]: no 'role' (missing_role)"),
+        ('{"messages": [{"role": "user"}]}', "d.jsonl:1 [messages[0].content]: no 'content' (missing_content)"),
+        ('{"messages": [{"role": "user", "content": "  "}]}', "d.jsonl:1 [messages[0].content]: content is empty"),
+        ('{"messages": [{"role": "user", "content": 5}]}', "content must be a string, got int (content_not_string)"),
+        ('{"messages": [{"role": "user", "content": "x", "mood": 1}]}', "unknown key(s) ['mood'] (unknown_key)"),
+        (
+            '{"messages": [{"role": "user", "content": "x"}]}',
+            "d.jsonl:1 [messages]: no assistant message (roles: ['user'])",
+        ),
+    ],
+)
+def test_each_bad_line_is_named_with_file_line_field_and_fix(tmp_path: Path, line: str, expected: str) -> None:
+    issues = read_issues(tmp_path, [json.dumps(GOOD), line])
+    assert len(issues) == 1
+    assert expected.replace("d.jsonl:1", f"{tmp_path / 'd.jsonl'}:2") in issues[0]
+    assert "; fix: " in issues[0]
+
+
+def test_latin1_file_is_an_encoding_error_and_bom_is_accepted(tmp_path: Path) -> None:
+    latin = json.dumps(chat("Grüße", "Danke"), ensure_ascii=False).encode("latin-1")
+    issues = read_issues(tmp_path, latin + b"\n")
+    assert len(issues) == 1 and "not UTF-8 (byte 0xfc" in issues[0] and "re-save the file as UTF-8" in issues[0]
+    assert read_issues(tmp_path, b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n") == []
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    issues = read_issues(tmp_path, [""])
+    assert len(issues) == 1 and "the file holds no examples (empty_file)" in issues[0]
+
+
+def test_prepare_stops_on_errors_and_reports_all_of_them(tiny_config, tmp_path: Path) -> None:
+    rows = [json.dumps(r) for r in toy_rows(20)] + ["not json", '{"messages": [{"role": "user", "content": "x"}]}']
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    cfg = tiny_config(f"data.path={path}")
+    with pytest.raises(DataError) as info:
+        prepare(cfg)
+    text = str(info.value)
+    assert "2 data error(s)" in text and f"{path}:21: invalid JSON" in text and f"{path}:22 [messages]" in text
+    report = json.loads((cfg.run_dir / "data" / "data_report.json").read_text())
+    assert report["errors"] == 2 and {i["line"] for i in report["issues"]} == {21, 22}
+    assert not (cfg.run_dir / "data" / "train.jsonl").exists()
+
+
+def test_too_long_examples_are_errors_with_the_token_count(tiny_config, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "long.jsonl", toy_rows(20) + [chat("word " * 300, "ok")])
+    with pytest.raises(
+        DataError,
+        match=r"long.jsonl:21 \[messages\]: \d+ tokens with the model's chat template, more "
+        r"than data.max_seq_len=100",
+    ):
+        prepare(tiny_config(f"data.path={path}", "data.max_seq_len=100"))
+
+
+def test_too_few_examples(tiny_config, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "few.jsonl", toy_rows(3))
+    with pytest.raises(DataError, match="3 valid example.s.; at least 4 are needed"):
+        prepare(tiny_config(f"data.path={path}"))
+
+
+def test_missing_data_file(tiny_config, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data.path: file not found"):
+        prepare(tiny_config(f"data.path={tmp_path / 'nope.jsonl'}"))
+
+
+def test_prepare_writes_disjoint_seeded_splits_and_a_report(tiny_config) -> None:
+    cfg = tiny_config("data.val_size=0.1", "data.test_size=0.2")
+    result = prepare(cfg)
+    assert result.counts == {"train": 42, "val": 6, "test": 12}
+    parts = {s: [r["source"] for r in read_jsonl(cfg.run_dir / "data" / f"{s}.jsonl")] for s in result.counts}
+    assert sum(len(v) for v in parts.values()) == len(set().union(*parts.values())) == 60
+    report = json.loads((cfg.run_dir / "data" / "data_report.json").read_text())
+    assert report["counts"] == result.counts and report["tokens"]["train"] > 0
+    assert (cfg.run_dir / "config.yaml").is_file()
+    again = prepare(cfg)
+    assert [r["source"] for r in read_jsonl(again.data_dir / "test.jsonl")] == parts["test"]
+
+
+def test_separate_test_file_is_the_whole_test_split(tiny_config, tmp_path: Path) -> None:
+    test = write_jsonl(tmp_path / "test.jsonl", toy_rows(5))
+    result = prepare(tiny_config(f"data.test_path={test}"))
+    assert result.counts["test"] == 5 and result.counts["train"] + result.counts["val"] == 60
+
+
+def test_split_is_deterministic_and_never_empty() -> None:
+    items = list(range(10))
+    assert split(items, 0.1, 0.1, seed=3) == split(items, 0.1, 0.1, seed=3)
+    assert split(items, 0.1, 0.1, seed=3) != split(items, 0.1, 0.1, seed=4)
+    parts = split(list(range(4)), 0.01, 0.01, seed=0)
+    assert len(parts["val"]) == len(parts["test"]) == 1 and len(parts["train"]) == 2
+
+
+def test_loss_mask_covers_exactly_the_assistant_turns(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    messages = [
+        {"role": "system", "content": "Be short."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "See you."},
+    ]
+    enc = encode_chat(tokenizer, messages)
+    learned = tokenizer.decode([t for t, label in zip(enc.input_ids, enc.labels, strict=True) if label != IGNORE_INDEX])
+    assert learned == "Hello!<|im_end|>\nSee you.<|im_end|>\n"
+    assert all(label in (IGNORE_INDEX, t) for t, label in zip(enc.input_ids, enc.labels, strict=True))

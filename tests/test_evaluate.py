@@ -1,0 +1,84 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tuneforge.errors import ModelError, RunError
+from tuneforge.evaluation import evaluate
+from tuneforge.evaluation.evaluate import summary_rows
+from tuneforge.evaluation.metrics import json_extraction, parse_json_object, perplexity, same_value
+from tuneforge.rundir import load_run, read_jsonl
+
+
+def test_json_extraction_scores_validity_fields_and_exact_match() -> None:
+    refs = ['{"a": "x", "n": 24, "f": 12.5}'] * 4
+    preds = [
+        '{"a": "x", "n": 24.0, "f": 12.5}',  # all right (24 == 24.0)
+        '{"a": "x", "n": 12, "f": 12.5}',  # one field wrong
+        'Sure! {"a": "x", "n": 24, "f": 12.5}',  # not exactly JSON: counts as invalid
+        '{"a": " x ", "n": 24, "f": 12.5, "z": 1}',  # right fields, but an extra key: no exact match
+    ]
+    scores = json_extraction(preds, refs)
+    assert scores["json_valid"] == 0.75
+    assert scores["exact_match"] == 0.25
+    assert scores["field_accuracy"] == {"a": 0.75, "n": 0.5, "f": 0.75}
+    assert scores["mean_field_accuracy"] == pytest.approx((0.75 + 0.5 + 0.75) / 3)
+
+
+def test_metric_helpers() -> None:
+    assert parse_json_object(' {"a": 1}\n') == {"a": 1}
+    assert parse_json_object("[1]") is None and parse_json_object("{bad") is None
+    assert same_value(24, 24.0) and not same_value(True, 1) and not same_value("24", 24)
+    assert perplexity(0.0) == 1.0 and perplexity(1e9) > 1e20
+    assert json_extraction([], [])["json_valid"] == 0.0
+
+
+def test_evaluate_scores_base_and_tuned_side_by_side(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "toy"
+    shutil.copytree(trained_run, run)
+    cfg = load_run(run, ["evaluate.limit=6"])
+    report = evaluate(cfg, log=lambda *a: None)
+    assert set(report.scores) == {"base", "tuned"} and report.n == 6
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["models"]["tuned"]["loss"] == report.scores["tuned"]["loss"]
+    # The toy task is learnable in 3 epochs: the tuned adapter must beat the random base model clearly.
+    assert report.scores["tuned"]["loss"] < report.scores["base"]["loss"] - 1.0
+    assert report.scores["tuned"]["json_valid"] >= report.scores["base"]["json_valid"]
+    predictions = read_jsonl(run / "predictions.jsonl")
+    assert len(predictions) == 6 and {"source", "reference", "base", "tuned"} <= set(predictions[0])
+    names = [name for name, _ in summary_rows(report)]
+    assert names[:5] == ["loss", "perplexity", "json_valid", "exact_match", "mean_field_accuracy"]
+    assert "  colour" in names
+
+
+def test_evaluate_errors_name_the_missing_piece(trained_run: Path, tmp_path: Path, tiny_config) -> None:
+    with pytest.raises(RunError, match="is not a tuneforge run directory"):
+        load_run(tmp_path / "nothing")
+    run = tmp_path / "toy"
+    shutil.copytree(trained_run, run)
+    (run / "data" / "test.jsonl").unlink()
+    with pytest.raises(RunError, match=r"test.jsonl does not exist\n  fix: run `tuneforge prepare"):
+        evaluate(load_run(run), log=lambda *a: None)
+    shutil.copytree(trained_run / "data", run / "data", dirs_exist_ok=True)
+    shutil.rmtree(run / "model")
+    with pytest.raises(RunError, match=r"model does not exist\n  fix: run `tuneforge train"):
+        evaluate(load_run(run), log=lambda *a: None)
+
+
+def test_an_adapter_on_the_wrong_base_model_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = tmp_path / "other-base"
+    shutil.copytree(_base_dir(trained_run), other)
+    config = LlamaConfig.from_pretrained(other)
+    config.hidden_size, config.intermediate_size = 32, 64
+    LlamaForCausalLM(config).save_pretrained(other)
+    run = tmp_path / "toy"
+    shutil.copytree(trained_run, run)
+    with pytest.raises(ModelError, match="does not fit the base model"):
+        evaluate(load_run(run, [f"model.name={other}"]), log=lambda *a: None)
+
+
+def _base_dir(run: Path) -> Path:
+    return Path(json.loads((run / "model" / "tuneforge.json").read_text())["base_model"])

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from tuneforge.generation import Completion, SamplingParams, generate, stream, use_adapter
+from tuneforge.models import load_adapter, load_model, load_tokenizer
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Item 1: what colour?"}],
+    [
+        {"role": "system", "content": "Answer in JSON."},
+        {"role": "user", "content": "Item 22: what colour is it, please?"},
+    ],
+    [{"role": "user", "content": "Item 3"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tuned(trained_run: Path, tiny_model_dir: Path):
+    model = load_adapter(load_model(str(tiny_model_dir)), trained_run / "model", "toy").eval()
+    return model, load_tokenizer(str(tiny_model_dir))
+
+
+def test_batched_generation_equals_one_by_one(tuned) -> None:
+    model, tokenizer = tuned
+    params = SamplingParams(max_new_tokens=12)
+    together = generate(model, tokenizer, CONVERSATIONS, params)
+    alone = [generate(model, tokenizer, [c], params)[0] for c in CONVERSATIONS]
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert all(c.completion_tokens <= 12 and c.prompt_tokens > 5 for c in together)
+
+
+def test_stream_yields_the_same_text_as_generate(tuned) -> None:
+    model, tokenizer = tuned
+    params = SamplingParams(max_new_tokens=16)
+    pieces = list(stream(model, tokenizer, CONVERSATIONS[0], params))
+    final = pieces[-1]
+    assert isinstance(final, Completion)
+    assert "".join(p for p in pieces[:-1] if isinstance(p, str)) == final.text
+    assert final == generate(model, tokenizer, CONVERSATIONS[:1], params)[0]
+
+
+def test_stop_strings_cut_the_answer_in_both_paths(tuned) -> None:
+    model, tokenizer = tuned
+    full = generate(model, tokenizer, CONVERSATIONS[:1], SamplingParams(max_new_tokens=16))[0].text
+    assert len(full) > 4
+    stop = full[3:5]
+    cut = full[: full.index(stop)]
+    params = SamplingParams(max_new_tokens=16, stop=(stop,))
+    assert generate(model, tokenizer, CONVERSATIONS[:1], params)[0].text == cut
+    pieces = list(stream(model, tokenizer, CONVERSATIONS[0], params))
+    assert "".join(p for p in pieces if isinstance(p, str)) == cut
+    assert pieces[-1].finish_reason == "stop"
+
+
+def test_use_adapter_switches_between_base_and_tuned(tuned, tiny_model_dir: Path) -> None:
+    model, tokenizer = tuned
+    params = SamplingParams(max_new_tokens=10)
+    base = load_model(str(tiny_model_dir)).eval()
+    with use_adapter(model, None):
+        off = generate(model, tokenizer, CONVERSATIONS[:1], params)[0].text
+    with use_adapter(model, "toy"):
+        on = generate(model, tokenizer, CONVERSATIONS[:1], params)[0].text
+    assert off == generate(base, tokenizer, CONVERSATIONS[:1], params)[0].text
+    assert on != off
