@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from tuneforge.generation import Completion, SamplingParams, generate, stream, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer
@@ -63,3 +64,15 @@ def test_use_adapter_switches_between_base_and_tuned(tuned, tiny_model_dir: Path
         on = generate(model, tokenizer, CONVERSATIONS[:1], params)[0].text
     assert off == generate(base, tokenizer, CONVERSATIONS[:1], params)[0].text
     assert on != off
+
+
+def test_merged_adapter_generates_what_the_unmerged_one_does(tuned) -> None:
+    model, tokenizer = tuned
+    params = SamplingParams(max_new_tokens=12)
+    before = [p.detach().clone() for p in model.parameters()]
+    with use_adapter(model, "toy"):
+        unmerged = generate(model, tokenizer, CONVERSATIONS, params)
+    with use_adapter(model, "toy", merge=True):
+        merged = generate(model, tokenizer, CONVERSATIONS, params)
+    assert [c.text for c in merged] == [c.text for c in unmerged]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(before, model.parameters(), strict=True))

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -8,8 +9,8 @@ from safetensors.torch import load_file
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
 from tuneforge.models import load_adapter, load_model, load_tokenizer
-from tuneforge.train import train
-from tuneforge.train.tasks import collate, loss_sum
+from tuneforge.train import tasks, train
+from tuneforge.train.tasks import collate, loss_sum, steps
 
 
 def test_loss_falls_lora_moves_and_base_stays(tiny_config, tiny_model_dir: Path) -> None:
@@ -68,13 +69,18 @@ def test_reloaded_adapter_reproduces_the_trained_outputs(trained_run: Path, tiny
         assert torch.allclose(merged(input_ids=ids).logits, a, atol=1e-4)
 
 
-def test_selective_logits_loss_equals_the_full_cross_entropy(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("plain_head", [True, False], ids=["labelled-rows", "logits_to_keep"])
+def test_selective_logits_loss_equals_the_full_cross_entropy(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, plain_head: bool
+) -> None:
+    if not plain_head:  # the generic path every other architecture takes
+        monkeypatch.setattr(tasks, "PLAIN_HEAD", frozenset())
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir)).eval()
     examples = [
         encode_chat(
             tokenizer,
-            [{"role": "user", "content": f"Item {i}: what colour?"}, {"role": "assistant", "content": "blue " * i}],
+            [{"role": "user", "content": f"Item {i}: what colour?" * i}, {"role": "assistant", "content": "blue " * i}],
         )
         for i in range(1, 5)
     ]
@@ -90,6 +96,26 @@ def test_selective_logits_loss_equals_the_full_cross_entropy(tiny_model_dir: Pat
         )
     assert torch.allclose(fast, full, rtol=1e-5)
     assert batch.n_loss_tokens == int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def test_steps_group_similar_lengths_and_cover_each_example_once(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    examples = [
+        encode_chat(
+            tokenizer, [{"role": "user", "content": "word " * (i * 7 % 40 + 1)}, {"role": "assistant", "content": "ok"}]
+        )
+        for i in range(64)
+    ]
+    epoch = list(steps(examples, batch_size=4, grad_accum=2, pad_id=0, seed=1))
+    assert len(epoch) == 8 and all(len(step) == 2 for step in epoch)
+    seen = sorted(tuple(row[row != 0].tolist()) for step in epoch for b in step for row in b.input_ids)
+    assert seen == sorted(tuple(t for t in e.input_ids if t != 0) for e in examples)
+    grouped = sum(b.input_ids.numel() - b.n_tokens for step in epoch for b in step)
+    shuffled = sum(b.input_ids.numel() - b.n_tokens for b in (collate(examples[i : i + 4], 0) for i in range(0, 64, 4)))
+    assert grouped < shuffled / 3, (grouped, shuffled)
+    assert [b.input_ids.tolist() for s in epoch for b in s] == [
+        b.input_ids.tolist() for s in steps(examples, 4, 2, 0, seed=1) for b in s
+    ]
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_config) -> None:

@@ -107,7 +107,8 @@ LAST = ["Schmidt", "Becker", "Wagner", "Clarke", "Fischer", "Jensen", "Wolf", "M
 EN_TRAIN = [
     'This Service Agreement is made between {p} ("Provider") and {c} ("Customer"). The agreement commences on {s} '
     "and runs for {t}. Customer shall pay a monthly fee of {f}. Either party may terminate with {n} notice.",
-    "{c} engages {p} for a term of {t}, starting {s}. The monthly charge is {f}. Termination requires {n} written notice.",
+    "{c} engages {p} for a term of {t}, starting {s}. The monthly charge is {f}. "
+    "Termination requires {n} written notice.",
     "Effective {s}, {p} will provide the services to {c}. Fees: {f} per month. Term: {t}. Notice period: {n}.",
     "Between {p} and {c}: start date {s}; initial term {t}; monthly fee {f}; either side may cancel on {n} notice.",
     "The Customer, {c}, agrees to pay {p} {f} each month for {t} from {s}. A notice period of {n} applies.",

