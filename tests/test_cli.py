@@ -55,7 +55,7 @@ def test_user_errors_are_one_clear_message_without_traceback(tmp_path: Path) -> 
     result = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == 2 and "config file not found" in result.output
     result = runner.invoke(app, ["serve", str(tmp_path)])
-    assert result.exit_code == 2 and "has no trained model" in result.output
+    assert result.exit_code == 2 and "is not a tuneforge run directory" in result.output
 
 
 def test_help_teaches_every_config_field() -> None:

@@ -116,6 +116,12 @@ EN_TRAIN = [
     "can be terminated with {n} notice.",
     "Subscription terms: supplier {p}; client {c}; commencement {s}; minimum term {t}; {f} billed monthly; "
     "cancellation with {n} notice to the end of a month.",
+    "Order {id}: {c} buys the maintenance plan of {p}. Price {f} per month, running {t} from {s}; notice {n}.",
+    "{p} (the Licensor) grants {c} (the Licensee) access from {s}. License term: {t}. Monthly license fee: {f}. "
+    "Notice of termination: {n}.",
+    "Purchase order from {c} to vendor {p}. Monthly amount: {f}. Start: {s}. Period: {t}. Cancellation: {n} notice.",
+    "As of {s} the hosting by {p} for {c} costs {f} monthly. The contract term is {t}, the notice period {n}.",
+    "Client {c} leases office equipment from lessor {p}: {f} per month for {t}, beginning {s}, {n} notice required.",
 ]
 EN_TEST = [
     "Starting on {s}, {c} rents the equipment from {p} for {t} at {f} a month; the lease ends after {n} notice.",
@@ -135,6 +141,14 @@ DE_TRAIN = [
     "Zwischen {p} und {c} wird vereinbart: Beginn am {s}, Dauer {t}, monatlicher Preis {f}, Kündigung mit {n} Frist "
     "zum Monatsende.",
     "Abonnementvertrag: Anbieter {p}; Kunde {c}; Start {s}; Laufzeit {t}; {f} monatlich; Kündigungsfrist {n}.",
+    "Bestellung {id}: {c} bestellt bei {p} den Wartungsvertrag. Preis {f} pro Monat, Laufzeit {t} ab {s}; "
+    "Kündigungsfrist {n}.",
+    "{p} (Lizenzgeber) räumt {c} (Lizenznehmer) ab dem {s} eine Lizenz für {t} ein. Lizenzgebühr monatlich {f}. "
+    "Kündigung mit {n} Frist.",
+    "Auftrag von {c} an den Lieferanten {p}: monatlicher Betrag {f}, Beginn {s}, Dauer {t}, Kündigung mit {n} Frist.",
+    "Ab {s} kostet das Hosting durch {p} für {c} monatlich {f}. Die Vertragslaufzeit beträgt {t}, die "
+    "Kündigungsfrist {n}.",
+    "Der Mieter {c} mietet vom Vermieter {p} Büroausstattung: {f} pro Monat für {t}, Beginn {s}, Kündigungsfrist {n}.",
 ]
 DE_TEST = [
     "{c} mietet die Geräte von {p} ab dem {s} für {t} zu {f} im Monat; die Miete endet nach Kündigung mit {n} Frist.",
@@ -238,7 +252,7 @@ def generate(n: int, templates: dict[str, list[str]], rng: random.Random) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--train", type=int, default=320, help="examples in train.jsonl (later split into train/val)")
+    parser.add_argument("--train", type=int, default=200, help="examples in train.jsonl (later split into train/val)")
     parser.add_argument("--test", type=int, default=48, help="examples in test.jsonl (held-out templates)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneforge.config import EMBEDDED_MODEL, RunConfig, describe_fields, load_config
-from tuneforge.errors import TuneforgeError
+from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, describe_fields, load_config
+from tuneforge.errors import RunError, TuneforgeError
 from tuneforge.rundir import CONFIG_FILE, load_run
 
 app = typer.Typer(
@@ -96,15 +96,17 @@ def evaluate(target: Target, overrides: Overrides = None) -> None:
         _print_eval(evaluate_run(resolve_target(target, overrides), log=out.print))
 
 
+def _serve_help(name: str) -> str:
+    return f"{ServeConfig.model_fields[name].description} [default: serve.{name} of the first run's config]"
+
+
 @app.command()
 def serve(
     run_dirs: RunDirs,
-    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key_env: Annotated[
-        str, typer.Option(help="Env variable with the API key clients must send.")
-    ] = "TUNEFORGE_API_KEY",
-    max_tokens: Annotated[int, typer.Option(help="Upper bound for max_tokens in a request.")] = 512,
+    host: Annotated[str | None, typer.Option(help=_serve_help("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_serve_help("port"))] = None,
+    api_key_env: Annotated[str | None, typer.Option(help=_serve_help("api_key_env"))] = None,
+    max_tokens: Annotated[int | None, typer.Option(help=_serve_help("max_new_tokens"))] = None,
 ) -> None:
     """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
     import uvicorn
@@ -112,10 +114,17 @@ def serve(
     from tuneforge.serve import ServeSettings, create_app
 
     with user_errors():
-        key = os.environ.get(api_key_env) or None
-        application = create_app(ServeSettings(tuple(run_dirs), key, max_tokens))
+        if not run_dirs:
+            raise RunError("no run directory to serve", "pass at least one run directory, e.g. runs/contracts")
+        defaults = load_run(run_dirs[0]).serve
+        env = api_key_env or defaults.api_key_env
+        key = os.environ.get(env) or None
+        limit = max_tokens or defaults.max_new_tokens
+        application = create_app(ServeSettings(tuple(run_dirs), key, limit))
+        host, port = host or defaults.host, port or defaults.port
         names = ", ".join(application.state.engine.models)
-        out.print(f"serving {names} on http://{host}:{port}/v1 (API key {'required' if key else 'not required'})")
+        state = "required" if key else "unset, none required"
+        out.print(f"serving {names} on http://{host}:{port}/v1 (API key from ${env}: {state})")
         uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
