@@ -49,5 +49,5 @@ def test_the_example_pipeline_runs_end_to_end_on_the_real_model(tmp_path: Path) 
     assert result.trained.steps == 3
     tuned, base = result.evaluated.scores["tuned"], result.evaluated.scores["base"]
     # Even three LoRA steps on the task lower the held-out loss of the assistant answers.
-    assert tuned["loss"] < base["loss"]
+    assert tuned["test_loss"] < base["test_loss"]
     assert (cfg.run_dir / "model" / "adapter_model.safetensors").is_file()

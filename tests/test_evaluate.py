@@ -41,14 +41,23 @@ def test_evaluate_scores_base_and_tuned_side_by_side(trained_run: Path, tmp_path
     report = evaluate(cfg, log=lambda *a: None)
     assert set(report.scores) == {"base", "tuned"} and report.n == 6
     saved = json.loads((run / "eval.json").read_text())
-    assert saved["models"]["tuned"]["loss"] == report.scores["tuned"]["loss"]
+    assert saved["models"]["tuned"]["test_loss"] == report.scores["tuned"]["test_loss"]
     # The toy task is learnable in 3 epochs: the tuned adapter must beat the random base model clearly.
-    assert report.scores["tuned"]["loss"] < report.scores["base"]["loss"] - 1.0
+    for split in ("val", "test"):
+        assert report.scores["tuned"][f"{split}_loss"] < report.scores["base"][f"{split}_loss"] - 1.0
     assert report.scores["tuned"]["json_valid"] >= report.scores["base"]["json_valid"]
     predictions = read_jsonl(run / "predictions.jsonl")
     assert len(predictions) == 6 and {"source", "reference", "base", "tuned"} <= set(predictions[0])
     names = [name for name, _ in summary_rows(report)]
-    assert names[:5] == ["loss", "perplexity", "json_valid", "exact_match", "mean_field_accuracy"]
+    assert names[:7] == [
+        "val_loss",
+        "val_perplexity",
+        "test_loss",
+        "test_perplexity",
+        "json_valid",
+        "exact_match",
+        "mean_field_accuracy",
+    ]
     assert "  colour" in names
 
 

@@ -18,6 +18,8 @@ BLOCKS = re.findall(r"```(?:bash|console)\n(.*?)```", README, flags=re.S)
 def commands() -> list[str]:
     """Every `tuneforge ...` command line shown in the README's shell blocks (without the `$ ` prompt)."""
     lines = [line.removeprefix("$ ").strip() for block in BLOCKS for line in block.splitlines()]
+    # Drop leading VAR=value environment settings: `HF_HUB_OFFLINE=1 tuneforge ...` is a tuneforge command too.
+    lines = [re.sub(r"^(?:[A-Z_]+=\S+ )+", "", line) for line in lines]
     return [line for line in lines if line.startswith("tuneforge ")]
 
 
@@ -46,15 +48,18 @@ def test_every_cli_command_is_documented() -> None:
 
 
 @pytest.mark.parametrize("line", commands())
-def test_every_command_shown_parses(line: str) -> None:
+def test_every_command_shown_parses(line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the README's commands run from the repository root
     words = shlex.split(line)[1:]
     command, args = words[0], [w for w in words[1:] if not w.startswith("-")]
     assert CliRunner().invoke(app, [command, "--help"]).exit_code == 0
     targets = [a for a in args if a.endswith(".yaml")]
     if targets:  # config and overrides are what the user would run: they must validate
-        cfg = load_config(ROOT / targets[0], [a for a in args if "=" in a])
+        cfg = load_config(targets[0], [a for a in args if "=" in a])
         assert cfg.data.path is not None and Path(cfg.data.path).is_file()
 
 
 def test_the_config_reference_is_the_generated_one() -> None:
-    assert describe_fields() in README, "run `python -c 'from tuneforge.config import describe_fields as d; print(d())'`"
+    assert describe_fields() in README, (
+        "run `python -c 'from tuneforge.config import describe_fields as d; print(d())'`"
+    )

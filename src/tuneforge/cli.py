@@ -23,7 +23,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(soft_wrap=True)  # paths and commands stay on one line, copyable
 
 FIELDS_HELP = "\b\nConfig fields (set in YAML or as key=value):\n" + describe_fields().replace("\n", "\n\n\b\n")
 Target = Annotated[str, typer.Argument(help="A YAML config file, or a run directory (runs/<name>) made from one.")]
@@ -68,10 +68,11 @@ def prepare(target: Target, overrides: Overrides = None) -> None:
 
     with user_errors():
         result = prepare_data(resolve_target(target, overrides))
-        table = Table("split", "examples", "tokens", title=f"prepared -> {result.data_dir}")
+        table = Table("split", "examples", "tokens")
         for split, count in result.counts.items():
             table.add_row(split, str(count), f"{result.tokens[split]:,}")
         out.print(table)
+        out.print(f"wrote {result.data_dir}/{{train,val,test}}.jsonl and data_report.json")
 
 
 @app.command(epilog=FIELDS_HELP)
@@ -180,4 +181,7 @@ def _print_eval(report: object) -> None:
 
 def main() -> None:
     """Entry point of the `tuneforge` command."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for one-second loads; our own bars stay
     app()

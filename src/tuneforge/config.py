@@ -97,7 +97,11 @@ class EvalConfig(_Section):
     )
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
-    limit: int | None = Field(None, ge=1, description="Score only the first N examples of the split.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Score only the first N examples of each split (a quick look; the full split is the real score).",
+    )
     compare_base: bool = Field(True, description="Also score the base model (adapter off) on the same split.")
 
 

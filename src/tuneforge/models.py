@@ -7,10 +7,13 @@ Dequantising it takes ~15 s, so the first use converts it once to safetensors in
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -158,6 +161,14 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Hide a FutureWarning that peft triggers inside transformers 5 on every wrap; it is not the user's to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_adapter(model: Any, adapter_dir: str | Path, name: str) -> Any:
     """Attach a saved PEFT adapter (safetensors) to `model` under `name`; returns the PeftModel."""
     from peft import PeftModel
@@ -166,10 +177,11 @@ def load_adapter(model: Any, adapter_dir: str | Path, name: str) -> Any:
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir} holds no adapter (adapter_config.json missing)", "run `tuneforge train` first")
     try:
-        if isinstance(model, PeftModel):
-            model.load_adapter(str(adapter_dir), adapter_name=name)
-            return model
-        return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name)
+        with quiet_peft():
+            if isinstance(model, PeftModel):
+                model.load_adapter(str(adapter_dir), adapter_name=name)
+                return model
+            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ModelError(
             f"adapter {adapter_dir} does not fit the base model: {str(exc).splitlines()[0]}",

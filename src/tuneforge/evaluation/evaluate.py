@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -47,16 +48,18 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     start = time.perf_counter()
     prompts = [_prompt(r["messages"]) for r in rows]
     references = [r["messages"][-1]["content"] for r in rows]
-    encoded = load_sft(split_path, tokenizer)[: len(rows)]
+    loss_sets = _loss_sets(run_dir, cfg, tokenizer)
     params = SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens)
     report = EvalReport(cfg.evaluate.split, len(rows))
     outputs: dict[str, list[str]] = {}
     variants = (["base"] if cfg.evaluate.compare_base else []) + [TUNED]
     for variant in variants:
+        scores: dict[str, Any] = {}
         with use_adapter(model, None if variant == "base" else TUNED, merge=True):
-            loss = mean_loss(model, encoded, cfg.evaluate.batch_size, int(tokenizer.pad_token_id))
+            for split, encoded in loss_sets.items():
+                loss = mean_loss(model, encoded, cfg.evaluate.batch_size, int(tokenizer.pad_token_id))
+                scores[f"{split}_loss"], scores[f"{split}_perplexity"] = round(loss, 4), round(perplexity(loss), 3)
             outputs[variant] = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, variant)
-        scores: dict[str, Any] = {"loss": round(loss, 4), "perplexity": round(perplexity(loss), 3)}
         if cfg.evaluate.task == "json":
             scores.update(json_extraction(outputs[variant], references))
         report.scores[variant] = scores
@@ -70,6 +73,15 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     )
     atomic_write_json(run_dir / "eval.json", report.to_json())
     return report
+
+
+def _loss_sets(run_dir: Path, cfg: RunConfig, tokenizer: Any) -> dict[str, list[Any]]:
+    """Encoded examples of the validation split (when there is one) and of the scored split, for their losses."""
+    splits = dict.fromkeys(["val", cfg.evaluate.split])
+    paths = {s: run_dir / "data" / f"{s}.jsonl" for s in splits}
+    return {
+        s: load_sft(p, tokenizer)[: cfg.evaluate.limit] for s, p in paths.items() if p.is_file() and p.stat().st_size
+    }
 
 
 def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -90,7 +102,8 @@ def _predict(
 def summary_rows(report: EvalReport) -> list[tuple[str, list[str]]]:
     """(metric, [value per model]) rows for a side-by-side table, in a stable order."""
     models = list(report.scores)
-    keys = ["loss", "perplexity", "json_valid", "exact_match", "mean_field_accuracy"]
+    losses = [k for k in report.scores[models[-1]] if k.endswith(("_loss", "_perplexity"))]
+    keys = losses + ["json_valid", "exact_match", "mean_field_accuracy"]
     rows = [(k, [_fmt(report.scores[m].get(k)) for m in models]) for k in keys if k in report.scores[models[-1]]]
     fields = report.scores[models[-1]].get("field_accuracy", {})
     rows += [(f"  {f}", [_fmt(report.scores[m]["field_accuracy"].get(f)) for m in models]) for f in fields]

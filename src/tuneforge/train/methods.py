@@ -8,6 +8,7 @@ from typing import Any
 from peft import LoraConfig, get_peft_model
 
 from tuneforge.config import TrainConfig
+from tuneforge.models import quiet_peft
 
 Method = Callable[[Any, TrainConfig], Any]
 METHODS: dict[str, Method] = {}
@@ -33,7 +34,8 @@ def apply_lora(model: Any, cfg: TrainConfig) -> Any:
         target_modules=cfg.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with quiet_peft():
+        return get_peft_model(model, config)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
