@@ -140,3 +140,15 @@ def test_loss_mask_covers_exactly_the_assistant_turns(tiny_model_dir: Path) -> N
     learned = tokenizer.decode([t for t, label in zip(enc.input_ids, enc.labels, strict=True) if label != IGNORE_INDEX])
     assert learned == "Hello!<|im_end|>\nSee you.<|im_end|>\n"
     assert all(label in (IGNORE_INDEX, t) for t, label in zip(enc.input_ids, enc.labels, strict=True))
+
+
+def test_the_shipped_broken_example_reports_each_rule_once(tiny_config) -> None:
+    """examples/broken/chat.jsonl is the README's bad-data demo: one line per rule, the first line valid."""
+    broken = Path(__file__).resolve().parents[1] / "examples" / "broken" / "chat.jsonl"
+    cfg = tiny_config(f"data.path={broken}", "data.max_seq_len=384")
+    with pytest.raises(DataError, match="6 data error"):
+        prepare(cfg)
+    report = json.loads((cfg.run_dir / "data" / "data_report.json").read_text())
+    rules = [(i["line"], i["rule"]) for i in report["issues"]]
+    expected = ["invalid_json", "unknown_role", "empty_content", "no_assistant", "missing_messages", "too_long"]
+    assert rules == list(enumerate(expected, start=2))

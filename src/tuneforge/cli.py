@@ -173,7 +173,11 @@ def _print_eval(report: object) -> None:
     from tuneforge.evaluation.evaluate import EvalReport, summary_rows
 
     assert isinstance(report, EvalReport)
-    table = Table("metric", *report.scores, title=f"{report.split} split, {report.n} examples")
+    table = Table(
+        "metric",
+        *report.scores,
+        title=f"base vs tuned; answers scored on the {report.split} split ({report.n} examples)",
+    )
     for name, values in summary_rows(report):
         table.add_row(name, *values)
     out.print(table)
