@@ -54,7 +54,12 @@ def measure(variant: str, model_name: str, steps: int, batch_size: int, warmup: 
             tokens += batch.n_tokens
             losses.append(float(loss))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / steps, "peak_rss_mib": peak_mib, "loss": losses[0]}
+    return {
+        "tokens_per_s": tokens / seconds,
+        "s_per_step": seconds / steps,
+        "peak_rss_mib": peak_mib,
+        "loss": losses[0],
+    }
 
 
 def main() -> None:

@@ -36,7 +36,11 @@ def test_stages_one_by_one_then_the_whole_run(tiny_model_dir: Path, toy_data: Pa
     assert "trained 6 steps" in result.output and (run_dir / "model" / "adapter_model.safetensors").is_file()
     result = runner.invoke(app, ["evaluate", str(run_dir), "evaluate.limit=3"])
     assert result.exit_code == 0, result.output
-    assert "answers scored on the test split (3 examples)" in result.output and "base" in result.output and "tuned" in result.output
+    assert (
+        "answers scored on the test split (3 examples)" in result.output
+        and "base" in result.output
+        and "tuned" in result.output
+    )
     assert json.loads((run_dir / "eval.json").read_text())["n"] == 3
 
     result = runner.invoke(app, ["run", str(config), *args, "name=whole"])

@@ -12,19 +12,24 @@ from tuneforge.config import describe_fields, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-BLOCKS = re.findall(r"```(?:bash|console)\n(.*?)```", README, flags=re.S)
+BLOCKS = re.findall(r"```(bash|console)\n(.*?)```", README, flags=re.S)
 
 
 def commands() -> list[str]:
-    """Every `tuneforge ...` command line shown in the README's shell blocks (without the `$ ` prompt)."""
-    lines = [line.removeprefix("$ ").strip() for block in BLOCKS for line in block.splitlines()]
+    """Every `tuneforge ...` command the README shows: each line of a bash block, `$ ` lines of a console block."""
+    lines = [
+        line.removeprefix("$ ").strip()
+        for kind, block in BLOCKS
+        for line in block.splitlines()
+        if kind == "bash" or line.startswith("$ ")
+    ]
     # Drop leading VAR=value environment settings: `HF_HUB_OFFLINE=1 tuneforge ...` is a tuneforge command too.
     lines = [re.sub(r"^(?:[A-Z_]+=\S+ )+", "", line) for line in lines]
     return [line for line in lines if line.startswith("tuneforge ")]
 
 
 def setup_commands() -> tuple[str, str]:
-    first, second = (block.strip().splitlines()[-1] for block in BLOCKS[:2])
+    first, second = (block.strip().splitlines()[-1] for _, block in BLOCKS[:2])
     return first, second
 
 
