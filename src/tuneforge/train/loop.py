@@ -19,6 +19,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from tuneforge.config import RunConfig
+from tuneforge.data.tokenize import Encoded
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, require, save_config
@@ -57,18 +58,8 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
-    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
-    model = METHODS[cfg.train.method](load_model(cfg.model.name, cfg.model.revision, device=device), cfg.train)
-    trainable, total = count_parameters(model)
-    log(
-        f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
-        f"({100 * trainable / total:.2f}%), method {cfg.train.method}, {precision} on {device}"
-    )
-
-    train_set = load_sft(data_dir / "train.jsonl", tokenizer)
-    val_set = load_sft(data_dir / "val.jsonl", tokenizer) if (data_dir / "val.jsonl").is_file() else []
-    if not train_set:
-        raise TrainingError(f"{data_dir / 'train.jsonl'} holds no examples", "run `tuneforge prepare` with more data")
+    model, tokenizer = _setup_model(cfg, device, precision, log)
+    train_set, val_set = _load_splits(data_dir, tokenizer)
     pad_id = int(tokenizer.pad_token_id)
     per_epoch = math.ceil(len(train_set) / (cfg.train.batch_size * cfg.train.grad_accum))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
@@ -88,21 +79,13 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
             group = next(stream)
             loss = _optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
             state.record(loss, group)
-            elapsed = time.perf_counter() - start
-            row = {
-                "step": state.step,
-                "epoch": round(state.examples / len(train_set), 4),
-                "loss": round(loss, 5),
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": round(state.tokens / elapsed, 1),
-                "elapsed_s": round(elapsed, 2),
-            }
+            row = state.row(scheduler.get_last_lr()[0], len(train_set), time.perf_counter() - start)
             if state.step % per_epoch == 0 or state.step == total_steps:
                 with _autocast(device, precision):
-                    row["val_loss"] = (
+                    state.val_loss = (
                         round(mean_loss(model, val_set, cfg.train.batch_size, pad_id), 5) if val_set else None
                     )
-                state.val_loss = row["val_loss"]
+                row["val_loss"] = state.val_loss
                 bar.write(f"step {state.step}: val_loss {state.val_loss}")
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -116,7 +99,30 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
     return TrainResult(model_dir, state.step, state.last_loss, state.val_loss, state.tokens, seconds, precision)
 
 
+def _setup_model(cfg: RunConfig, device: str, precision: str, log: Any) -> tuple[Any, Any]:
+    """The base model wrapped by the training method, and its tokenizer; logs what will train."""
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
+    model = METHODS[cfg.train.method](load_model(cfg.model.name, cfg.model.revision, device=device), cfg.train)
+    trainable, total = count_parameters(model)
+    log(
+        f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%), method {cfg.train.method}, {precision} on {device}"
+    )
+    return model, tokenizer
+
+
+def _load_splits(data_dir: Path, tokenizer: Any) -> tuple[list[Encoded], list[Encoded]]:
+    """Encoded train and validation splits (validation may be empty)."""
+    train_set = load_sft(data_dir / "train.jsonl", tokenizer)
+    val_set = load_sft(data_dir / "val.jsonl", tokenizer) if (data_dir / "val.jsonl").is_file() else []
+    if not train_set:
+        raise TrainingError(f"{data_dir / 'train.jsonl'} holds no examples", "run `tuneforge prepare` with more data")
+    return train_set, val_set
+
+
 class _State:
+    """Progress of one training run: steps, examples and tokens seen, latest losses."""
+
     def __init__(self) -> None:
         self.step = 0
         self.examples = 0
@@ -129,6 +135,17 @@ class _State:
         self.examples += sum(b.input_ids.size(0) for b in group)
         self.tokens += sum(b.n_tokens for b in group)
         self.last_loss = loss
+
+    def row(self, lr: float, n_train: int, elapsed: float) -> dict[str, Any]:
+        """The metrics.jsonl line of the latest step."""
+        return {
+            "step": self.step,
+            "epoch": round(self.examples / n_train, 4),
+            "loss": round(self.last_loss, 5),
+            "lr": lr,
+            "tokens_per_s": round(self.tokens / elapsed, 1),
+            "elapsed_s": round(elapsed, 2),
+        }
 
 
 def _endless_steps(train_set: list[Any], cfg: RunConfig, pad_id: int) -> Iterator[list[Batch]]:
