@@ -1,3 +1,4 @@
+import io
 import json
 import shutil
 from pathlib import Path
@@ -86,3 +87,27 @@ def test_chat_streams_answers_and_keeps_history(trained_run: Path, tmp_path: Pat
         and "chatting with " + str(json.loads((run / "model" / "tuneforge.json").read_text())["base_model"])
         in base.output
     )
+
+
+def test_ctrl_c_stops_the_answer_not_the_chat() -> None:
+    from tuneforge.chat import chat_loop
+    from tuneforge.generation import Completion, SamplingParams
+
+    class Engine:
+        def __init__(self) -> None:
+            self.calls: list[list[dict[str, str]]] = []
+
+        def stream(self, model_id, messages, params):
+            self.calls.append(list(messages))
+            yield "par"
+            if len(self.calls) == 1:
+                raise KeyboardInterrupt
+            yield "tial"
+            yield Completion("partial", 3, 2, "stop")
+
+    lines = iter(["first\n", "second\n", "/exit\n"])
+    out = io.StringIO()
+    engine = Engine()
+    answers = chat_loop(engine, "m", SamplingParams(), lambda prompt: next(lines), out)  # type: ignore[arg-type]
+    assert answers == 1 and "par [interrupted]\n" in out.getvalue() and "partial\n" in out.getvalue()
+    assert engine.calls[1] == [{"role": "user", "content": "second"}], "the interrupted turn stays out of the history"

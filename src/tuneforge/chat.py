@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from tuneforge.generation import Completion, Messages, SamplingParams
 from tuneforge.serve.engine import Engine
 
-HELP = "commands: /reset clears the conversation, /system TEXT sets a system prompt, /exit quits"
+HELP = (
+    "commands: /reset clears the conversation, /system TEXT sets a system prompt, /exit quits; Ctrl-C stops an answer"
+)
 
 
 def chat_loop(
@@ -45,13 +47,22 @@ def chat_loop(
         history.append({"role": "user", "content": line})
         messages = ([{"role": "system", "content": system}] if system else []) + history
         out.write("assistant> ")
-        for piece in engine.stream(model_id, messages, params):
-            if isinstance(piece, Completion):
-                history.append({"role": "assistant", "content": piece.text})
-                if piece.finish_reason == "length":
-                    out.write(" [cut at max tokens]")
-            else:
-                out.write(piece)
-                out.flush()
-        out.write("\n")
-        answers += 1
+        try:
+            answers += _answer(engine.stream(model_id, messages, params), history, out)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat; the turn is forgotten
+            history.pop()
+            out.write(" [interrupted]\n")
+
+
+def _answer(pieces: Iterator[str | Completion], history: Messages, out: TextIO) -> int:
+    """Print the streamed answer and add it to the history; 1 when it completed."""
+    for piece in pieces:
+        if isinstance(piece, Completion):
+            history.append({"role": "assistant", "content": piece.text})
+            if piece.finish_reason == "length":
+                out.write(" [cut at max tokens]")
+        else:
+            out.write(piece)
+            out.flush()
+    out.write("\n")
+    return 1
