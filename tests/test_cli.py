@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from tuneforge.cli import app
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_args(tiny_model_dir: Path, toy_data: Path, out: Path) -> list[str]:
@@ -111,3 +112,14 @@ def test_ctrl_c_stops_the_answer_not_the_chat() -> None:
     answers = chat_loop(engine, "m", SamplingParams(), lambda prompt: next(lines), out)  # type: ignore[arg-type]
     assert answers == 1 and "par [interrupted]\n" in out.getvalue() and "partial\n" in out.getvalue()
     assert engine.calls[1] == [{"role": "user", "content": "second"}], "the interrupted turn stays out of the history"
+
+
+def test_ctrl_c_during_a_stage_exits_130_without_traceback(monkeypatch, tmp_path: Path) -> None:
+    import tuneforge.data
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuneforge.data, "prepare", interrupted)
+    result = runner.invoke(app, ["prepare", str(ROOT / "configs" / "contracts.yaml"), f"output_dir={tmp_path}"])
+    assert result.exit_code == 130 and "interrupted" in result.output and "Traceback" not in result.output

@@ -33,12 +33,16 @@ RunDirs = Annotated[list[Path], typer.Argument(help="Run directories with a trai
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print tuneforge errors without a traceback and exit with code 2."""
+    """Print tuneforge errors without a traceback and exit with code 2 (130 on Ctrl-C)."""
     try:
         yield
     except TuneforgeError as exc:
         typer.echo(f"error: {exc}", err=True)  # plain and unwrapped: paths and commands stay copyable
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        # Every artifact is written atomically, so what was finished before Ctrl-C is intact.
+        typer.echo("\ninterrupted; finished artifacts in the run directory are intact", err=True)
+        raise typer.Exit(130) from None
 
 
 def resolve_target(target: str, overrides: list[str] | None) -> RunConfig:
