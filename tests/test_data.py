@@ -5,7 +5,9 @@ import pytest
 from conftest import chat, toy_rows, write_jsonl
 
 from tuneforge.data import prepare
-from tuneforge.data.formats import read_chat_jsonl
+from tuneforge.data.formats import convert
+from tuneforge.data.formats import read_jsonl as read_records
+from tuneforge.data.records import Source
 from tuneforge.data.split import split
 from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
 from tuneforge.errors import DataError
@@ -21,7 +23,7 @@ def read_issues(tmp_path: Path, lines: list[str] | bytes) -> list[str]:
         path.write_bytes(lines)
     else:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return [str(i) for i in read_chat_jsonl(path)[1]]
+    return [str(i) for i in read_records(path)[1]]
 
 
 @pytest.mark.parametrize(
@@ -29,7 +31,7 @@ def read_issues(tmp_path: Path, lines: list[str] | bytes) -> list[str]:
     [
         ('{"messages": [', "d.jsonl:1: invalid JSON: Expecting value at column 15 (invalid_json)"),
         ("[1, 2]", "d.jsonl:1: expected a JSON object, got list (not_an_object)"),
-        ('{"prompt": "x"}', "d.jsonl:1 [messages]: no 'messages' key (keys: ['prompt']) (missing_messages)"),
+        ('{"text": "x"}', "d.jsonl:1: no known record format (keys: ['text']) (unknown_format)"),
         ('{"messages": []}', "d.jsonl:1 [messages]: 'messages' must be a non-empty list"),
         (
             '{"messages": [{"role": "bot", "content": "x"}]}',
@@ -150,5 +152,73 @@ def test_the_shipped_broken_example_reports_each_rule_once(tiny_config) -> None:
         prepare(cfg)
     report = json.loads((cfg.run_dir / "data" / "data_report.json").read_text())
     rules = [(i["line"], i["rule"]) for i in report["issues"]]
-    expected = ["invalid_json", "unknown_role", "empty_content", "no_assistant", "missing_messages", "too_long"]
+    expected = ["invalid_json", "unknown_role", "empty_content", "no_assistant", "unknown_format", "too_long"]
     assert rules == list(enumerate(expected, start=2))
+
+
+SRC = Source("d.jsonl", 3)
+ANSWER = {"role": "assistant", "content": "B"}
+
+
+@pytest.mark.parametrize(
+    ("record", "messages"),
+    [
+        ({"instruction": "Q", "output": "B"}, [{"role": "user", "content": "Q"}, ANSWER]),
+        (
+            {"instruction": "Q", "input": "ctx", "output": "B", "system": "S"},
+            [{"role": "system", "content": "S"}, {"role": "user", "content": "Q\n\nctx"}, ANSWER],
+        ),
+        ({"instruction": "Q", "input": "", "output": "B"}, [{"role": "user", "content": "Q"}, ANSWER]),
+        ({"prompt": "Q", "completion": "B"}, [{"role": "user", "content": "Q"}, ANSWER]),
+        (
+            {
+                "conversations": [
+                    {"from": "system", "value": "S"},
+                    {"from": "human", "value": "Q"},
+                    {"from": "gpt", "value": "B"},
+                ]
+            },
+            [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, ANSWER],
+        ),
+        ({"messages": [{"role": "user", "content": "Q"}, ANSWER], "id": 7}, [{"role": "user", "content": "Q"}, ANSWER]),
+    ],
+    ids=["alpaca", "alpaca-input-system", "alpaca-empty-input", "completion", "sharegpt", "chat"],
+)
+def test_every_format_is_recognised_by_its_keys_and_converted(record: dict, messages: list) -> None:
+    assert convert(record, SRC) == (messages, [])
+
+
+@pytest.mark.parametrize(
+    ("record", "fmt", "expected"),
+    [
+        ({"instruction": "Q"}, "auto", "d.jsonl:3 [output]: no 'output' (missing_field)"),
+        ({"instruction": "Q", "output": "  "}, "auto", "d.jsonl:3 [output]: 'output' is empty (empty_content)"),
+        ({"instruction": "Q", "output": "B", "input": 3}, "auto", "[input]: 'input' must be a string, got int"),
+        ({"prompt": "Q", "completion": ["B"]}, "auto", "[completion]: 'completion' must be a string, got list"),
+        ({"conversations": []}, "auto", "[conversations]: 'conversations' must be a non-empty list"),
+        ({"conversations": [{"from": "bot", "value": "x"}]}, "auto", "[conversations[0].from]: unknown speaker 'bot'"),
+        ({"conversations": [{"from": "human"}]}, "auto", "[conversations[0].value]: no 'value' (missing_field)"),
+        ({"conversations": [{"from": "human", "value": "Q"}]}, "auto", "[conversations]: no 'gpt' turn (no_assistant)"),
+        ({"prompt": "Q", "completion": "B"}, "chat", "[messages]: no 'messages' key (keys: ['completion', 'prompt'])"),
+        ([1], "auto", "d.jsonl:3: expected a JSON object, got list (not_an_object)"),
+    ],
+)
+def test_format_errors_name_the_field_the_user_wrote(record: object, fmt: str, expected: str) -> None:
+    messages, issues = convert(record, SRC, fmt)
+    assert messages == [] and len(issues) == 1
+    assert expected in str(issues[0]) and "; fix: " in str(issues[0])
+
+
+def test_prepare_reads_a_file_of_mixed_formats(tiny_config, tmp_path: Path) -> None:
+    rows = toy_rows(20)
+    rows += [{"instruction": f"Item {i}: what colour?", "output": "{}"} for i in range(5)]
+    rows += [{"prompt": f"Item {i}?", "completion": "{}"} for i in range(5)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    result = prepare(tiny_config(f"data.path={path}"))
+    assert sum(result.counts.values()) == 30
+    lines = [
+        json.loads(line) for split in ("train", "val", "test") for line in (result.data_dir / f"{split}.jsonl").open()
+    ]
+    assert all(row["messages"][-1]["role"] == "assistant" for row in lines)
+    with pytest.raises(DataError, match="no 'messages' key"):
+        prepare(tiny_config(f"data.path={path}", "data.format=chat"))

@@ -33,7 +33,12 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     path: Path | None = Field(
         None,
-        description='Chat JSONL file ({"messages": [...]} per line). Relative paths resolve against the config file.',
+        description="JSONL training data (see data.format). Relative paths resolve against the config file.",
+    )
+    format: Literal["auto", "chat", "alpaca", "sharegpt", "completion"] = Field(
+        "auto",
+        description="Record format of the JSONL lines: 'chat' (messages), 'alpaca' (instruction/input/output), "
+        "'sharegpt' (conversations with from/value), 'completion' (prompt/completion), or 'auto' (by keys, per line).",
     )
     test_path: Path | None = Field(
         None, description="Optional separate test file; when set it is the whole test split and test_size is ignored."

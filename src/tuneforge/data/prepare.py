@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig
-from tuneforge.data.formats import read_chat_jsonl
+from tuneforge.data.formats import read_jsonl
 from tuneforge.data.records import Chat, Issue
 from tuneforge.data.split import split
 from tuneforge.data.tokenize import encode_chat
@@ -42,8 +42,10 @@ def prepare(cfg: RunConfig) -> PrepareResult:
                 f"{key}: file not found: {file}", "check the path (relative paths resolve against the config file)"
             )
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
-    kept, issues = _read(path, tokenizer, cfg.data.max_seq_len)
-    test_kept, test_issues = _read(test_path, tokenizer, cfg.data.max_seq_len) if test_path else ([], [])
+    kept, issues = _read(path, cfg.data.format, tokenizer, cfg.data.max_seq_len)
+    test_kept, test_issues = (
+        _read(test_path, cfg.data.format, tokenizer, cfg.data.max_seq_len) if test_path else ([], [])
+    )
     issues += test_issues
     test_size = 0.0 if test_path else cfg.data.test_size
     minimum = 1 + (cfg.data.val_size > 0) + (test_size > 0) + 1
@@ -66,9 +68,9 @@ def prepare(cfg: RunConfig) -> PrepareResult:
     return PrepareResult(data_dir, counts, tokens, issues)
 
 
-def _read(path: Path, tokenizer: Any, max_seq_len: int) -> tuple[list[Chat], list[Issue]]:
+def _read(path: Path, fmt: str, tokenizer: Any, max_seq_len: int) -> tuple[list[Chat], list[Issue]]:
     """Valid chats of one file (with token counts) and every problem found in it."""
-    chats, issues = read_chat_jsonl(path)
+    chats, issues = read_jsonl(path, fmt)
     kept: list[Chat] = []
     for chat in chats:
         chat.n_tokens = len(encode_chat(tokenizer, chat.messages).input_ids)

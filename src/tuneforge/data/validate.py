@@ -10,21 +10,11 @@ ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = {"role", "content", "name", "weight"}
 
 
-def check_chat(obj: Any, source: Source) -> list[Issue]:
-    """Structural checks of one parsed JSONL line against the OpenAI chat format."""
-    if not isinstance(obj, dict):
-        return [
-            _err(
-                "not_an_object",
-                source,
-                None,
-                f"expected a JSON object, got {type(obj).__name__}",
-                'write one object per line: {"messages": [...]}',
-            )
-        ]
+def check_chat(obj: dict[str, Any], source: Source) -> list[Issue]:
+    """Structural checks of one parsed JSONL object against the OpenAI chat format."""
     if "messages" not in obj:
         return [
-            _err(
+            error(
                 "missing_messages",
                 source,
                 "messages",
@@ -35,7 +25,7 @@ def check_chat(obj: Any, source: Source) -> list[Issue]:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         return [
-            _err(
+            error(
                 "messages_not_list",
                 source,
                 "messages",
@@ -49,7 +39,7 @@ def check_chat(obj: Any, source: Source) -> list[Issue]:
     roles = [m.get("role") for m in messages if isinstance(m, dict)]
     if not issues and "assistant" not in roles:
         issues.append(
-            _err(
+            error(
                 "no_assistant",
                 source,
                 "messages",
@@ -64,7 +54,7 @@ def check_length(n_tokens: int, max_seq_len: int, source: Source) -> Issue | Non
     """An error when the example is longer than the model may see in training."""
     if n_tokens <= max_seq_len:
         return None
-    return _err(
+    return error(
         "too_long",
         source,
         "messages",
@@ -77,7 +67,7 @@ def check_count(n: int, minimum: int, file: str) -> Issue | None:
     """An error when too few valid examples remain to split and train."""
     if n >= minimum:
         return None
-    return _err(
+    return error(
         "too_few_examples",
         Source(file, 0),
         None,
@@ -89,7 +79,7 @@ def check_count(n: int, minimum: int, file: str) -> Issue | None:
 def _check_message(msg: Any, source: Source, where: str) -> list[Issue]:
     if not isinstance(msg, dict):
         return [
-            _err(
+            error(
                 "message_not_object",
                 source,
                 where,
@@ -101,21 +91,21 @@ def _check_message(msg: Any, source: Source, where: str) -> list[Issue]:
     unknown = sorted(set(msg) - MESSAGE_KEYS)
     if unknown:
         issues.append(
-            _err("unknown_key", source, where, f"unknown key(s) {unknown}", f"allowed keys are {sorted(MESSAGE_KEYS)}")
+            error("unknown_key", source, where, f"unknown key(s) {unknown}", f"allowed keys are {sorted(MESSAGE_KEYS)}")
         )
     role = msg.get("role")
     if role is None:
-        issues.append(_err("missing_role", source, f"{where}.role", "no 'role'", f"set role to one of {list(ROLES)}"))
+        issues.append(error("missing_role", source, f"{where}.role", "no 'role'", f"set role to one of {list(ROLES)}"))
     elif role not in ROLES:
         issues.append(
-            _err("unknown_role", source, f"{where}.role", f"unknown role {role!r}", f"use one of {list(ROLES)}")
+            error("unknown_role", source, f"{where}.role", f"unknown role {role!r}", f"use one of {list(ROLES)}")
         )
     content = msg.get("content")
     if content is None:
-        issues.append(_err("missing_content", source, f"{where}.content", "no 'content'", "add the message text"))
+        issues.append(error("missing_content", source, f"{where}.content", "no 'content'", "add the message text"))
     elif not isinstance(content, str):
         issues.append(
-            _err(
+            error(
                 "content_not_string",
                 source,
                 f"{where}.content",
@@ -125,7 +115,7 @@ def _check_message(msg: Any, source: Source, where: str) -> list[Issue]:
         )
     elif not content.strip():
         issues.append(
-            _err(
+            error(
                 "empty_content",
                 source,
                 f"{where}.content",
@@ -136,5 +126,6 @@ def _check_message(msg: Any, source: Source, where: str) -> list[Issue]:
     return issues
 
 
-def _err(rule: str, source: Source, field: str | None, message: str, hint: str) -> Issue:
+def error(rule: str, source: Source, field: str | None, message: str, hint: str) -> Issue:
+    """An error-severity Issue."""
     return Issue("error", rule, source, field, message, hint)
