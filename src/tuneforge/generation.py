@@ -14,9 +14,8 @@ from transformers import PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from tuneforge.data.records import Messages
 from tuneforge.data.tokenize import encode_prompt
-
-Messages = list[dict[str, str]]
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.records import Chat, Issue, Source
+from tuneforge.data.records import Chat, Issue, Messages, Source
 from tuneforge.data.validate import check_chat, error
 
-Messages = list[dict[str, str]]
 Converter = Callable[[dict[str, Any], Source], tuple[Messages, list[Issue]]]
 FORMATS: dict[str, Converter] = {}
 # The keys that identify each format under data.format=auto, tried in this order.

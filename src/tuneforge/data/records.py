@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Severity = Literal["error", "warning"]
+Messages = list[dict[str, str]]  # OpenAI-style chat messages: role and content
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Source:
 class Chat:
     """One conversation: OpenAI-style messages with role and content."""
 
-    messages: list[dict[str, str]]
+    messages: Messages
     source: Source
     n_tokens: int = 0
     meta: dict[str, str] = field(default_factory=dict)
