@@ -169,6 +169,10 @@ ANSWER = {"role": "assistant", "content": "B"}
             [{"role": "system", "content": "S"}, {"role": "user", "content": "Q\n\nctx"}, ANSWER],
         ),
         ({"instruction": "Q", "input": "", "output": "B"}, [{"role": "user", "content": "Q"}, ANSWER]),
+        (
+            {"instruction": "Q", "input": None, "output": "B", "system": None},
+            [{"role": "user", "content": "Q"}, ANSWER],
+        ),
         ({"prompt": "Q", "completion": "B"}, [{"role": "user", "content": "Q"}, ANSWER]),
         (
             {
@@ -182,7 +186,7 @@ ANSWER = {"role": "assistant", "content": "B"}
         ),
         ({"messages": [{"role": "user", "content": "Q"}, ANSWER], "id": 7}, [{"role": "user", "content": "Q"}, ANSWER]),
     ],
-    ids=["alpaca", "alpaca-input-system", "alpaca-empty-input", "completion", "sharegpt", "chat"],
+    ids=["alpaca", "alpaca-input-system", "alpaca-empty-input", "alpaca-null-input", "completion", "sharegpt", "chat"],
 )
 def test_every_format_is_recognised_by_its_keys_and_converted(record: dict, messages: list) -> None:
     assert convert(record, SRC) == (messages, [])

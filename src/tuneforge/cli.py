@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, describe_fields, load_config
-from tuneforge.errors import RunError, TuneforgeError
+from tuneforge.errors import TuneforgeError
 from tuneforge.rundir import CONFIG_FILE, load_run
 
 app = typer.Typer(
@@ -119,8 +119,6 @@ def serve(
     from tuneforge.serve import ServeSettings, create_app
 
     with user_errors():
-        if not run_dirs:
-            raise RunError("no run directory to serve", "pass at least one run directory, e.g. runs/contracts")
         defaults = load_run(run_dirs[0]).serve
         env = api_key_env or defaults.api_key_env
         key = os.environ.get(env) or None

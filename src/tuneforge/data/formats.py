@@ -107,8 +107,9 @@ def from_alpaca(obj: dict[str, Any], source: Source) -> tuple[Messages, list[Iss
     found += [i for key in ("input", "system") if (i := _text_issue(obj, key, source, required=False))]
     if found:
         return [], found
-    prompt = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input", "").strip() else "")
-    system = [{"role": "system", "content": obj["system"]}] if obj.get("system", "").strip() else []
+    extra, system_text = obj.get("input") or "", obj.get("system") or ""  # absent, null and "" all mean none
+    prompt = obj["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
+    system = [{"role": "system", "content": system_text}] if system_text.strip() else []
     return [*system, {"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}], []
 
 
