@@ -117,7 +117,7 @@ def test_ctrl_c_stops_the_answer_not_the_chat() -> None:
 def test_ctrl_c_during_a_stage_exits_130_without_traceback(monkeypatch, tmp_path: Path) -> None:
     import tuneforge.data
 
-    def interrupted(cfg):
+    def interrupted(cfg, **options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(tuneforge.data, "prepare", interrupted)

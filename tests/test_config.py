@@ -31,7 +31,7 @@ def test_overrides_are_typed_and_nested() -> None:
 def test_data_path_resolves_against_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.yaml").write_text("data:\n  path: d.jsonl\n")
-    assert load_config(tmp_path / "sub" / "c.yaml").data.path == (tmp_path / "sub" / "d.jsonl").resolve()
+    assert load_config(tmp_path / "sub" / "c.yaml").data.path == str((tmp_path / "sub" / "d.jsonl").resolve())
 
 
 def test_every_problem_is_reported_at_once_with_suggestions() -> None:

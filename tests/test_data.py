@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 from conftest import chat, toy_rows, write_jsonl
 
+from tuneforge.config import DataConfig
 from tuneforge.data import prepare
 from tuneforge.data.formats import convert
-from tuneforge.data.formats import read_jsonl as read_records
-from tuneforge.data.records import Source
-from tuneforge.data.split import split
+from tuneforge.data.reader import read_records
+from tuneforge.data.records import Issue, Source
 from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
 from tuneforge.errors import DataError
 from tuneforge.models import load_tokenizer
@@ -23,7 +23,7 @@ def read_issues(tmp_path: Path, lines: list[str] | bytes) -> list[str]:
         path.write_bytes(lines)
     else:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return [str(i) for i in read_records(path)[1]]
+    return [str(i) for i in read_records(str(path), DataConfig()) if isinstance(i, Issue)]
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def read_issues(tmp_path: Path, lines: list[str] | bytes) -> list[str]:
     [
         ('{"messages": [', "d.jsonl:1: invalid JSON: Expecting value at column 15 (invalid_json)"),
         ("[1, 2]", "d.jsonl:1: expected a JSON object, got list (not_an_object)"),
-        ('{"text": "x"}', "d.jsonl:1: no known record format (keys: ['text']) (unknown_format)"),
+        ('{"txt": "x"}', "d.jsonl:1: no known record format (keys: ['txt']) (unknown_format)"),
         ('{"messages": []}', "d.jsonl:1 [messages]: 'messages' must be a non-empty list"),
         (
             '{"messages": [{"role": "bot", "content": "x"}]}',
@@ -55,16 +55,20 @@ def test_each_bad_line_is_named_with_file_line_field_and_fix(tmp_path: Path, lin
     assert "; fix: " in issues[0]
 
 
-def test_latin1_file_is_an_encoding_error_and_bom_is_accepted(tmp_path: Path) -> None:
+def test_latin1_file_is_an_encoding_error_and_bom_a_warning(tmp_path: Path) -> None:
     latin = json.dumps(chat("Grüße", "Danke"), ensure_ascii=False).encode("latin-1")
     issues = read_issues(tmp_path, latin + b"\n")
-    assert len(issues) == 1 and "not UTF-8 (byte 0xfc" in issues[0] and "re-save the file as UTF-8" in issues[0]
-    assert read_issues(tmp_path, b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n") == []
+    assert len(issues) == 1 and "not UTF-8 (byte 0xfc; looks like Latin-1/Windows-1252)" in issues[0]
+    assert "iconv -f cp1252 -t utf-8 d.jsonl > d.utf8.jsonl" in issues[0]
+    bom = read_issues(tmp_path, b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert len(bom) == 1 and "byte-order mark (read correctly) (bom)" in bom[0]
 
 
-def test_empty_file(tmp_path: Path) -> None:
-    issues = read_issues(tmp_path, [""])
-    assert len(issues) == 1 and "the file holds no examples (empty_file)" in issues[0]
+def test_empty_file(tiny_config, tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(DataError, match="0 valid example.s.; at least 4 are needed"):
+        prepare(tiny_config(f"data.path={path}"))
 
 
 def test_prepare_stops_on_errors_and_reports_all_of_them(tiny_config, tmp_path: Path) -> None:
@@ -98,7 +102,7 @@ def test_too_few_examples(tiny_config, tmp_path: Path) -> None:
 
 
 def test_missing_data_file(tiny_config, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="data.path: file not found"):
+    with pytest.raises(DataError, match="data.path: not found"):
         prepare(tiny_config(f"data.path={tmp_path / 'nope.jsonl'}"))
 
 
@@ -116,17 +120,13 @@ def test_prepare_writes_disjoint_seeded_splits_and_a_report(tiny_config) -> None
 
 
 def test_separate_test_file_is_the_whole_test_split(tiny_config, tmp_path: Path) -> None:
-    test = write_jsonl(tmp_path / "test.jsonl", toy_rows(5))
+    test = write_jsonl(tmp_path / "test.jsonl", toy_rows(65)[60:])
     result = prepare(tiny_config(f"data.test_path={test}"))
     assert result.counts["test"] == 5 and result.counts["train"] + result.counts["val"] == 60
-
-
-def test_split_is_deterministic_and_never_empty() -> None:
-    items = list(range(10))
-    assert split(items, 0.1, 0.1, seed=3) == split(items, 0.1, 0.1, seed=3)
-    assert split(items, 0.1, 0.1, seed=3) != split(items, 0.1, 0.1, seed=4)
-    parts = split(list(range(4)), 0.01, 0.01, seed=0)
-    assert len(parts["val"]) == len(parts["test"]) == 1 and len(parts["train"]) == 2
+    copies = write_jsonl(tmp_path / "copies.jsonl", toy_rows(5))  # test examples also in the training data
+    result = prepare(tiny_config(f"data.test_path={copies}"))
+    assert result.counts["test"] == 5 and result.counts["train"] + result.counts["val"] == 55
+    assert result.report["removed"] == {"duplicate": 5}
 
 
 def test_loss_mask_covers_exactly_the_assistant_turns(tiny_model_dir: Path) -> None:
@@ -189,7 +189,7 @@ ANSWER = {"role": "assistant", "content": "B"}
     ids=["alpaca", "alpaca-input-system", "alpaca-empty-input", "alpaca-null-input", "completion", "sharegpt", "chat"],
 )
 def test_every_format_is_recognised_by_its_keys_and_converted(record: dict, messages: list) -> None:
-    assert convert(record, SRC) == (messages, [])
+    assert convert(record, SRC) == ("chat", {"messages": messages}, [])
 
 
 @pytest.mark.parametrize(
@@ -208,8 +208,8 @@ def test_every_format_is_recognised_by_its_keys_and_converted(record: dict, mess
     ],
 )
 def test_format_errors_name_the_field_the_user_wrote(record: object, fmt: str, expected: str) -> None:
-    messages, issues = convert(record, SRC, fmt)
-    assert messages == [] and len(issues) == 1
+    kind, data, issues = convert(record, SRC, fmt)
+    assert kind is None and data == {} and len(issues) == 1
     assert expected in str(issues[0]) and "; fix: " in str(issues[0])
 
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, describe_fields, load_config
+from tuneforge.data.formats import EXAMPLES
 from tuneforge.errors import TuneforgeError
 from tuneforge.rundir import CONFIG_FILE, load_run
 
@@ -25,6 +26,14 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)  # paths and commands stay on one line, copyable
 
+FORMATS_HELP = (
+    "\b\nData formats (data.format; 'auto' recognises each row by its keys):\n"
+    + "\n".join(f"  {name}: {example}" for name, example in EXAMPLES.items())
+    + (
+        "\n  Files: .jsonl .json .csv .tsv .parquet, any text file, a folder of documents or code (.gitignore honoured,"
+        "\n  binaries skipped), or hf:NAME. Rename columns with data.columns, e.g. data.columns={text: review}."
+    )
+)
 FIELDS_HELP = "\b\nConfig fields (set in YAML or as key=value):\n" + describe_fields().replace("\n", "\n\n\b\n")
 Target = Annotated[str, typer.Argument(help="A YAML config file, or a run directory (runs/<name>) made from one.")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings, e.g. train.epochs=2 data.seed=1.")]
@@ -65,18 +74,28 @@ def run(target: Target, overrides: Overrides = None) -> None:
         _print_eval(result.evaluated)
 
 
-@app.command(epilog=FIELDS_HELP)
-def prepare(target: Target, overrides: Overrides = None) -> None:
-    """Validate the data, split it into train/val/test and write runs/<name>/data."""
+@app.command(epilog=FORMATS_HELP + "\n\n" + FIELDS_HELP)
+def prepare(
+    target: Target,
+    overrides: Overrides = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check the data and print the report; exit 1 on errors.")
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
+) -> None:
+    """Read, validate, clean, anonymise and split the data into runs/<name>/data (report: data_report.json)."""
     from tuneforge.data import prepare as prepare_data
 
     with user_errors():
-        result = prepare_data(resolve_target(target, overrides))
-        table = Table("split", "examples", "tokens")
-        for split, count in result.counts.items():
-            table.add_row(split, str(count), f"{result.tokens[split]:,}")
-        out.print(table)
-        out.print(f"wrote {result.data_dir}/{{train,val,test}}.jsonl and data_report.json")
+        result = prepare_data(resolve_target(target, overrides), check=check, strict=strict)
+        out.print(result.text(strict), markup=False, highlight=False)
+        if check:
+            verdict = "passed" if result.ok else "failed" + (" (--strict)" if strict else "")
+            out.print(f"check {verdict}; full report: {result.data_dir / 'data_report.json'}", markup=False)
+            if not result.ok:
+                raise typer.Exit(1)
+        else:
+            out.print(f"wrote {result.data_dir}/{{train,val,test}}.jsonl and data_report.json", markup=False)
 
 
 @app.command(epilog=FIELDS_HELP)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,32 +30,108 @@ class ModelConfig(_Section):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a Hugging Face id.")
 
 
+DataFormat = Literal[
+    "auto", "chat", "sharegpt", "alpaca", "completion", "preference", "openai_preference", "classification", "text"
+]
+PiiName = Literal[
+    "EMAIL", "PHONE", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "URL_SECRET", "DATE_OF_BIRTH", "PERSON", "ADDRESS"
+]
+
+
 class DataConfig(_Section):
-    path: Path | None = Field(
+    path: str | None = Field(
         None,
-        description="JSONL training data (see data.format). Relative paths resolve against the config file.",
+        description="Training data: a .jsonl/.json/.csv/.tsv/.parquet file, a text file, a folder of documents or "
+        "code, or hf:NAME (a Hugging Face dataset). Relative paths resolve against the config file.",
     )
-    format: Literal["auto", "chat", "alpaca", "sharegpt", "completion"] = Field(
+    format: DataFormat = Field(
         "auto",
-        description="Record format of the JSONL lines: 'chat' (messages), 'alpaca' (instruction/input/output), "
-        "'sharegpt' (conversations with from/value), 'completion' (prompt/completion), or 'auto' (by keys, per line).",
+        description="Record format: chat, sharegpt, alpaca, completion, preference, openai_preference, "
+        "classification, text, or 'auto' (recognised per row by its keys).",
     )
-    test_path: Path | None = Field(
-        None, description="Optional separate test file; when set it is the whole test split and test_size is ignored."
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column mapping, format field -> your column, e.g. {text: review, label: stars}.",
     )
-    val_size: float = Field(0.1, ge=0, lt=1, description="Fraction of examples held out for validation.")
-    test_size: float = Field(0.15, ge=0, lt=1, description="Fraction of examples held out for the final test.")
-    seed: int = Field(0, description="Seed of the train/val/test shuffle; the same seed gives the same split.")
+    hf_subset: str | None = Field(None, description="Subset (configuration) of a hf: dataset.")
+    hf_split: str = Field("train", description="Split of a hf: dataset to read.")
+    test_path: str | None = Field(
+        None, description="Optional separate test data; when set it is the whole test split and test_size is ignored."
+    )
+    val_size: float = Field(0.1, ge=0, description="Validation split: a fraction (< 1) or a count (>= 1) of examples.")
+    test_size: float = Field(0.15, ge=0, description="Test split: a fraction (< 1) or a count (>= 1) of examples.")
+    seed: int = Field(0, description="Seed of the split (and of pseudonyms); the same seed gives the same split.")
+    group_by: str | None = Field(
+        None,
+        description="Column whose equal values stay in one split (conversation, customer, document id). "
+        "Files of a folder are always their own group.",
+    )
+    stratify: bool = Field(True, description="Keep label proportions equal across splits (classification data).")
+    lock_test: bool = Field(
+        False,
+        description="Write the test split once and reuse it in later prepares of this run, even when the data grows.",
+    )
+    labels: list[str] | None = Field(
+        None, description="Allowed classification labels; any other label is an error. Default: whatever occurs."
+    )
     max_seq_len: int = Field(
         512, ge=16, description="Longest example in tokens of the model's chat template; longer ones are errors."
+    )
+    imbalance_ratio: float = Field(
+        10.0, gt=1, description="Warn when the most frequent label is this many times as common as the rarest."
     )
 
     @model_validator(mode="after")
     def _sizes_leave_training_data(self) -> DataConfig:
-        if self.val_size + self.test_size >= 0.9:
+        fractions = sum(s for s in (self.val_size, self.test_size) if s < 1)
+        if fractions >= 0.9:
+            raise ValueError(f"val_size + test_size = {fractions:g} leaves too little to train on; keep it below 0.9")
+        for name in ("val_size", "test_size"):
+            value = getattr(self, name)
+            if value >= 1 and value != int(value):
+                raise ValueError(f"{name}={value:g}: a count must be a whole number (a fraction must be below 1)")
+        return self
+
+
+class CleanConfig(_Section):
+    normalize: bool = Field(
+        True,
+        description="Unicode NFC, drop control and zero-width characters, \\n line ends, no trailing spaces.",
+    )
+    strip_html: bool = Field(False, description="Remove HTML tags and decode entities (for scraped text).")
+    dedup: bool = Field(True, description="Drop exact duplicates (same texts after normalising case and spaces).")
+    near_dup_threshold: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Drop records this similar to an earlier one (MinHash Jaccard of character 5-grams); 0 = off.",
+    )
+    leakage_threshold: float = Field(
+        0.8, ge=0, le=1, description="Warn when a train/val record is this similar to a test record; 0 = off."
+    )
+    min_chars: int = Field(1, ge=0, description="Drop records with fewer characters of text.")
+    max_chars: int | None = Field(None, ge=1, description="Drop records with more characters of text.")
+
+
+class PrivacyConfig(_Section):
+    mode: Literal["off", "report", "mask", "pseudonymize", "drop"] = Field(
+        "report",
+        description="Personal data: 'report' counts it; 'mask' writes [EMAIL] etc.; 'pseudonymize' writes consistent "
+        "fake values; 'drop' removes the record; 'off' skips detection.",
+    )
+    types: list[PiiName] = Field(
+        default_factory=lambda: list(get_args(PiiName)),
+        description="Kinds of personal data to look for.",
+    )
+    gate: Literal["off", "warn", "block"] = Field(
+        "warn", description="'block': refuse to train while unanonymised personal data remains; 'warn': say so."
+    )
+
+    @model_validator(mode="after")
+    def _gate_needs_detection(self) -> PrivacyConfig:
+        if self.gate == "block" and self.mode == "off":
             raise ValueError(
-                f"val_size + test_size = {self.val_size + self.test_size:g} leaves too little to train on; "
-                "keep it below 0.9"
+                "privacy.gate=block needs detection; set privacy.mode to report, mask, pseudonymize or drop"
             )
         return self
 
@@ -128,6 +204,8 @@ class RunConfig(_Section):
     )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
@@ -184,7 +262,9 @@ def describe_fields() -> str:
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             for name, sub in annotation.model_fields.items():
-                lines.append(f"{section}.{name} (default {_show(sub.default)}): {sub.description}")
+                lines.append(
+                    f"{section}.{name} (default {_show(sub.get_default(call_default_factory=True))}): {sub.description}"
+                )
         else:
             lines.append(f"{section} (default {_show(field.default)}): {field.description}")
     return "\n".join(lines)
@@ -196,9 +276,12 @@ def _show(value: Any) -> str:
 
 def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
+    if not isinstance(data, dict):
+        return
     for key in ("path", "test_path"):
-        if isinstance(data, dict) and isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            data[key] = str((base / data[key]).resolve())
+        value = data.get(key)
+        if isinstance(value, str) and not value.startswith("hf:") and not Path(value).is_absolute():
+            data[key] = str((base / value).resolve())
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -1,133 +1,149 @@
-"""Readers: files -> chat records, each with its source file and line. Malformed lines become Issues.
+"""Record formats: one parsed row (a JSON object, a CSV row, ...) -> canonical record data, or the Issues that stop it.
 
-A JSONL line may be in any of the common instruction-data formats; each has a converter to OpenAI-style
-messages, registered under its `data.format` name. With `data.format: auto` every line is recognised by its keys.
+Each format has a converter registered under its `data.format` name and produces one record kind (see
+records.py). With `data.format: auto` every row is recognised by its keys (SIGNATURES, tried in order).
 Converters check the fields of their own format, so an error names the field the user wrote (`output`, not
 `messages[2].content`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from tuneforge.data.records import Chat, Issue, Messages, Source
-from tuneforge.data.validate import check_chat, error
+from tuneforge.data.records import Issue, Kind, Messages, Source, error
+from tuneforge.data.validate import check_chat, check_messages, text_issue
 
-Converter = Callable[[dict[str, Any], Source], tuple[Messages, list[Issue]]]
-FORMATS: dict[str, Converter] = {}
+Converter = Callable[[dict[str, Any], Source], tuple[dict[str, Any], list[Issue]]]
+FORMATS: dict[str, tuple[Kind, Converter]] = {}
 # The keys that identify each format under data.format=auto, tried in this order.
-SIGNATURES = {
+SIGNATURES: dict[str, tuple[str, ...]] = {
     "chat": ("messages",),
     "sharegpt": ("conversations",),
     "alpaca": ("instruction",),
-    "completion": ("prompt",),
+    "openai_preference": ("preferred_output",),
+    "preference": ("chosen", "rejected"),
+    "completion": ("prompt", "completion"),
+    "classification": ("text", "label"),
+    "text": ("text",),
+}
+# One-line example of each format: the README table and `prepare --help` show these.
+EXAMPLES: dict[str, str] = {
+    "chat": '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}',
+    "sharegpt": '{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}',
+    "alpaca": '{"instruction": "Translate to German", "input": "Good morning", "output": "Guten Morgen"}',
+    "openai_preference": '{"input": {"messages": [{"role": "user", "content": "Hi"}]}, '
+    '"preferred_output": [{"role": "assistant", "content": "Hello!"}], '
+    '"non_preferred_output": [{"role": "assistant", "content": "What?"}]}',
+    "preference": '{"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "What do you want?"}',
+    "completion": '{"prompt": "Capital of France?", "completion": "Paris"}',
+    "classification": '{"text": "Lieferung kam zwei Wochen zu spät.", "label": "negative"}',
+    "text": '{"text": "Raw domain text for continued pre-training ..."}',
 }
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-def register(name: str) -> Callable[[Converter], Converter]:
-    """Add a record format to the registry under `name`."""
+class Converted(NamedTuple):
+    """A converted row: its kind and canonical data, or the issues that stop it (kind None if unrecognised)."""
+
+    kind: Kind | None
+    data: dict[str, Any]
+    issues: list[Issue]
+
+
+def register(name: str, kind: Kind) -> Callable[[Converter], Converter]:
+    """Add a record format producing records of `kind` to the registry under `name`."""
 
     def add(fn: Converter) -> Converter:
-        FORMATS[name] = fn
+        FORMATS[name] = (kind, fn)
         return fn
 
     return add
 
 
-def read_jsonl(path: Path, fmt: str = "auto") -> tuple[list[Chat], list[Issue]]:
-    """Read a JSONL file of chat, alpaca, ShareGPT or prompt/completion records; return chats and problems."""
-    chats: list[Chat] = []
-    issues: list[Issue] = []
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            source = Source(str(path), lineno)
-            obj, problem = _parse_line(raw, source)
-            if problem:
-                issues.append(problem)
-                continue
-            if obj is None:  # blank line
-                continue
-            messages, found = convert(obj, source, fmt)
-            issues += found
-            if not found:
-                chats.append(Chat(messages, source))
-    if not chats and not issues:
-        issues.append(
-            error(
-                "empty_file", Source(str(path), 0), None, "the file holds no examples", "add one JSON object per line"
-            )
-        )
-    return chats, issues
+def detect(obj: dict[str, Any]) -> str | None:
+    """The format whose identifying keys the row has, or None."""
+    return next((f for f, keys in SIGNATURES.items() if set(keys) <= set(obj)), None)
 
 
-def convert(obj: Any, source: Source, fmt: str = "auto") -> tuple[Messages, list[Issue]]:
-    """One parsed record as chat messages, in format `fmt` or the one its keys identify."""
+def convert(obj: Any, source: Source, fmt: str = "auto") -> Converted:
+    """One parsed row as canonical record data, in format `fmt` or the one its keys identify."""
     if not isinstance(obj, dict):
-        return [], [
-            error(
-                "not_an_object",
-                source,
-                None,
-                f"expected a JSON object, got {type(obj).__name__}",
-                'write one object per line: {"messages": [...]}',
-            )
-        ]
-    name = fmt if fmt != "auto" else next((f for f, keys in SIGNATURES.items() if set(keys) <= set(obj)), None)
+        return Converted(
+            None,
+            {},
+            [
+                error(
+                    "not_an_object",
+                    source,
+                    None,
+                    f"expected a JSON object, got {type(obj).__name__}",
+                    'write one object per line: {"messages": [...]}',
+                )
+            ],
+        )
+    name = fmt if fmt != "auto" else detect(obj)
     if name is None:
-        known = "; ".join(f"{f}: {', '.join(k)}" for f, k in SIGNATURES.items())
-        return [], [
-            error(
-                "unknown_format",
-                source,
-                None,
-                f"no known record format (keys: {sorted(obj)})",
-                f"give each line the keys of one format ({known}) or set data.format",
-            )
-        ]
-    return FORMATS[name](obj, source)
+        known = "; ".join(f"{f}: {'+'.join(k)}" for f, k in SIGNATURES.items())
+        return Converted(
+            None,
+            {},
+            [
+                error(
+                    "unknown_format",
+                    source,
+                    None,
+                    f"no known record format (keys: {sorted(obj)})",
+                    f"give each row the keys of one format ({known}), map columns with data.columns, "
+                    "or set data.format",
+                )
+            ],
+        )
+    kind, fn = FORMATS[name]
+    data, issues = fn(obj, source)
+    return Converted(None if issues else kind, {} if issues else data, issues)
 
 
-@register("chat")
-def from_chat(obj: dict[str, Any], source: Source) -> tuple[Messages, list[Issue]]:
-    """OpenAI chat: {"messages": [{"role", "content"}, ...]}."""
+@register("chat", "chat")
+def from_chat(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
+    """OpenAI chat: {"messages": [{"role", "content", "weight"?}, ...], "tools"?: [...]}."""
     found = check_chat(obj, source)
     if found:
-        return [], found
-    return [{"role": m["role"], "content": m["content"]} for m in obj["messages"]], []
+        return {}, found
+    keep = ("role", "content", "weight", "name", "tool_calls", "tool_call_id")
+    messages = [{k: m[k] for k in keep if k in m} for m in obj["messages"]]
+    return {"messages": messages, **({"tools": obj["tools"]} if obj.get("tools") else {})}, []
 
 
-@register("alpaca")
-def from_alpaca(obj: dict[str, Any], source: Source) -> tuple[Messages, list[Issue]]:
+@register("alpaca", "chat")
+def from_alpaca(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
     """Alpaca: instruction, optional input, output (optional system); input is appended to the instruction."""
-    found = [i for key in ("instruction", "output") if (i := _text_issue(obj, key, source, required=True))]
-    found += [i for key in ("input", "system") if (i := _text_issue(obj, key, source, required=False))]
+    found = [i for key in ("instruction", "output") if (i := text_issue(obj, key, source, required=True))]
+    found += [i for key in ("input", "system") if (i := text_issue(obj, key, source, required=False))]
     if found:
-        return [], found
+        return {}, found
     extra, system_text = obj.get("input") or "", obj.get("system") or ""  # absent, null and "" all mean none
     prompt = obj["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
     system = [{"role": "system", "content": system_text}] if system_text.strip() else []
-    return [*system, {"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}], []
+    messages = [*system, {"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}]
+    return {"messages": messages}, []
 
 
-@register("completion")
-def from_completion(obj: dict[str, Any], source: Source) -> tuple[Messages, list[Issue]]:
+@register("completion", "chat")
+def from_completion(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
     """Prompt/completion pairs: the prompt becomes the user turn, the completion the answer."""
-    found = [i for key in ("prompt", "completion") if (i := _text_issue(obj, key, source, required=True))]
+    found = [i for key in ("prompt", "completion") if (i := text_issue(obj, key, source, required=True))]
     if found:
-        return [], found
-    return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}], []
+        return {}, found
+    return {"messages": [_user(obj["prompt"]), _assistant(obj["completion"])]}, []
 
 
-@register("sharegpt")
-def from_sharegpt(obj: dict[str, Any], source: Source) -> tuple[Messages, list[Issue]]:
+@register("sharegpt", "chat")
+def from_sharegpt(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
     """ShareGPT: {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}."""
     turns = obj.get("conversations")
     if not isinstance(turns, list) or not turns:
-        return [], [
+        return {}, [
             error(
                 "conversations_not_list",
                 source,
@@ -162,57 +178,162 @@ def from_sharegpt(obj: dict[str, Any], source: Source) -> tuple[Messages, list[I
                     f"use one of {sorted(SHAREGPT_ROLES)}",
                 )
             )
-        if problem := _text_issue(turn, "value", source, required=True, where=f"{where}.value"):
+        if problem := text_issue(turn, "value", source, required=True, where=f"{where}.value"):
             found.append(problem)
         if role and not problem:
             messages.append({"role": role, "content": turn["value"]})
     if not found and all(m["role"] != "assistant" for m in messages):
         found.append(error("no_assistant", source, "conversations", "no 'gpt' turn", "add the answer as a 'gpt' turn"))
-    return ([], found) if found else (messages, [])
+    return ({}, found) if found else ({"messages": messages}, [])
 
 
-def _text_issue(
-    obj: dict[str, Any], key: str, source: Source, required: bool, where: str | None = None
-) -> Issue | None:
-    """An Issue when obj[key] is missing (if required), not a string, or blank."""
-    field = where or key
-    if key not in obj or obj[key] is None:
-        return error("missing_field", source, field, f"no '{key}'", f"add '{key}' with the text") if required else None
-    value = obj[key]
-    if not isinstance(value, str):
-        return error(
-            "not_a_string",
-            source,
-            field,
-            f"'{key}' must be a string, got {type(value).__name__}",
-            "write the text as a string",
+@register("preference", "preference")
+def from_preference(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
+    """Preference pairs (TRL style): prompt, chosen, rejected as strings or message lists.
+
+    Without `prompt`, chosen and rejected are whole conversations and their shared beginning is the prompt.
+    """
+    found: list[Issue] = []
+    parts: dict[str, Messages] = {}
+    for key, role in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
+        value = obj.get(key)
+        if key == "prompt" and value is None:
+            continue
+        if isinstance(value, list):
+            found += check_messages(value, source, key, need_assistant=False)
+            parts[key] = value
+        elif problem := text_issue(obj, key, source, required=True):
+            found.append(problem)
+        else:
+            parts[key] = [{"role": role, "content": value}]
+    if found:
+        return {}, found
+    if "prompt" not in parts:
+        parts["prompt"], parts["chosen"], parts["rejected"] = _split_prefix(parts["chosen"], parts["rejected"])
+    return _check_pair(parts, source, ("chosen", "rejected"))
+
+
+@register("openai_preference", "preference")
+def from_openai_preference(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
+    """OpenAI DPO files: {"input": {"messages", "tools"?}, "preferred_output": [...], "non_preferred_output": [...]}."""
+    inp = obj.get("input")
+    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list):
+        return {}, [
+            error(
+                "missing_messages",
+                source,
+                "input.messages",
+                f"'input' must be an object with a 'messages' list, got {inp!r:.60}",
+                'write "input": {"messages": [{"role": "user", "content": ...}]}',
+            )
+        ]
+    found = check_messages(inp["messages"], source, "input.messages", need_assistant=False)
+    outputs: dict[str, Messages] = {}
+    for key in ("preferred_output", "non_preferred_output"):
+        value = obj.get(key)
+        if not isinstance(value, list) or not value:
+            found.append(
+                error(
+                    "missing_output",
+                    source,
+                    key,
+                    f"'{key}' must be a non-empty list of assistant messages, got {value!r:.60}",
+                    f'write "{key}": [{{"role": "assistant", "content": ...}}]',
+                )
+            )
+            continue
+        found += check_messages(value, source, key, need_assistant=True)
+        outputs[key] = value
+    if found:
+        return {}, found
+    pair = {"prompt": inp["messages"], "chosen": outputs["preferred_output"]}
+    pair["rejected"] = outputs["non_preferred_output"]
+    data, issues = _check_pair(pair, source, ("preferred_output", "non_preferred_output"))
+    if inp.get("tools"):
+        data["tools"] = inp["tools"]
+    return data, issues
+
+
+@register("classification", "classification")
+def from_classification(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
+    """Classification: {"text": ..., "label": ...}; labels are kept as strings (1 and "1" are one class)."""
+    found = [i for i in [text_issue(obj, "text", source, required=True)] if i]
+    label = obj.get("label")
+    if label is None or (isinstance(label, str) and not label.strip()):
+        found.append(error("missing_label", source, "label", "no 'label'", "give every example its class label"))
+    elif not isinstance(label, str | int | bool):
+        found.append(
+            error(
+                "bad_label",
+                source,
+                "label",
+                f"a label must be a string or an integer, got {type(label).__name__}",
+                "write one class name or number per example",
+            )
         )
-    if required and not value.strip():
-        return error("empty_content", source, field, f"'{key}' is empty", "write the text or drop the record")
-    return None
+    if found:
+        return {}, found
+    return {"text": obj["text"], "label": str(label).strip()}, []
 
 
-def _parse_line(raw: bytes, source: Source) -> tuple[Any, Issue | None]:
-    """The JSON value of one line (None for a blank line), or the Issue that stops it."""
-    try:
-        text = raw.decode("utf-8-sig" if source.line == 1 else "utf-8")
-    except UnicodeDecodeError as exc:
-        return None, error(
-            "bad_encoding",
-            source,
-            None,
-            f"not UTF-8 (byte {raw[exc.start]:#x} at column {exc.start + 1})",
-            "re-save the file as UTF-8",
+@register("text", "text")
+def from_text(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
+    """Raw text for continued pre-training: {"text": ...}."""
+    if problem := text_issue(obj, "text", source, required=True):
+        return {}, [problem]
+    return {"text": obj["text"]}, []
+
+
+def _user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
+def _split_prefix(chosen: Messages, rejected: Messages) -> tuple[Messages, Messages, Messages]:
+    """Shared leading messages of two conversations (the prompt) and what follows in each."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _check_pair(
+    pair: dict[str, Messages], source: Source, names: tuple[str, str]
+) -> tuple[dict[str, Any], list[Issue]]:
+    """Preference-level checks: a prompt exists, both answers are assistant turns, and they differ."""
+    found: list[Issue] = []
+    if not pair["prompt"]:
+        found.append(
+            error(
+                "missing_prompt",
+                source,
+                "prompt",
+                "no prompt: chosen and rejected share no leading messages",
+                "add 'prompt', or start both conversations with the same user message",
+            )
         )
-    if not text.strip():
-        return None, None
-    try:
-        return json.loads(text.rstrip("\r\n")), None
-    except json.JSONDecodeError as exc:
-        return None, error(
-            "invalid_json",
-            source,
-            None,
-            f"invalid JSON: {exc.msg} at column {exc.colno}",
-            "each line must be one complete JSON object",
+    for key, name in zip(("chosen", "rejected"), names, strict=True):
+        if not pair[key] or pair[key][0].get("role") != "assistant":
+            found.append(
+                error(
+                    "not_an_answer",
+                    source,
+                    name,
+                    f"'{name}' must start with an assistant message",
+                    "put the answer the model should (not) give as an assistant message",
+                )
+            )
+    if not found and pair["chosen"] == pair["rejected"]:
+        found.append(
+            error(
+                "same_answers",
+                source,
+                names[0],
+                f"'{names[0]}' and '{names[1]}' are identical",
+                "a preference pair needs two different answers; drop the record",
+            )
         )
+    return ({}, found) if found else (pair, [])

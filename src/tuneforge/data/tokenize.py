@@ -1,4 +1,4 @@
-"""Chat template rendering and loss masks: the loss falls on assistant tokens only.
+"""Chat template rendering and loss masks: the loss falls on assistant tokens only (weight 0 turns excluded).
 
 The mask is computed on characters, then mapped to tokens through the fast tokenizer's offsets. For each
 assistant turn, the text rendered up to the generation prompt is a prefix of the text rendered with the
@@ -8,8 +8,11 @@ answer; the characters in between (answer + end-of-turn marker) are the ones the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+
+from tuneforge.data.records import Record
 
 IGNORE_INDEX = -100
 
@@ -22,33 +25,66 @@ class Encoded:
     labels: list[int]
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    """The chat template applied to `messages`, as text."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """The chat template applied to `messages` (and tool definitions), as text."""
+    text = tokenizer.apply_chat_template(
+        messages, tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=generation_prompt
+    )
     assert isinstance(text, str)
     return text
 
 
+def count_tokens(tokenizer: PreTrainedTokenizerBase, records: list[Record]) -> list[int]:
+    """Tokens of each record as the model will see it (chat template for chats and pairs); one batched call.
+
+    Raises jinja2 errors (or TypeError) when the model's chat template cannot render a record.
+    """
+    texts: list[str] = []
+    for r in records:
+        if r.kind == "chat":
+            texts.append(render(tokenizer, r.data["messages"], False, r.data.get("tools")))
+        elif r.kind == "preference":
+            for answer in ("chosen", "rejected"):
+                texts.append(render(tokenizer, r.data["prompt"] + r.data[answer], False, r.data.get("tools")))
+        else:
+            texts.append(r.data["text"])
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    out: list[int] = []
+    pos = 0
+    for r in records:
+        width = 2 if r.kind == "preference" else 1
+        out.append(max(lengths[pos : pos + width]))
+        pos += width
+    return out
+
+
 def assistant_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Full rendered text and the character spans written by the assistant."""
-    full = render(tokenizer, messages, generation_prompt=False)
+    """Full rendered text and the character spans written by the assistant (turns with weight 0 left out)."""
+    full = render(tokenizer, messages, False, tools)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
+        if msg["role"] != "assistant" or msg.get("weight", 1) == 0:
             continue
-        before = render(tokenizer, messages[:i], generation_prompt=True) if i else ""
-        upto = render(tokenizer, messages[: i + 1], generation_prompt=False)
+        before = render(tokenizer, messages[:i], True, tools) if i else ""
+        upto = render(tokenizer, messages[: i + 1], False, tools)
         if not (upto.startswith(before) and full.startswith(upto)):
             raise ValueError("the chat template does not render conversations incrementally; cannot mask the loss")
         spans.append((len(before), len(upto)))
     return full, spans
 
 
-def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> Encoded:
+def encode_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> Encoded:
     """Token ids and assistant-only labels of one conversation."""
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)

@@ -1,17 +1,17 @@
-"""Checks of chat records. Pure: each function takes parsed data and returns Issues."""
+"""Checks of records and of whole datasets. Pure: each function takes parsed data and returns Issues."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.data.records import Issue, Source
+from tuneforge.data.records import Issue, Source, error
 
-ROLES = ("system", "user", "assistant")
-MESSAGE_KEYS = {"role", "content", "name", "weight"}
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id"}
 
 
 def check_chat(obj: dict[str, Any], source: Source) -> list[Issue]:
-    """Structural checks of one parsed JSONL object against the OpenAI chat format."""
+    """Structural checks of one parsed object against the OpenAI chat format (the cookbook's checks and more)."""
     if "messages" not in obj:
         return [
             error(
@@ -22,32 +22,67 @@ def check_chat(obj: dict[str, Any], source: Source) -> list[Issue]:
                 'add "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]',
             )
         ]
-    messages = obj["messages"]
+    issues = check_messages(obj["messages"], source, "messages", need_assistant=True)
+    tools = obj.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        issues.append(
+            error(
+                "bad_tools",
+                source,
+                "tools",
+                f"'tools' must be a list of tool definitions, got {tools!r:.60}",
+                'write "tools": [{"type": "function", "function": {"name": ..., "parameters": {...}}}]',
+            )
+        )
+    return issues
+
+
+def check_messages(messages: Any, source: Source, where: str, need_assistant: bool) -> list[Issue]:
+    """Checks of a list of chat messages at field `where`; `need_assistant`: one must be an assistant turn."""
     if not isinstance(messages, list) or not messages:
         return [
             error(
                 "messages_not_list",
                 source,
-                "messages",
-                f"'messages' must be a non-empty list, got {messages!r:.60}",
+                where,
+                f"'{where}' must be a non-empty list, got {messages!r:.60}",
                 "give a list of {role, content} objects",
             )
         ]
     issues: list[Issue] = []
     for i, msg in enumerate(messages):
-        issues += _check_message(msg, source, f"messages[{i}]")
+        issues += _check_message(msg, source, f"{where}[{i}]")
     roles = [m.get("role") for m in messages if isinstance(m, dict)]
-    if not issues and "assistant" not in roles:
+    if not issues and need_assistant and "assistant" not in roles:
         issues.append(
             error(
                 "no_assistant",
                 source,
-                "messages",
+                where,
                 f"no assistant message (roles: {roles})",
                 "add the answer the model should learn as a message with role 'assistant'",
             )
         )
     return issues
+
+
+def text_issue(obj: dict[str, Any], key: str, source: Source, required: bool, where: str | None = None) -> Issue | None:
+    """An Issue when obj[key] is missing (if required), not a string, or blank."""
+    field = where or key
+    if key not in obj or obj[key] is None:
+        return error("missing_field", source, field, f"no '{key}'", f"add '{key}' with the text") if required else None
+    value = obj[key]
+    if not isinstance(value, str):
+        return error(
+            "not_a_string",
+            source,
+            field,
+            f"'{key}' must be a string, got {type(value).__name__}",
+            "write the text as a string",
+        )
+    if required and not value.strip():
+        return error("empty_content", source, field, f"'{key}' is empty", "write the text or drop the record")
+    return None
 
 
 def check_length(n_tokens: int, max_seq_len: int, source: Source) -> Issue | None:
@@ -100,6 +135,18 @@ def _check_message(msg: Any, source: Source, where: str) -> list[Issue]:
         issues.append(
             error("unknown_role", source, f"{where}.role", f"unknown role {role!r}", f"use one of {list(ROLES)}")
         )
+    if "weight" in msg and (msg["weight"] not in (0, 1) or isinstance(msg["weight"], bool) or role != "assistant"):
+        issues.append(
+            error(
+                "bad_weight",
+                source,
+                f"{where}.weight",
+                f"weight {msg['weight']!r} on a {role} message",
+                "weight is 0 (do not learn this answer) or 1, and only on assistant messages",
+            )
+        )
+    if role == "assistant" and msg.get("tool_calls") and msg.get("content") is None:
+        return issues  # a tool call instead of text is a complete assistant turn
     content = msg.get("content")
     if content is None:
         issues.append(error("missing_content", source, f"{where}.content", "no 'content'", "add the message text"))
@@ -124,8 +171,3 @@ def _check_message(msg: Any, source: Source, where: str) -> list[Issue]:
             )
         )
     return issues
-
-
-def error(rule: str, source: Source, field: str | None, message: str, hint: str) -> Issue:
-    """An error-severity Issue."""
-    return Issue("error", rule, source, field, message, hint)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_chat
+from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
 
 
@@ -29,7 +30,13 @@ class Batch:
 
 def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase) -> list[Encoded]:
     """Encode a prepared split (data/<split>.jsonl) for supervised fine-tuning."""
-    return [encode_chat(tokenizer, row["messages"]) for row in read_jsonl(path)]
+    rows = read_jsonl(path)
+    if rows and "messages" not in rows[0]:
+        raise DataError(
+            f"{path}: the prepared data are not chat examples (keys: {sorted(rows[0])})",
+            "train.task sft needs chat data (messages, alpaca, sharegpt or prompt/completion)",
+        )
+    return [encode_chat(tokenizer, row["messages"], row.get("tools")) for row in rows]
 
 
 def collate(examples: list[Encoded], pad_id: int) -> Batch:

@@ -1,0 +1,446 @@
+"""The prepare stage: read -> clean -> anonymise -> de-duplicate -> measure tokens -> split -> write data/.
+
+Streams: records flow one at a time through the checks into a scratch file, and per record only a sort key, a
+label code, a token count and a split flag stay in memory (numpy arrays, ~20 bytes each), plus the
+de-duplication index. The split is then chosen on the arrays and the scratch file is streamed into
+train/val/test.jsonl. Everything found goes into data_report.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneforge.config import DataConfig, RunConfig
+from tuneforge.data.clean import NearDuplicates, exact_key, fingerprint_text, n_chars, normalize
+from tuneforge.data.files import HF_PREFIX, Skipped
+from tuneforge.data.privacy import PII_TYPES, detect, mask, pseudonymize
+from tuneforge.data.reader import read_records
+from tuneforge.data.records import Issue, Kind, Record, Source, error, warning
+from tuneforge.data.report import Findings, render
+from tuneforge.data.split import SPLITS, TEST, assign, order_key
+from tuneforge.data.tokenize import count_tokens
+from tuneforge.data.validate import check_count, check_length
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.models import load_tokenizer
+from tuneforge.rundir import atomic_open, atomic_write_json, save_config
+
+REPORT = "data_report.json"
+LOCK = "test.lock.json"
+SCRATCH = ".records.jsonl"
+CHUNK = 256  # records tokenized per batched call
+
+
+@dataclass
+class PrepareResult:
+    """Where the splits were written, how many examples and tokens each holds, and the full report."""
+
+    data_dir: Path
+    counts: dict[str, int]
+    tokens: dict[str, int]
+    report: dict[str, Any]
+    ok: bool
+
+    def text(self, strict: bool = False) -> str:
+        """The human-readable report."""
+        return render(self.report, strict)
+
+
+def prepare(cfg: RunConfig, check: bool = False, strict: bool = False) -> PrepareResult:
+    """Validate, clean and split the data of `cfg` into the run's data/ folder.
+
+    Raises DataError when errors (with `strict`, also warnings) remain, unless `check` is set: then nothing but
+    the report is written and the result says whether the data passed.
+    """
+    specs = _sources(cfg)
+    data_dir = cfg.run_dir / "data"
+    save_config(cfg)
+    scan = _Scan(cfg, load_tokenizer(cfg.model.name, cfg.model.revision), data_dir / SCRATCH)
+    try:
+        for spec, fixed_test, data in specs:
+            scan.read(spec, fixed_test, data)
+        scan.finish_checks()
+        ok = scan.findings.n_blocking(strict) == 0
+        counts: dict[str, int] = {}
+        tokens: dict[str, int] = {}
+        stats: dict[str, Any] = {}
+        labels: dict[str, Any] = {}
+        if ok and not check:
+            counts, tokens, stats, labels = _write_splits(cfg, scan, data_dir)
+            ok = scan.findings.n_blocking(strict) == 0  # leakage and the privacy gate come after the split
+    finally:
+        scan.close()
+    report = _report(cfg, scan, counts, tokens, stats, labels)
+    atomic_write_json(data_dir / REPORT, report)
+    result = PrepareResult(data_dir, counts, tokens, report, ok)
+    if not ok and not check:
+        raise DataError(_summary(scan.findings, strict, data_dir), "fix the records named above, then prepare again")
+    return result
+
+
+def _sources(cfg: RunConfig) -> list[tuple[str, bool, DataConfig]]:
+    """(source, is fixed test data, how to read it) in reading order: fixed test data first, so that its
+    duplicates leave the training data."""
+    if cfg.data.path is None:
+        raise ConfigError("data.path is not set", "set data.path in the config or pass data.path=FILE")
+    for key, spec in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
+        if spec and not spec.startswith(HF_PREFIX) and not Path(spec).exists():
+            raise DataError(
+                f"{key}: not found: {spec}", "check the path (relative paths resolve against the config file)"
+            )
+    locked = cfg.run_dir / "data" / LOCK
+    specs: list[tuple[str, bool, DataConfig]] = []
+    if cfg.data.lock_test and locked.is_file():  # written by tuneforge: canonical records, read as they are
+        canonical = cfg.data.model_copy(update={"format": "auto", "columns": {}, "group_by": None})
+        specs.append((str(_locked_test(locked)), True, canonical))
+    elif cfg.data.test_path:
+        specs.append((cfg.data.test_path, True, cfg.data))
+    return [*specs, (cfg.data.path, False, cfg.data)]
+
+
+def _locked_test(lock: Path) -> Path:
+    """The locked test file, after checking it is unchanged since it was locked."""
+    test = lock.parent / "test.jsonl"
+    info = json.loads(lock.read_text(encoding="utf-8"))
+    if not test.is_file() or _sha256(test) != info["sha256"]:
+        raise DataError(
+            f"{test} changed or vanished after it was locked ({lock})",
+            f"restore it, or delete {lock} to draw a new test split",
+        )
+    return test
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Scan:
+    """One streaming pass: every record is checked, cleaned and appended to the scratch file or counted out."""
+
+    def __init__(self, cfg: RunConfig, tokenizer: Any, scratch: Path) -> None:
+        self.cfg, self.tokenizer, self.scratch = cfg, tokenizer, scratch
+        self.findings = Findings()
+        self.kind: Kind | None = None
+        self.read_count = 0
+        self.seen: dict[int, str | None] = {}  # exact key of every kept text -> its label
+        threshold = cfg.clean.near_dup_threshold
+        self.near = NearDuplicates(threshold, scratch.with_suffix(".minhash")) if threshold > 0 else None
+        self.keys, self.tokens = array("q"), array("l")
+        self.labels, self.fixed = array("l"), array("b")
+        self.label_names: dict[str, int] = {}
+        self.group_labels: dict[str, int] = {}
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        self.out = scratch.open("w", encoding="utf-8")
+
+    def read(self, spec: str, fixed_test: bool, data: DataConfig) -> None:
+        """Stream one source through the checks."""
+        chunk: list[Record] = []
+        for record in self._cleaned(read_records(spec, data, self.kind)):
+            chunk.append(record)
+            if len(chunk) == CHUNK:
+                self._keep(chunk, fixed_test)
+                chunk = []
+        self._keep(chunk, fixed_test)
+
+    def _cleaned(self, items: Iterable[Record | Issue | Skipped]) -> Iterator[Record]:
+        clean, privacy = self.cfg.clean, self.cfg.privacy
+        for item in items:
+            if isinstance(item, Skipped):
+                self.findings.skip(item.path, item.reason)
+                continue
+            if isinstance(item, Issue):
+                self.read_count += item.source is not None and item.source.line > 0
+                self.findings.add(item)
+                continue
+            self.read_count += 1
+            self.kind = self.kind or item.kind
+            if clean.normalize or clean.strip_html:
+                item.map_texts(lambda t: normalize(t, clean.strip_html) if clean.normalize else t)
+            if privacy.mode != "off" and not self._anonymised(item):
+                continue
+            size = n_chars(item)
+            if size < clean.min_chars or (clean.max_chars and size > clean.max_chars):
+                self.findings.remove("too_short" if size < clean.min_chars else "too_long", item, f"{size} chars")
+                continue
+            if self._duplicate(item):
+                continue
+            yield item
+
+    def _anonymised(self, record: Record) -> bool:
+        """Detect (and per privacy.mode rewrite) personal data; False when the record is dropped."""
+        mode, types = self.cfg.privacy.mode, tuple(self.cfg.privacy.types)
+        found: Counter[str] = Counter()
+
+        def handle(text: str) -> str:
+            spans = detect(text, types)
+            found.update(f.type for f in spans)
+            if not spans or mode == "report":
+                return text
+            return mask(text, spans) if mode == "mask" else pseudonymize(text, spans, f"seed{self.cfg.data.seed}")
+
+        record.map_texts(handle)
+        if found:
+            self.findings.pii.update(found)
+            self.findings.pii_records += 1
+        if found and mode == "drop":
+            self.findings.remove("personal_data", record, ", ".join(sorted(found)))
+            return False
+        return True
+
+    def _duplicate(self, record: Record) -> bool:
+        """True (and counted) when the record repeats an earlier one exactly or nearly."""
+        text = fingerprint_text(record)
+        if self.cfg.clean.dedup:
+            key = exact_key(text)
+            if key in self.seen:
+                first = self.seen[key]
+                if first != record.label:
+                    self.findings.add(
+                        warning(
+                            "conflicting_label",
+                            record.source,
+                            "label",
+                            f"the same text occurred earlier with label {first!r}, here {record.label!r}",
+                            "decide which label is right; this later copy was dropped",
+                        )
+                    )
+                self.findings.remove("duplicate", record, "exact, after normalising case and spaces")
+                return True
+            self.seen[key] = record.label
+        if self.near is not None:
+            earlier, sim = self.near.check(text)
+            if earlier is not None:
+                self.findings.remove("near_duplicate", record, f"{sim:.2f} similar to an earlier record")
+                return True
+        return False
+
+    def _keep(self, chunk: list[Record], fixed_test: bool) -> None:
+        """Measure tokens of a chunk, check lengths, append the survivors to the scratch file."""
+        if not chunk:
+            return
+        try:
+            lengths = count_tokens(self.tokenizer, chunk)
+        except Exception:  # a template that cannot render one record: find which, one by one
+            lengths = [self._count_one(r) for r in chunk]
+        limited = self.kind in ("chat", "preference", "classification")
+        for record, n in zip(chunk, lengths, strict=True):
+            if n < 0:
+                continue
+            if limited and (too_long := check_length(n, self.cfg.data.max_seq_len, record.source)):
+                self.findings.add(too_long)
+                continue
+            record.n_tokens = n
+            self._append(record, fixed_test)
+
+    def _count_one(self, record: Record) -> int:
+        try:
+            return count_tokens(self.tokenizer, [record])[0]
+        except Exception as exc:  # jinja2 raises many types; the message is what the user needs
+            self.findings.add(
+                error(
+                    "template_error",
+                    record.source,
+                    None,
+                    f"the chat template of {self.cfg.model.name} cannot render this record: {exc}",
+                    "remove what the template does not support (tool calls, roles), or choose another model",
+                )
+            )
+            return -1
+
+    def _append(self, record: Record, fixed_test: bool) -> None:
+        label = -1
+        if record.label is not None:
+            label = self.label_names.setdefault(record.label, len(self.label_names))
+        identity = record.group or fingerprint_text(record)
+        if record.group is not None and label >= 0:  # a group is stratified by its first record's label
+            label = self.group_labels.setdefault(record.group, label)
+        self.keys.append(order_key(self.cfg.data.seed, identity))
+        self.tokens.append(record.n_tokens)
+        self.labels.append(label)
+        self.fixed.append(1 if fixed_test else 0)
+        self.out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+
+    def finish_checks(self) -> None:
+        """Dataset-level checks once every record is in: enough examples, labels balanced."""
+        self.out.flush()
+        free = sum(1 for f in self.fixed if not f)
+        has_test = any(self.fixed)
+        data = self.cfg.data
+        minimum = 1 + (data.val_size > 0) + (0 if has_test else data.test_size > 0) + 1
+        if self.findings.severities["error"] == 0 and (few := check_count(free, minimum, str(data.path))):
+            self.findings.add(few)
+        if self.kind == "classification":
+            for issue in _label_checks(self.labels, self.label_names, data.imbalance_ratio, data.labels):
+                self.findings.add(issue)
+
+    def close(self) -> None:
+        self.out.close()
+        if self.near is not None:
+            self.near.close()
+
+
+def _label_checks(codes: array[int], names: dict[str, int], ratio: float, allowed: list[str] | None) -> Iterator[Issue]:
+    counts = Counter(codes)
+    by_name = {name: counts.get(code, 0) for name, code in names.items()}
+    if len(by_name) == 1:
+        only = next(iter(by_name))
+        yield error("one_label", None, "label", f"every example has label {only!r}", "a classifier needs two classes")
+    elif by_name:
+        common, rare = max(by_name, key=by_name.__getitem__), min(by_name, key=by_name.__getitem__)
+        if by_name[common] >= ratio * by_name[rare]:
+            yield warning(
+                "label_imbalance",
+                None,
+                "label",
+                f"{common!r} has {by_name[common]} examples, {rare!r} only {by_name[rare]} "
+                f"({by_name[common] / by_name[rare]:.0f}x; data.imbalance_ratio={ratio:g})",
+                "collect more of the rare class, or weight classes in training",
+            )
+    for name in allowed or []:
+        if name not in by_name:
+            yield warning("unused_label", None, "label", f"label {name!r} of data.labels never occurs", "add examples")
+
+
+def _write_splits(
+    cfg: RunConfig, scan: _Scan, data_dir: Path
+) -> tuple[dict[str, int], dict[str, int], dict[str, Any], dict[str, Any]]:
+    """Choose the split on the arrays, stream the scratch file into the split files, check leakage, lock test."""
+    keys, fixed = np.asarray(scan.keys, dtype=np.int64), np.asarray(scan.fixed, dtype=bool)
+    labels = np.asarray(scan.labels, dtype=np.int64) if scan.kind == "classification" and cfg.data.stratify else None
+    codes = np.full(len(keys), TEST, dtype=np.int8)
+    test_size = 0.0 if fixed.any() else cfg.data.test_size
+    free = np.flatnonzero(~fixed)
+    codes[free] = assign(keys[free], cfg.data.val_size, test_size, None if labels is None else labels[free])
+    locked = cfg.data.lock_test and (data_dir / LOCK).is_file()
+    names = [*SPLITS] if not locked else ["train", "val"]
+    with contextlib.ExitStack() as stack, scan.scratch.open(encoding="utf-8") as lines:
+        files = {n: stack.enter_context(atomic_open(data_dir / f"{n}.jsonl")) for n in names}
+        for line, code in zip(lines, codes, strict=True):
+            if SPLITS[code] in files:
+                files[SPLITS[code]].write(line)
+    if cfg.clean.leakage_threshold > 0 and scan.kind:
+        for issue in _leakage(scan.scratch, scan.kind, codes, cfg.clean.leakage_threshold, data_dir):
+            scan.findings.add(issue)
+    if cfg.data.lock_test and not locked:
+        atomic_write_json(
+            data_dir / LOCK, {"sha256": _sha256(data_dir / "test.jsonl"), "count": int((codes == 2).sum())}
+        )
+    _privacy_gate(cfg, scan.findings)
+    tokens = np.asarray(scan.tokens, dtype=np.int64)
+    inverse = {v: k for k, v in scan.label_names.items()}
+    counts: dict[str, int] = {}
+    sums: dict[str, int] = {}
+    stats: dict[str, Any] = {}
+    per_label: dict[str, Any] = {}
+    for index, split in enumerate(SPLITS):
+        part = tokens[codes == index]
+        counts[split], sums[split] = len(part), int(part.sum())
+        stats[split] = _token_stats(part)
+        if scan.kind == "classification":
+            per_label[split] = dict(Counter(inverse[c] for c in np.asarray(scan.labels)[codes == index]))
+    return counts, sums, stats, per_label
+
+
+def _leakage(scratch: Path, kind: Kind, codes: np.ndarray, threshold: float, data_dir: Path) -> Iterator[Issue]:
+    """Warnings for train/val records nearly identical to a test record (MinHash, verified)."""
+    index = NearDuplicates(threshold, data_dir / ".leakage.minhash")
+    test_sources: list[str] = []
+    try:
+        for line, code in zip(_records(scratch, kind), codes, strict=True):
+            if code == TEST:
+                index.add(fingerprint_text(line))
+                test_sources.append(str(line.source))
+        for line, code in zip(_records(scratch, kind), codes, strict=True):
+            if code != TEST and (hit := index.find(fingerprint_text(line)))[0] is not None:
+                yield warning(
+                    "leakage",
+                    line.source,
+                    None,
+                    f"{hit[1]:.2f} similar to test record {test_sources[hit[0]]}",
+                    "drop one of the two, or group them with data.group_by so they share a split",
+                )
+    finally:
+        index.close()
+
+
+def _records(scratch: Path, kind: Kind) -> Iterator[Record]:
+    """The records of the scratch file (all of one kind)."""
+    with scratch.open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            source = row.pop("source")
+            file, _, num = source.rpartition(":")
+            yield Record(kind, row, Source(file, int(num)) if num.isdigit() else Source(source, 0))
+
+
+def _privacy_gate(cfg: RunConfig, findings: Findings) -> None:
+    """Personal data left in the written splits: an error under privacy.gate=block, else a warning."""
+    if cfg.privacy.mode != "report" or not findings.pii or cfg.privacy.gate == "off":
+        return
+    found = ", ".join(f"{k} {v}" for k, v in findings.pii.most_common())
+    make = error if cfg.privacy.gate == "block" else warning
+    findings.add(
+        make(
+            "personal_data",
+            None,
+            None,
+            f"personal data remains in {findings.pii_records} record(s): {found}",
+            "set privacy.mode to mask, pseudonymize or drop (privacy.gate=block refuses to train until then)",
+        )
+    )
+
+
+def _token_stats(part: np.ndarray) -> dict[str, Any]:
+    if not len(part):
+        return {}
+    return {
+        "min": int(part.min()),
+        "mean": round(float(part.mean()), 1),
+        "p50": int(np.percentile(part, 50)),
+        "p95": int(np.percentile(part, 95)),
+        "max": int(part.max()),
+    }
+
+
+def _report(
+    cfg: RunConfig, scan: _Scan, counts: dict[str, int], tokens: dict[str, int], stats: dict[str, Any], labels: dict
+) -> dict[str, Any]:
+    return {
+        "source": cfg.data.path,
+        "test_source": cfg.data.test_path,
+        "kind": scan.kind,
+        "read": scan.read_count,
+        "kept": len(scan.keys),
+        "counts": counts,
+        "tokens": tokens,
+        "token_stats": stats,
+        "labels": labels,
+        "privacy": {
+            "mode": cfg.privacy.mode,
+            "found": {t: scan.findings.pii[t] for t in PII_TYPES if scan.findings.pii[t]},
+            "records": scan.findings.pii_records,
+        },
+        **scan.findings.to_json(),
+    }
+
+
+def _summary(findings: Findings, strict: bool, data_dir: Path) -> str:
+    blocking = findings.errors(strict)
+    shown = "\n".join(f"  - {e}" for e in blocking[:15])
+    n = findings.n_blocking(strict)
+    more = f"\n  ... and {n - 15} more" if n > 15 else ""
+    what = "data error(s) and warning(s) (--strict)" if strict and findings.severities["warning"] else "data error(s)"
+    return f"{n} {what}:\n{shown}{more}\n  (all findings: {data_dir / REPORT})"
