@@ -288,7 +288,7 @@ def _read_hf(name: str, subset: str | None, split: str) -> Iterator[Item]:
             f"data.path=hf:{name}: the Hugging Face dataset {name!r} (subset {subset}, split {split!r}) is not in the "
             f"local cache and {where}",
             "load it once on a machine with network (it is then cached under ~/.cache/huggingface), or save it as "
-            "JSONL/Parquet and point data.path at the file",
+            "JSONL/Parquet and point data.path at the file (HF_HUB_OFFLINE=1 skips the network retries)",
         ) from None
     label = f"hf:{name}[{split}]"
     for i, value in enumerate(dataset, start=1):

@@ -69,22 +69,32 @@ def prepare(cfg: RunConfig, check: bool = False, strict: bool = False) -> Prepar
         for spec, fixed_test, data in specs:
             scan.read(spec, fixed_test, data)
         scan.finish_checks()
-        ok = scan.findings.n_blocking(strict) == 0
-        counts: dict[str, int] = {}
-        tokens: dict[str, int] = {}
-        stats: dict[str, Any] = {}
-        labels: dict[str, Any] = {}
-        if ok and not check:
-            counts, tokens, stats, labels = _write_splits(cfg, scan, data_dir)
-            ok = scan.findings.n_blocking(strict) == 0  # leakage and the privacy gate come after the split
+        splits: tuple[dict[str, int], dict[str, int], dict[str, Any], dict[str, Any]] = ({}, {}, {}, {})
+        if scan.findings.n_blocking(strict) == 0:
+            codes = _assign(cfg, scan)
+            if cfg.clean.leakage_threshold > 0 and scan.kind:
+                for issue in _leakage(scan.scratch, scan.kind, codes, cfg.clean.leakage_threshold, data_dir):
+                    scan.findings.add(issue)
+            ok = scan.findings.n_blocking(strict) == 0
+            if ok and not check:
+                splits = _write_splits(cfg, scan, codes, data_dir)
     finally:
         scan.close()
-    report = _report(cfg, scan, counts, tokens, stats, labels)
+    ok = scan.findings.n_blocking(strict) == 0
+    report = _report(cfg, scan, *splits)
     atomic_write_json(data_dir / REPORT, report)
-    result = PrepareResult(data_dir, counts, tokens, report, ok)
     if not ok and not check:
+        _remove_stale_splits(cfg, data_dir)
         raise DataError(_summary(scan.findings, strict, data_dir), "fix the records named above, then prepare again")
-    return result
+    return PrepareResult(data_dir, splits[0], splits[1], report, ok)
+
+
+def _remove_stale_splits(cfg: RunConfig, data_dir: Path) -> None:
+    """Split files of an earlier prepare must not be trained on after this one failed (a locked test stays)."""
+    locked = cfg.data.lock_test and (data_dir / LOCK).is_file()
+    for split in SPLITS:
+        if not (split == "test" and locked):
+            (data_dir / f"{split}.jsonl").unlink(missing_ok=True)
 
 
 def _sources(cfg: RunConfig) -> list[tuple[str, bool, DataConfig]]:
@@ -282,6 +292,7 @@ class _Scan:
         minimum = 1 + (data.val_size > 0) + (0 if has_test else data.test_size > 0) + 1
         if self.findings.severities["error"] == 0 and (few := check_count(free, minimum, str(data.path))):
             self.findings.add(few)
+        _privacy_gate(self.cfg, self.findings)
         if self.kind == "classification":
             for issue in _label_checks(self.labels, self.label_names, data.imbalance_ratio, data.labels):
                 self.findings.add(issue)
@@ -314,16 +325,21 @@ def _label_checks(codes: array[int], names: dict[str, int], ratio: float, allowe
             yield warning("unused_label", None, "label", f"label {name!r} of data.labels never occurs", "add examples")
 
 
-def _write_splits(
-    cfg: RunConfig, scan: _Scan, data_dir: Path
-) -> tuple[dict[str, int], dict[str, int], dict[str, Any], dict[str, Any]]:
-    """Choose the split on the arrays, stream the scratch file into the split files, check leakage, lock test."""
+def _assign(cfg: RunConfig, scan: _Scan) -> np.ndarray:
+    """The split code of every kept record: fixed test records stay test, the rest is drawn by key."""
     keys, fixed = np.asarray(scan.keys, dtype=np.int64), np.asarray(scan.fixed, dtype=bool)
     labels = np.asarray(scan.labels, dtype=np.int64) if scan.kind == "classification" and cfg.data.stratify else None
     codes = np.full(len(keys), TEST, dtype=np.int8)
     test_size = 0.0 if fixed.any() else cfg.data.test_size
     free = np.flatnonzero(~fixed)
     codes[free] = assign(keys[free], cfg.data.val_size, test_size, None if labels is None else labels[free])
+    return codes
+
+
+def _write_splits(
+    cfg: RunConfig, scan: _Scan, codes: np.ndarray, data_dir: Path
+) -> tuple[dict[str, int], dict[str, int], dict[str, Any], dict[str, Any]]:
+    """Stream the scratch file into the split files, lock the test split, and count what each split holds."""
     locked = cfg.data.lock_test and (data_dir / LOCK).is_file()
     names = [*SPLITS] if not locked else ["train", "val"]
     with contextlib.ExitStack() as stack, scan.scratch.open(encoding="utf-8") as lines:
@@ -331,14 +347,10 @@ def _write_splits(
         for line, code in zip(lines, codes, strict=True):
             if SPLITS[code] in files:
                 files[SPLITS[code]].write(line)
-    if cfg.clean.leakage_threshold > 0 and scan.kind:
-        for issue in _leakage(scan.scratch, scan.kind, codes, cfg.clean.leakage_threshold, data_dir):
-            scan.findings.add(issue)
     if cfg.data.lock_test and not locked:
         atomic_write_json(
             data_dir / LOCK, {"sha256": _sha256(data_dir / "test.jsonl"), "count": int((codes == 2).sum())}
         )
-    _privacy_gate(cfg, scan.findings)
     tokens = np.asarray(scan.tokens, dtype=np.int64)
     inverse = {v: k for k, v in scan.label_names.items()}
     counts: dict[str, int] = {}

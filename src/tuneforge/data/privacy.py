@@ -25,7 +25,8 @@ PII_TYPES: tuple[PiiType, ...] = get_args(PiiType)
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 URL_SECRET = re.compile(
     r"\b[a-z][a-z0-9+.-]*://(?:[^\s/@:]+:[^\s/@]+@[^\s]+"  # user:password@host
-    r"|[^\s?#]+\?[^\s#]*\b(?:token|access_token|api_key|apikey|key|secret|password|pwd|sig|signature)=[^\s&#]+[^\s]*)",
+    r"|[^\s?#]+\?[^\s#]*\b(?:token|access_token|api_key|apikey|key|secret|password|pwd|sig|signature)=[^\s&#]+?[^\s]*?)"
+    r"(?=[.,;:!?)]*(?:\s|$))",  # sentence punctuation after the URL is not part of it
     re.IGNORECASE,
 )
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
@@ -63,7 +64,9 @@ ADDRESS = re.compile(
     rf"|{STREET_EN}(?:,\s+[A-Z][a-z]+(?:\s[A-Z][a-z]+)?(?:,\s+[A-Z]{{2}})?(?:\s+\d{{5}}(?:-\d{{4}})?)?)?)"
 )
 TITLES = r"(?:Herrn?|Frau|Hr\.|Fr\.|Mr\.?|Mrs\.?|Ms\.?|Miss|Dr\.|Prof\.)"
-CAP = r"[A-ZÄÖÜ][a-zäöüß]+(?:-[A-ZÄÖÜ][a-zäöüß]+)?"
+CAP = r"[A-ZÄÖÜ](?:[a-zäöüß]+|'[A-Z][a-zäöüß]+)(?:-[A-ZÄÖÜ][a-zäöüß]+)?"
+INTRO = r"(?:ich heiße|mein Name ist|my name is|this is|I am|I'm)"
+VERSION = re.compile(r"(?:version|firmware|release|v)\s*$", re.IGNORECASE)
 PARTICLE = r"(?:(?:von|van|de|der|zu|vom)\s+){0,2}"
 
 
@@ -77,8 +80,9 @@ class Finding:
 
 
 @functools.cache
-def _names() -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """Regexes for `Firstname Lastname` (first names from faker's de_DE/en_US/en_GB lists) and `Title Name`."""
+def _names() -> tuple[re.Pattern[str], ...]:
+    """Regexes for `Firstname Lastname` (first names from faker's de_DE/en_US/en_GB lists), `Title Name` and
+    `my name is Name Surname`."""
     from faker.providers.person.de_DE import Provider as De
     from faker.providers.person.en_GB import Provider as Gb
     from faker.providers.person.en_US import Provider as Us
@@ -88,7 +92,8 @@ def _names() -> tuple[re.Pattern[str], re.Pattern[str]]:
     alternation = "|".join(sorted((re.escape(n) for n in firsts), key=len, reverse=True))
     full = re.compile(rf"\b(?:{alternation})(?:\s+{CAP})?\s+{PARTICLE}{CAP}\b")
     titled = re.compile(rf"\b{TITLES}\s+(?:(?:Dr\.|Prof\.)\s+)?(?:{CAP}\s+)?{PARTICLE}{CAP}\b")
-    return full, titled
+    introduced = re.compile(rf"\b(?i:{INTRO})\s+({CAP}\s+{PARTICLE}{CAP})\b")
+    return full, titled, introduced
 
 
 def detect(text: str, types: tuple[PiiType, ...] = PII_TYPES) -> list[Finding]:
@@ -154,6 +159,8 @@ def _ips(text: str) -> Iterator[Finding]:
                 ipaddress.ip_address(m.group())
             except ValueError:
                 continue
+            if VERSION.search(text[max(0, m.start() - 12) : m.start()]):
+                continue  # "Version 10.4.2.1" is not an address
             yield Finding("IP_ADDRESS", m.start(), m.end())
 
 
@@ -163,7 +170,7 @@ def _births(text: str) -> Iterator[Finding]:
 
 def _persons(text: str) -> Iterator[Finding]:
     for pattern in _names():
-        yield from _spans("PERSON", pattern, text)
+        yield from _spans("PERSON", pattern, text, group=pattern.groups)  # the name, without the cue
 
 
 def _addresses(text: str) -> Iterator[Finding]:
@@ -225,3 +232,46 @@ def fake(kind: PiiType, value: str, salt: str) -> str:
         "ADDRESS": lambda: faker.street_address(),
     }
     return str(makers[kind]())
+
+
+MARK = re.compile(r"\[\[([A-Z_]+):(.+?)\]\]")
+
+
+def parse_labelled(line: str) -> tuple[str, list[Finding]]:
+    """A labelled line (`text with [[TYPE:value]] marks`) as plain text and its gold findings."""
+    text, gold, pos = [], [], 0
+    length = 0
+    for m in MARK.finditer(line):
+        before = line[pos : m.start()]
+        text.append(before)
+        length += len(before)
+        kind = m.group(1)
+        if kind not in PII_TYPES:
+            raise ValueError(f"unknown type {kind!r} in labelled line: {line!r}")
+        gold.append(Finding(kind, length, length + len(m.group(2))))  # type: ignore[arg-type]
+        text.append(m.group(2))
+        length += len(m.group(2))
+        pos = m.end()
+    text.append(line[pos:])
+    return "".join(text), gold
+
+
+def score(lines: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall and F1 per type (and 'ALL') on labelled lines; a hit is the same type, overlapping."""
+    tp: dict[str, int] = {t: 0 for t in PII_TYPES}
+    fp, fn = dict(tp), dict(tp)
+    for line in lines:
+        text, gold = parse_labelled(line)
+        found = detect(text)
+        for f in found:
+            hit = any(g.type == f.type and g.start < f.end and f.start < g.end for g in gold)
+            (tp if hit else fp)[f.type] += hit or 1
+        for g in gold:
+            if not any(g.type == f.type and g.start < f.end and f.start < g.end for f in found):
+                fn[g.type] += 1
+    out = {}
+    for t in [*PII_TYPES, "ALL"]:
+        a, b, c = (sum(d.values()) for d in (tp, fp, fn)) if t == "ALL" else (tp[t], fp[t], fn[t])
+        p, r = a / (a + b) if a + b else 1.0, a / (a + c) if a + c else 1.0
+        out[t] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": a + c}
+    return out

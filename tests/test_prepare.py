@@ -1,0 +1,159 @@
+"""The prepare stage end to end: cleaning, de-duplication, leakage, splits, locking, --check/--strict, report."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import chat, toy_rows, write_jsonl
+from typer.testing import CliRunner
+
+from tuneforge.cli import app
+from tuneforge.data import prepare
+from tuneforge.data.clean import NearDuplicates, bands_for, normalize
+from tuneforge.data.split import TEST, TRAIN, VAL, assign, order_key, size_of
+from tuneforge.errors import DataError
+from tuneforge.rundir import read_jsonl
+
+runner = CliRunner()
+
+
+def reviews(n_pos: int, n_neg: int) -> list[dict[str, str]]:
+    pos = [f"Bestellung {i}: schnelle Lieferung, alles bestens, Note {i % 7}." for i in range(n_pos)]
+    neg = [f"Order {i} arrived broken after {i % 9 + 2} weeks; refund requested." for i in range(n_neg)]
+    return [{"text": t, "label": "pos"} for t in pos] + [{"text": t, "label": "neg"} for t in neg]
+
+
+def split_rows(cfg) -> dict[str, list[dict]]:
+    return {s: read_jsonl(cfg.run_dir / "data" / f"{s}.jsonl") for s in ("train", "val", "test")}
+
+
+def test_normalize_keeps_indentation_and_removes_invisible_noise() -> None:
+    text = "Cafe\u0301\u200b  \r\ndef f():\r\n    return 1   \n\n\n\nEnde\x07"
+    assert normalize(text) == "Café\ndef f():\n    return 1\n\nEnde"
+    assert normalize("<p>Preis:&nbsp;5&euro;</p><script>x()</script><br>neu", strip_html=True) == "Preis: 5€\n\nneu"
+
+
+def test_near_duplicates_are_found_and_verified(tmp_path: Path) -> None:
+    index = NearDuplicates(0.8, tmp_path / "sig")
+    base = "Die Kündigungsfrist beträgt drei Monate zum Ende des Vertragsjahres, schriftlich per Brief."
+    assert index.check(base) == (None, 0.0)
+    hit, sim = index.check(base.replace("Brief", "Briefe"))
+    assert hit == 0 and sim >= 0.8
+    assert index.check("Completely different: the warranty covers two years of parts and labour.")[0] is None
+    index.close()
+    assert not (tmp_path / "sig").exists()
+    assert bands_for(0.9) < bands_for(0.5)  # a lower threshold needs more, shorter bands to be caught
+
+
+def test_split_sizes_counts_groups_and_strata() -> None:
+    assert (size_of(0.1, 50), size_of(7, 50), size_of(0.001, 50), size_of(0, 50)) == (5, 7, 1, 0)
+    keys = np.array([order_key(0, f"r{i}") for i in range(100)], dtype=np.int64)
+    labels = np.array([0] * 90 + [1] * 10)
+    codes = assign(keys, 0.1, 0.2, labels)
+    assert Counter(codes[labels == 1]) == {TRAIN: 7, TEST: 2, VAL: 1}  # 10% of the rare class in each held-out split
+    groups = np.array([order_key(0, f"g{i // 5}") for i in range(100)], dtype=np.int64)  # 20 groups of 5
+    codes = assign(groups, 0.1, 0.2)
+    for g in range(20):
+        assert len(set(codes[g * 5 : g * 5 + 5])) == 1
+    assert Counter(codes) == {TRAIN: 70, TEST: 20, VAL: 10}
+
+
+def test_duplicates_near_duplicates_and_samples_are_reported(tiny_config, tmp_path: Path) -> None:
+    rows = toy_rows(30)
+    rows += [chat("Item 3:   WHAT colour?", rows[3]["messages"][1]["content"])]  # exact after case/space folding
+    long_q = "Please summarise the delivery terms of contract 4711 for the customer in two short sentences."
+    rows += [chat(long_q, "Delivery within 14 days."), chat(long_q + ".", "Delivery within 14 days.")]
+    rows += [chat("x", "y")]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    result = prepare(tiny_config(f"data.path={path}", "clean.min_chars=5"))
+    assert result.report["removed"] == {"duplicate": 1, "near_duplicate": 1, "too_short": 1}
+    sample = result.report["removed_samples"]["duplicate"][0]
+    assert sample["source"] == f"{path}:31" and sample["text"].startswith("Item 3:   WHAT colour?")
+    assert sum(result.counts.values()) == 31
+    text = result.text()
+    assert "removed 1 near duplicate" in text and f"e.g. {path}:33" in text
+
+
+def test_leakage_between_a_separate_test_file_and_training_is_a_warning(tiny_config, tmp_path: Path) -> None:
+    question = "Item 7: which colour does it have according to the spring catalogue of 2024? Answer briefly"
+    test = write_jsonl(tmp_path / "test.jsonl", [chat(question + "?", "blue")])
+    train = toy_rows(20) + [chat(question + "!", "blue")]
+    path = write_jsonl(tmp_path / "train.jsonl", train)
+    cfg = tiny_config(f"data.path={path}", f"data.test_path={test}", "clean.near_dup_threshold=0.99")
+    result = prepare(cfg)
+    leaks = [i for i in result.report["issues"] if i["rule"] == "leakage"]
+    assert len(leaks) == 1 and leaks[0]["line"] == 21 and f"test record {test}:1" in leaks[0]["message"]
+    with pytest.raises(DataError, match="leakage"):
+        prepare(cfg, strict=True)
+
+
+def test_stratified_split_and_imbalance_warning(tiny_config, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", reviews(60, 20))
+    cfg = tiny_config(f"data.path={path}", "data.val_size=0.1", "data.test_size=0.25")
+    result = prepare(cfg)
+    assert result.report["labels"]["test"] == {"pos": 15, "neg": 5}
+    assert result.report["labels"]["val"] == {"pos": 6, "neg": 2}
+    path = write_jsonl(tmp_path / "skewed.jsonl", reviews(60, 4))
+    result = prepare(tiny_config(f"data.path={path}"))
+    assert any("'pos' has 60 examples, 'neg' only 4 (15x" in i["message"] for i in result.report["issues"])
+
+
+def test_groups_stay_in_one_split(tiny_config, tmp_path: Path) -> None:
+    rows = [{**r, "customer": f"k{i // 4}"} for i, r in enumerate(toy_rows(60))]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    cfg = tiny_config(f"data.path={path}", "data.group_by=customer")
+    prepare(cfg)
+    where = {r["group"]: s for s, part in split_rows(cfg).items() for r in part}
+    assert len(where) == 15
+    for s, part in split_rows(cfg).items():
+        assert all(where[r["group"]] == s for r in part)
+
+
+def test_locked_test_split_survives_growing_data(tiny_config, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", toy_rows(40))
+    cfg = tiny_config(f"data.path={path}", "data.lock_test=true", "data.test_size=8")
+    prepare(cfg)
+    first_test = (cfg.run_dir / "data" / "test.jsonl").read_bytes()
+    assert len(read_jsonl(cfg.run_dir / "data" / "test.jsonl")) == 8
+    write_jsonl(path, toy_rows(60))  # the data grows
+    result = prepare(cfg)
+    assert (cfg.run_dir / "data" / "test.jsonl").read_bytes() == first_test
+    test_texts = {json.dumps(r["messages"]) for r in read_jsonl(cfg.run_dir / "data" / "test.jsonl")}
+    trained = {json.dumps(r["messages"]) for s in ("train", "val") for r in split_rows(cfg)[s]}
+    assert not test_texts & trained and len(trained) == 52 and result.counts["test"] == 8
+    (cfg.run_dir / "data" / "test.jsonl").write_text("tampered\n")
+    with pytest.raises(DataError, match="changed or vanished after it was locked"):
+        prepare(cfg)
+
+
+def test_check_prints_the_report_and_fails_on_errors(tiny_config, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", toy_rows(20))
+    with path.open("a") as fh:
+        fh.write("not json\n")
+    cfg = tiny_config(f"data.path={path}")
+    args = ["prepare", "--check", str(tmp_path / "c.yaml")]
+    (tmp_path / "c.yaml").write_text(
+        "\n".join(f"{k}: {v}" for k, v in {"name": "toy", "output_dir": str(cfg.output_dir)}.items())
+        + f"\nmodel: {{name: {cfg.model.name}}}\ndata: {{path: {path}}}\n"
+    )
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"{path}:21: invalid JSON" in result.output and "check failed" in result.output
+    assert not (cfg.run_dir / "data" / "train.jsonl").exists()
+    assert json.loads((cfg.run_dir / "data" / "data_report.json").read_text())["errors"] == 1
+    write_jsonl(path, toy_rows(20) + [{"text": "odd"}])
+    assert runner.invoke(app, args).exit_code == 1  # mixed kinds
+    write_jsonl(path, toy_rows(20))
+    ok = runner.invoke(app, args)
+    assert ok.exit_code == 0 and "check passed" in ok.output and "no problems found" in ok.output
+
+
+def test_strict_turns_warnings_into_errors(tiny_config, tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in toy_rows(20)).encode())
+    cfg = tiny_config(f"data.path={path}")
+    assert prepare(cfg).report["warnings"] == 1
+    with pytest.raises(DataError, match=r"1 data error\(s\) and warning\(s\) \(--strict\)"):
+        prepare(cfg, strict=True)
