@@ -27,6 +27,10 @@ BLOCK_TAG = re.compile(r"<(br|/p|/div|/li|/h[1-6]|/tr)\b[^>]*>", re.IGNORECASE)
 SPACES = re.compile(r"\s+")
 NUM_PERM = 128
 SHINGLE = 5
+# Verified candidates per lookup. In text built from a tiny vocabulary every record shares LSH buckets with every
+# other and verification turns quadratic; past this many the lookup gives up (a missed near-duplicate, never a
+# false one).
+MAX_CANDIDATES = 64
 
 
 def normalize(text: str, strip_html: bool = False) -> str:
@@ -89,8 +93,8 @@ class NearDuplicates:
     def _find(self, sketch: Any) -> tuple[int | None, float]:
         digest = np.asarray(sketch.digest(), dtype=np.uint32)
         best, best_sim = None, 0.0
-        for candidate in self.lsh.query(sketch):
-            sim = float(np.mean(self._signature(candidate) == digest))
+        for candidate in self.lsh.query(sketch)[:MAX_CANDIDATES]:
+            sim = np.count_nonzero(self._signature(candidate) == digest) / NUM_PERM
             if sim >= self.threshold and sim > best_sim:
                 best, best_sim = int(candidate), sim
         return best, best_sim
@@ -129,9 +133,10 @@ def shingles(text: str) -> list[str]:
 
 
 def bands_for(threshold: float) -> int:
-    """Fewest LSH bands (most rows each, fewest false candidates) that still catch 98% of pairs at `threshold`."""
+    """Fewest LSH bands (most rows each, fewest false candidates) that still catch 90% of pairs at `threshold`
+    (and more of the pairs above it: at threshold 0.9, 16 bands of 8 rows catch 99.99%)."""
     for bands in (4, 8, 16, 32, 64, 128):
         rows = NUM_PERM // bands
-        if 1 - (1 - threshold**rows) ** bands >= 0.98:
+        if 1 - (1 - threshold**rows) ** bands >= 0.9:
             return bands
     return 128
