@@ -4,7 +4,8 @@
     python bench/prepare.py --lines 50000   # a quick look
 
 Writes a seeded chat file of N lines (German and English turns of 8-60 words drawn from faker's lorem word lists
-plus service topics: every line distinct, ~2% with personal data, 1% exact duplicates), then runs, each in its own process so peak RSS is its own:
+plus service topics: every line distinct, ~2% with personal data, 1% exact duplicates), then runs, each in its own
+process so that peak RSS is its own:
   tuneforge  - the whole prepare stage: read, validate, normalise, detect personal data, exact and near-duplicate
                removal, token count with the model's chat template, split, write (embedded model's tokenizer);
   baseline   - what a typical script does with the standard stack: datasets.load_dataset("json") and a batched
@@ -24,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-TOPICS_DE = "Lieferung Rechnung Vertrag Kündigung Bestellung Garantie Rücksendung Termin Konto Tarif".split()
-TOPICS_EN = "delivery invoice contract refund order warranty return appointment account plan".split()
+TOPICS_DE = ["Lieferung", "Rechnung", "Vertrag", "Kündigung", "Bestellung", "Garantie", "Rücksendung", "Termin"]
+TOPICS_EN = ["delivery", "invoice", "contract", "refund", "order", "warranty", "return", "appointment"]
 
 
 def write_data(path: Path, n: int, seed: int = 0) -> None:
@@ -34,7 +35,7 @@ def write_data(path: Path, n: int, seed: int = 0) -> None:
     from faker.providers.lorem.en_US import Provider as En
 
     rng = random.Random(seed)
-    vocab = {0: list(En.word_list) + TOPICS_EN, 1: list(De.word_list) + TOPICS_DE}  # 981 and 517 words
+    vocab = {0: list(En.word_list) + TOPICS_EN, 1: list(De.word_list) + TOPICS_DE}  # 979 and 515 words
     with path.open("w", encoding="utf-8") as fh:
         previous = ""
         for i in range(n):
@@ -115,9 +116,8 @@ def main() -> None:
                 + (f" (removed {r['removed']:,})" if "removed" in r else "")
             )
         t, b = results["tuneforge"], results["baseline"]
-        print(
-            f"ratio tuneforge/baseline: speed {b['seconds'] / t['seconds']:.2f}x, RSS {t['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
-        )
+        speed, rss = b["seconds"] / t["seconds"], t["peak_rss_mib"] / b["peak_rss_mib"]
+        print(f"ratio tuneforge/baseline: speed {speed:.2f}x, RSS {rss:.2f}x")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,12 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)  # paths and commands stay on one line, copyable
 
+
+def log(*parts: object) -> None:
+    """Print a stage's progress line as plain text: '[messages[1].role]' or '[EMAIL]' are not rich markup."""
+    out.print(*parts, markup=False, highlight=False)
+
+
 FORMATS_HELP = (
     "\b\nData formats (data.format; 'auto' recognises each row by its keys):\n"
     + "\n".join(f"  {name}: {example}" for name, example in EXAMPLES.items())
@@ -70,7 +76,7 @@ def run(target: Target, overrides: Overrides = None) -> None:
     with user_errors():
         cfg = resolve_target(target, overrides)
         out.print(f"run directory: {cfg.run_dir}")
-        result = run_pipeline(cfg, log=out.print)
+        result = run_pipeline(cfg, log=log)
         _print_eval(result.evaluated)
 
 
@@ -104,7 +110,7 @@ def train(target: Target, overrides: Overrides = None) -> None:
     from tuneforge.train import train as train_model
 
     with user_errors():
-        result = train_model(resolve_target(target, overrides), log=out.print)
+        result = train_model(resolve_target(target, overrides), log=log)
         out.print(
             f"trained {result.steps} steps in {result.seconds:.0f}s ({result.precision}); "
             f"final loss {result.train_loss:.4f}, val loss {result.val_loss}; adapter -> {result.model_dir}"
@@ -117,7 +123,7 @@ def evaluate(target: Target, overrides: Overrides = None) -> None:
     from tuneforge.evaluation import evaluate as evaluate_run
 
     with user_errors():
-        _print_eval(evaluate_run(resolve_target(target, overrides), log=out.print))
+        _print_eval(evaluate_run(resolve_target(target, overrides), log=log))
 
 
 def _serve_help(name: str) -> str:

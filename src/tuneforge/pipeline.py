@@ -23,8 +23,8 @@ class RunResult:
 def run(cfg: RunConfig, log: Any = print) -> RunResult:
     """Run every stage of `cfg` in order, each writing into cfg.run_dir."""
     prepared = prepare(cfg)
-    sizes = ", ".join(f"{prepared.counts[s]} {s} ({prepared.tokens[s]:,} tokens)" for s in prepared.counts)
-    log(f"data: {sizes} -> {prepared.data_dir}")
+    log(prepared.text())
+    log(f"splits -> {prepared.data_dir}")
     trained = train(cfg, log=log)
     log(f"trained {trained.steps} steps in {trained.seconds:.0f}s; adapter -> {trained.model_dir}")
     evaluated = evaluate(cfg, log=log)

@@ -75,21 +75,18 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 yield _bom_warning(source)
                 raw = raw[3:]
+            if not raw.strip():
+                continue  # a blank line is not a record (a JSON null is: it becomes a not_an_object error)
             value, problem = parse_json_line(raw, source)
-            if problem:
-                yield problem
-            elif value is not None:
-                yield Row(value, source)
+            yield problem if problem else Row(value, source)
 
 
 def parse_json_line(raw: bytes, source: Source) -> tuple[Any, Issue | None]:
-    """The JSON value of one line (None for a blank line), or the Issue that stops it."""
+    """The JSON value of one non-blank line, or the Issue that stops it."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, _encoding_error(raw, exc, source)
-    if not text.strip():
-        return None, None
     try:
         return json.loads(text.rstrip("\r\n")), None
     except json.JSONDecodeError as exc:
@@ -231,7 +228,10 @@ def _read_folder(root: Path) -> Iterator[Item]:
         dirnames[:] = sorted(d for d in dirnames if d != ".git" and not _ignored(here / d, True, ignores))
         for name in sorted(filenames):
             path = here / name
-            if name == ".gitignore" or path.is_symlink():
+            if name == ".gitignore":
+                continue
+            if path.is_symlink():  # could point outside the folder; never followed
+                yield Skipped(str(path), "symlink")
                 continue
             if _ignored(path, False, ignores):
                 yield Skipped(str(path), "gitignore")
@@ -281,7 +281,7 @@ def _read_hf(name: str, subset: str | None, split: str) -> Iterator[Item]:
     datasets.disable_progress_bars()
     try:
         dataset = datasets.load_dataset(name, subset, split=split)
-    except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
+    except Exception as exc:  # datasets raises many types (network, missing files, bad configs): all end here
         offline = _hub_offline()
         where = "the hub cannot be reached (offline)" if offline else f"loading failed: {str(exc).splitlines()[0]}"
         raise DataError(

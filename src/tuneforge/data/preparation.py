@@ -145,6 +145,7 @@ class _Scan:
         self.findings = Findings()
         self.kind: Kind | None = None
         self.read_count = 0
+        self._last_issue_at: Source | None = None
         self.seen: dict[int, str | None] = {}  # exact key of every kept text -> its label
         threshold = cfg.clean.near_dup_threshold
         self.near = NearDuplicates(threshold, scratch.with_suffix(".minhash")) if threshold > 0 else None
@@ -172,7 +173,9 @@ class _Scan:
                 self.findings.skip(item.path, item.reason)
                 continue
             if isinstance(item, Issue):
-                self.read_count += item.source is not None and item.source.line > 0
+                if item.source is not None and item.source.line > 0 and item.source != self._last_issue_at:
+                    self.read_count += 1  # a row with several issues is one row read
+                    self._last_issue_at = item.source
                 self.findings.add(item)
                 continue
             self.read_count += 1
