@@ -101,15 +101,12 @@ def parse_json_line(raw: bytes, source: Source) -> tuple[Any, Issue | None]:
 
 def _read_json(path: Path) -> Iterator[Item]:
     """A JSON array of objects; each element's source is the line it starts on."""
-    data = path.read_bytes()
     source = Source(str(path), 1)
-    if data.startswith(b"\xef\xbb\xbf"):
+    text, bom, problem = _decode(path, path.read_bytes())
+    if bom:
         yield _bom_warning(source)
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        yield _encoding_error(data, exc, Source(str(path), data.count(b"\n", 0, exc.start) + 1))
+    if text is None:
+        yield from [problem] if problem else []
         return
     decoder = json.JSONDecoder()
     pos = _skip_space(text, 0)
@@ -256,18 +253,24 @@ def _read_document(path: Path, group: str | None) -> Iterator[Item]:
     if b"\x00" in data[:BINARY_PROBE]:
         yield Skipped(str(path), "binary")
         return
-    source = Source(str(path), 1)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        yield _encoding_error(data, exc, Source(str(path), data.count(b"\n", 0, exc.start) + 1))
+    text, _, problem = _decode(path, data)  # a BOM on a document is just removed
+    if text is None:
+        yield from [problem] if problem else []
         return
     if text.strip():
-        yield Row({"text": text}, source, group)
+        yield Row({"text": text}, Source(str(path), 1), group)
     else:
         yield Skipped(str(path), "empty")
+
+
+def _decode(path: Path, data: bytes) -> tuple[str | None, bool, Issue | None]:
+    """A whole file's bytes as UTF-8 text (BOM removed), whether it had a BOM, or the encoding error."""
+    bom = data.startswith(b"\xef\xbb\xbf")
+    data = data[3:] if bom else data
+    try:
+        return data.decode("utf-8"), bom, None
+    except UnicodeDecodeError as exc:
+        return None, bom, _encoding_error(data, exc, Source(str(path), data.count(b"\n", 0, exc.start) + 1))
 
 
 def _read_hf(name: str, subset: str | None, split: str) -> Iterator[Item]:
