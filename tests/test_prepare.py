@@ -32,7 +32,16 @@ def split_rows(cfg) -> dict[str, list[dict]]:
 def test_normalize_keeps_indentation_and_removes_invisible_noise() -> None:
     text = "Cafe\u0301\u200b  \r\ndef f():\r\n    return 1   \n\n\n\nEnde\x07"
     assert normalize(text) == "Café\ndef f():\n    return 1\n\nEnde"
-    assert normalize("<p>Preis:&nbsp;5&euro;</p><script>x()</script><br>neu", strip_html=True) == "Preis: 5€\n\nneu"
+    assert normalize("<p>Preis:&nbsp;5&euro;</p><script>x()</script><br>neu", html_too=True) == "Preis: 5€\n\nneu"
+
+
+def test_strip_html_works_without_normalize(tiny_config, tmp_path: Path) -> None:
+    rows = [chat(f"<p>Item {i}: <b>what</b> colour?</p>", "red") for i in range(20)]
+    path = write_jsonl(tmp_path / "h.jsonl", rows)
+    cfg = tiny_config(f"data.path={path}", "clean.normalize=false", "clean.strip_html=true")
+    prepare(cfg)
+    texts = [r["messages"][0]["content"] for part in split_rows(cfg).values() for r in part]
+    assert len(texts) == 20 and all("<" not in t and "what colour?" in t for t in texts)
 
 
 def test_near_duplicates_are_found_and_verified(tmp_path: Path) -> None:

@@ -33,13 +33,18 @@ SHINGLE = 5
 MAX_CANDIDATES = 64
 
 
-def normalize(text: str, strip_html: bool = False) -> str:
+def strip_html(text: str) -> str:
+    """Text without HTML tags, scripts and comments; block ends become line breaks, entities are decoded."""
+    return html.unescape(TAG.sub("", BLOCK_TAG.sub("\n", text)))
+
+
+def normalize(text: str, html_too: bool = False) -> str:
     """NFC, no control or zero-width characters, \\n line ends, no trailing spaces, at most one blank line.
 
-    Indentation and inner spaces stay (code and tables depend on them).
+    Indentation and inner spaces stay (code and tables depend on them). `html_too` strips HTML first.
     """
-    if strip_html:
-        text = html.unescape(TAG.sub("", BLOCK_TAG.sub("\n", text)))
+    if html_too:
+        text = strip_html(text)
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
     text = CONTROL.sub("", text.replace("\u00a0", " "))
     return MANY_BLANK_LINES.sub("\n\n", TRAILING_SPACE.sub("", text)).strip()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tuneforge.config import DataConfig, RunConfig
-from tuneforge.data.clean import NearDuplicates, exact_key, fingerprint_text, n_chars, normalize
+from tuneforge.data.clean import NearDuplicates, exact_key, fingerprint_text, n_chars, normalize, strip_html
 from tuneforge.data.files import HF_PREFIX, Skipped
 from tuneforge.data.privacy import PII_TYPES, detect, mask, pseudonymize
 from tuneforge.data.reader import read_records
@@ -180,8 +180,10 @@ class _Scan:
                 continue
             self.read_count += 1
             self.kind = self.kind or item.kind
-            if clean.normalize or clean.strip_html:
-                item.map_texts(lambda t: normalize(t, clean.strip_html) if clean.normalize else t)
+            if clean.normalize:
+                item.map_texts(lambda t: normalize(t, clean.strip_html))
+            elif clean.strip_html:  # HTML stripping alone, without normalisation
+                item.map_texts(strip_html)
             if privacy.mode != "off" and not self._anonymised(item):
                 continue
             size = n_chars(item)
