@@ -4,7 +4,7 @@
     python bench/prepare.py --lines 50000   # a quick look
 
 Writes a seeded chat file of N lines (German and English turns of 8-60 words drawn from faker's lorem word lists
-plus service topics: every line distinct, ~2% with personal data, 1% exact duplicates), then runs, each in its own
+plus service topics: 1% exact and 1% near duplicates, ~2% with personal data), then runs, each in its own
 process so that peak RSS is its own:
   tuneforge  - the whole prepare stage: read, validate, normalise, detect personal data, exact and near-duplicate
                removal, token count with the model's chat template, split, write (embedded model's tokenizer);
@@ -30,7 +30,7 @@ TOPICS_EN = ["delivery", "invoice", "contract", "refund", "order", "warranty", "
 
 
 def write_data(path: Path, n: int, seed: int = 0) -> None:
-    """n distinct chat lines, 1% exact duplicates, ~2% with an e-mail address or phone number."""
+    """n chat lines: 1% exact duplicates, 1% near duplicates (one word changed), ~2% with an e-mail or phone."""
     from faker.providers.lorem.de_DE import Provider as De
     from faker.providers.lorem.en_US import Provider as En
 
@@ -39,8 +39,15 @@ def write_data(path: Path, n: int, seed: int = 0) -> None:
     with path.open("w", encoding="utf-8") as fh:
         previous = ""
         for i in range(n):
-            if previous and rng.random() < 0.01:
-                fh.write(previous)
+            if previous and rng.random() < 0.02:
+                if rng.random() < 0.5:
+                    fh.write(previous)
+                else:  # the same question with one word swapped, a near duplicate
+                    row = json.loads(previous)
+                    words = row["messages"][0]["content"].split(" ")
+                    words[rng.randrange(len(words) - 1)] = rng.choice(vocab[i % 2])
+                    row["messages"][0]["content"] = " ".join(words)
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 continue
             words = vocab[i % 2]
             question = " ".join(rng.choices(words, k=rng.randint(8, 40))) + f" #{i}?"

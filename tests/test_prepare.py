@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from tuneforge.cli import app
 from tuneforge.data import prepare
-from tuneforge.data.clean import NearDuplicates, bands_for, normalize
+from tuneforge.data.clean import normalize
+from tuneforge.data.dedup import Signatures, bands_for, exact_duplicates, leaks, near_duplicates
 from tuneforge.data.split import TEST, TRAIN, VAL, assign, order_key, size_of
 from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
@@ -44,16 +45,40 @@ def test_strip_html_works_without_normalize(tiny_config, tmp_path: Path) -> None
     assert len(texts) == 20 and all("<" not in t and "what colour?" in t for t in texts)
 
 
-def test_near_duplicates_are_found_and_verified(tmp_path: Path) -> None:
-    index = NearDuplicates(0.8, tmp_path / "sig")
+def test_near_duplicates_are_found_verified_and_kept_once(tmp_path: Path) -> None:
     base = "Die Kündigungsfrist beträgt drei Monate zum Ende des Vertragsjahres, schriftlich per Brief."
-    assert index.check(base) == (None, 0.0)
-    hit, sim = index.check(base.replace("Brief", "Briefe"))
-    assert hit == 0 and sim >= 0.8
-    assert index.check("Completely different: the warranty covers two years of parts and labour.")[0] is None
-    index.close()
+    texts = [
+        base,
+        "Completely different: the warranty covers two years of parts and labour.",
+        base.replace("Brief", "Briefe"),  # near copy of 0
+        base.replace("Brief", "Briefe."),  # near copy of 0 and 2
+        "Completely different: the warranty covers two years of parts and labour!",  # near copy of 1
+        "Eine Lieferung dauert fünf Werktage.",
+    ]
+    sigs = Signatures(tmp_path / "sig")
+    for t in texts:
+        sigs.add(t)
+    sigs.close()
+    skip = np.zeros(len(texts), dtype=bool)
+    dup_of, sims = near_duplicates(sigs.path, 0.8, skip)
+    assert dup_of.tolist() == [-1, -1, 0, 0, 1, -1] and (sims[[2, 3, 4]] >= 0.8).all()
+    skip[0] = True  # removed before: 2 is now the first of its kind and 3 its copy
+    assert near_duplicates(sigs.path, 0.8, skip)[0].tolist() == [-1, -1, -1, 2, 1, -1]
+    keep = np.array([False, False, False, True, False, False])  # a locked test record is never removed
+    assert near_duplicates(sigs.path, 0.8, np.zeros(6, dtype=bool), keep)[0].tolist() == [-1, -1, 0, -1, 1, -1]
+    test = np.array([False, True, False, False, False, False])
+    best, sim = leaks(sigs.path, 0.8, test, ~test)
+    assert best.tolist() == [-1, -1, -1, -1, 1, -1] and sim[4] >= 0.8
+    sigs.delete()
     assert not (tmp_path / "sig").exists()
     assert bands_for(0.9) < bands_for(0.5)  # a lower threshold needs more, shorter bands to be caught
+
+
+def test_exact_duplicates_point_at_the_first_copy() -> None:
+    keys = np.array([5, 7, 5, -3, 7, 5], dtype=np.int64)
+    assert exact_duplicates(keys).tolist() == [-1, -1, 0, -1, 1, 0]
+    keep = np.array([False, False, True, False, False, False])
+    assert exact_duplicates(keys, keep).tolist() == [-1, -1, -1, -1, 1, 0]
 
 
 def test_split_sizes_counts_groups_and_strata() -> None:
@@ -166,3 +191,36 @@ def test_strict_turns_warnings_into_errors(tiny_config, tmp_path: Path) -> None:
     assert prepare(cfg).report["warnings"] == 1
     with pytest.raises(DataError, match=r"1 data error\(s\) and warning\(s\) \(--strict\)"):
         prepare(cfg, strict=True)
+
+
+def test_training_estimate_comes_from_a_measured_probe(tiny_config) -> None:
+    cfg = tiny_config("train.epochs=2", "train.batch_size=4")
+    result = prepare(cfg)
+    e = result.report["estimate"]
+    n_train = result.counts["train"]
+    assert e["steps"] == 2 * -(-n_train // 4) and e["epochs"] == 2 and e["method"] == "lora"
+    assert e["tokens_per_s"] > 0 and e["probe_tokens"] > 0 and e["peak_memory_bytes"] > e["weights_bytes"] > 0
+    # the time is the measured speed scaled to this split's tokens and epochs, not a constant
+    assert e["train_seconds"] == pytest.approx(result.tokens["train"] * 2 / e["tokens_per_s"], rel=0.02, abs=0.2)
+    assert e["optimizer_bytes"] > 0 and e["longest_tokens"] == result.report["token_stats"]["train"]["max"]
+    assert "training estimate (lora, cpu, fp32" in result.text() and "tokens/s; peak memory ~" in result.text()
+    assert prepare(tiny_config("data.estimate=false")).report["estimate"] is None
+
+
+def test_probe_batches_take_the_longest_and_length_neighbours() -> None:
+    from tuneforge.train.estimate import PROBE_BATCHES, probe_batches
+
+    lengths = np.array([50, 10, 400, 12, 11, 390, 300, 13, 55, 51])
+    longest, typical = probe_batches(lengths, 3, seed=0)
+    assert sorted(lengths[longest].tolist()) == [300, 390, 400]
+    assert len(typical) == PROBE_BATCHES
+    ranks = np.argsort(np.argsort(lengths, kind="stable"), kind="stable")
+    for ids in typical:  # consecutive in length order, like training's length-grouped batches
+        assert len(ids) == 3 and sorted(ranks[ids].tolist()) == list(range(min(ranks[ids]), min(ranks[ids]) + 3))
+
+
+def test_no_estimate_for_data_no_training_task_reads_yet(tiny_config, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", reviews(30, 30))
+    result = prepare(tiny_config(f"data.path={path}"))
+    assert result.report["estimate"] == {"unavailable": "no training task reads classification data yet"}
+    assert "training estimate: unavailable" in result.text()

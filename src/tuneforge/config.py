@@ -80,6 +80,11 @@ class DataConfig(_Section):
     imbalance_ratio: float = Field(
         10.0, gt=1, description="Warn when the most frequent label is this many times as common as the rarest."
     )
+    estimate: bool = Field(
+        True,
+        description="After preparing chat data, run a few real training steps of the configured model and method "
+        "to estimate training time and peak memory on this machine (a few seconds to a minute).",
+    )
 
     @model_validator(mode="after")
     def _sizes_leave_training_data(self) -> DataConfig:

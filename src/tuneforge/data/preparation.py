@@ -1,9 +1,10 @@
 """The prepare stage: read -> clean -> anonymise -> de-duplicate -> measure tokens -> split -> write data/.
 
-Streams: records flow one at a time through the checks into a scratch file, and per record only a sort key, a
-label code, a token count and a split flag stay in memory (numpy arrays, ~20 bytes each), plus the
-de-duplication index. The split is then chosen on the arrays and the scratch file is streamed into
-train/val/test.jsonl. Everything found goes into data_report.json.
+Streams: records flow one at a time through the checks into a scratch file, their MinHash signatures into a
+second one, and per record only a sort key, a content hash, a file offset, a label code, a token count and a
+split flag stay in memory (arrays, ~40 bytes each). Duplicates are then found on the arrays and signatures
+(dedup.py), the split is chosen on the arrays, and the scratch file is streamed into train/val/test.jsonl.
+Everything found goes into data_report.json.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from typing import Any
 import numpy as np
 
 from tuneforge.config import DataConfig, RunConfig
-from tuneforge.data.clean import NearDuplicates, exact_key, fingerprint_text, n_chars, normalize, strip_html
+from tuneforge.data.clean import exact_key, fingerprint_text, n_chars, normalize, strip_html
+from tuneforge.data.dedup import Signatures, exact_duplicates, leaks, near_duplicates
 from tuneforge.data.files import HF_PREFIX, Skipped
 from tuneforge.data.privacy import PII_TYPES, detect, mask, pseudonymize
 from tuneforge.data.reader import read_records
 from tuneforge.data.records import Issue, Kind, Record, Source, error, warning
-from tuneforge.data.report import Findings, render
-from tuneforge.data.split import SPLITS, TEST, assign, order_key
+from tuneforge.data.report import Findings, render, token_stats
+from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL, assign, order_key
 from tuneforge.data.tokenize import count_tokens
-from tuneforge.data.validate import check_count, check_length
+from tuneforge.data.validate import check_count, check_labels, check_length, check_privacy
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.models import load_tokenizer
 from tuneforge.rundir import atomic_open, atomic_write_json, save_config
@@ -65,23 +67,26 @@ def prepare(cfg: RunConfig, check: bool = False, strict: bool = False) -> Prepar
     data_dir = cfg.run_dir / "data"
     save_config(cfg)
     scan = _Scan(cfg, load_tokenizer(cfg.model.name, cfg.model.revision), data_dir / SCRATCH)
+    estimate: dict[str, Any] | None = None
     try:
         for spec, fixed_test, data in specs:
             scan.read(spec, fixed_test, data)
+        scan.deduplicate()
         scan.finish_checks()
         splits: tuple[dict[str, int], dict[str, int], dict[str, Any], dict[str, Any]] = ({}, {}, {}, {})
         if scan.findings.n_blocking(strict) == 0:
             codes = _assign(cfg, scan)
-            if cfg.clean.leakage_threshold > 0 and scan.kind:
-                for issue in _leakage(scan.scratch, scan.kind, codes, cfg.clean.leakage_threshold, data_dir):
-                    scan.findings.add(issue)
+            for issue in _leakage(scan, codes, cfg.clean.leakage_threshold):
+                scan.findings.add(issue)
             ok = scan.findings.n_blocking(strict) == 0
             if ok and not check:
                 splits = _write_splits(cfg, scan, codes, data_dir)
+            if ok and cfg.data.estimate:
+                estimate = _estimate(cfg, scan, codes)
     finally:
         scan.close()
     ok = scan.findings.n_blocking(strict) == 0
-    report = _report(cfg, scan, *splits)
+    report = {**_report(cfg, scan, *splits), "estimate": estimate}
     atomic_write_json(data_dir / REPORT, report)
     if not ok and not check:
         _remove_stale_splits(cfg, data_dir)
@@ -146,15 +151,17 @@ class _Scan:
         self.kind: Kind | None = None
         self.read_count = 0
         self._last_issue_at: Source | None = None
-        self.seen: dict[int, str | None] = {}  # exact key of every kept text -> its label
-        threshold = cfg.clean.near_dup_threshold
-        self.near = NearDuplicates(threshold, scratch.with_suffix(".minhash")) if threshold > 0 else None
-        self.keys, self.tokens = array("q"), array("l")
-        self.labels, self.fixed = array("l"), array("b")
+        self.locked = cfg.data.lock_test and (scratch.parent / LOCK).is_file()
+        searching = cfg.clean.near_dup_threshold > 0 or cfg.clean.leakage_threshold > 0
+        self.signatures = Signatures(scratch.with_suffix(".minhash")) if searching else None
+        self.keys, self.exact, self.offsets = array("q"), array("q"), array("q")
+        self.tokens, self.labels, self.fixed = array("l"), array("l"), array("b")
+        self.removed = np.zeros(0, dtype=bool)
         self.label_names: dict[str, int] = {}
         self.group_labels: dict[str, int] = {}
         scratch.parent.mkdir(parents=True, exist_ok=True)
-        self.out = scratch.open("w", encoding="utf-8")
+        self.out = scratch.open("wb")
+        self._offset = 0
 
     def read(self, spec: str, fixed_test: bool, data: DataConfig) -> None:
         """Stream one source through the checks."""
@@ -190,8 +197,6 @@ class _Scan:
             if size < clean.min_chars or (clean.max_chars and size > clean.max_chars):
                 self.findings.remove("too_short" if size < clean.min_chars else "too_long", item, f"{size} chars")
                 continue
-            if self._duplicate(item):
-                continue
             yield item
 
     def _anonymised(self, record: Record) -> bool:
@@ -214,33 +219,6 @@ class _Scan:
             self.findings.remove("personal_data", record, ", ".join(sorted(found)))
             return False
         return True
-
-    def _duplicate(self, record: Record) -> bool:
-        """True (and counted) when the record repeats an earlier one exactly or nearly."""
-        text = fingerprint_text(record)
-        if self.cfg.clean.dedup:
-            key = exact_key(text)
-            if key in self.seen:
-                first = self.seen[key]
-                if first != record.label:
-                    self.findings.add(
-                        warning(
-                            "conflicting_label",
-                            record.source,
-                            "label",
-                            f"the same text occurred earlier with label {first!r}, here {record.label!r}",
-                            "decide which label is right; this later copy was dropped",
-                        )
-                    )
-                self.findings.remove("duplicate", record, "exact, after normalising case and spaces")
-                return True
-            self.seen[key] = record.label
-        if self.near is not None:
-            earlier, sim = self.near.check(text)
-            if earlier is not None:
-                self.findings.remove("near_duplicate", record, f"{sim:.2f} similar to an earlier record")
-                return True
-        return False
 
     def _keep(self, chunk: list[Record], fixed_test: bool) -> None:
         """Measure tokens of a chunk, check lengths, append the survivors to the scratch file."""
@@ -279,55 +257,95 @@ class _Scan:
         label = -1
         if record.label is not None:
             label = self.label_names.setdefault(record.label, len(self.label_names))
-        identity = record.group or fingerprint_text(record)
+        text = fingerprint_text(record)
         if record.group is not None and label >= 0:  # a group is stratified by its first record's label
             label = self.group_labels.setdefault(record.group, label)
-        self.keys.append(order_key(self.cfg.data.seed, identity))
+        self.keys.append(order_key(self.cfg.data.seed, record.group or text))
+        self.exact.append(exact_key(text))
+        if self.signatures is not None:
+            self.signatures.add(text)
         self.tokens.append(record.n_tokens)
         self.labels.append(label)
         self.fixed.append(1 if fixed_test else 0)
-        self.out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+        line = (json.dumps(record.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
+        self.offsets.append(self._offset)
+        self._offset += len(line)
+        self.out.write(line)
+
+    def record(self, index: int) -> Record:
+        """The index-th record of the scratch file (as cleaned)."""
+        assert self.kind is not None
+        with self.scratch.open("rb") as fh:
+            fh.seek(self.offsets[index])
+            return _parse(fh.readline(), self.kind)
+
+    def deduplicate(self) -> None:
+        """Remove exact, then near duplicates: the first occurrence stays (a locked test record always does)."""
+        self.out.flush()
+        if self.signatures is not None:
+            self.signatures.close()
+        self.removed = np.zeros(len(self.keys), dtype=bool)
+        keep = np.asarray(self.fixed, dtype=bool) if self.locked else None
+        if self.cfg.clean.dedup and len(self.keys):
+            first = exact_duplicates(np.asarray(self.exact, dtype=np.int64), keep)
+            self.removed = first >= 0
+            self._count_removed("duplicate", first, None)
+            if self.kind == "classification":
+                self._conflicting_labels(first)
+        threshold = self.cfg.clean.near_dup_threshold
+        if threshold > 0 and self.signatures is not None and len(self.keys):
+            dup_of, sims = near_duplicates(self.signatures.path, threshold, self.removed, keep)
+            self.removed |= dup_of >= 0
+            self._count_removed("near_duplicate", dup_of, sims)
+
+    def _count_removed(self, reason: str, of: np.ndarray, sims: np.ndarray | None) -> None:
+        gone = np.flatnonzero(of >= 0).tolist()
+        for n, j in enumerate(gone):
+            if not self.findings.wants_sample(reason):
+                self.findings.count_removed(reason, len(gone) - n)
+                break
+            earlier = self.record(int(of[j])).source
+            how = f"{sims[j]:.2f} similar to" if sims is not None else "after normalising case and spaces, same as"
+            self.findings.remove(reason, self.record(j), f"{how} {earlier}")
+
+    def _conflicting_labels(self, first: np.ndarray) -> None:
+        labels = np.asarray(self.labels, dtype=np.int64)
+        copies = np.flatnonzero(first >= 0)
+        for j in copies[labels[copies] != labels[first[copies]]].tolist():  # codes differ: compare real labels
+            later, earlier = self.record(j), self.record(int(first[j]))
+            if later.label != earlier.label:
+                self.findings.add(
+                    warning(
+                        "conflicting_label",
+                        later.source,
+                        "label",
+                        f"the same text occurred at {earlier.source} with label {earlier.label!r}, "
+                        f"here {later.label!r}",
+                        "decide which label is right; this later copy was dropped",
+                    )
+                )
 
     def finish_checks(self) -> None:
         """Dataset-level checks once every record is in: enough examples, labels balanced."""
-        self.out.flush()
-        free = sum(1 for f in self.fixed if not f)
-        has_test = any(self.fixed)
+        fixed = np.asarray(self.fixed, dtype=bool)
+        free = int((~fixed & ~self.removed).sum())
+        has_test = bool((fixed & ~self.removed).any())
         data = self.cfg.data
         minimum = 1 + (data.val_size > 0) + (0 if has_test else data.test_size > 0) + 1
         if self.findings.severities["error"] == 0 and (few := check_count(free, minimum, str(data.path))):
             self.findings.add(few)
-        _privacy_gate(self.cfg, self.findings)
+        privacy = self.cfg.privacy
+        if gate := check_privacy(privacy.mode, privacy.gate, self.findings.pii, self.findings.pii_records):
+            self.findings.add(gate)
         if self.kind == "classification":
-            for issue in _label_checks(self.labels, self.label_names, data.imbalance_ratio, data.labels):
+            labels = np.asarray(self.labels)[~self.removed].tolist()
+            for issue in check_labels(labels, self.label_names, data.imbalance_ratio, data.labels):
                 self.findings.add(issue)
 
     def close(self) -> None:
         self.out.close()
-        if self.near is not None:
-            self.near.close()
-
-
-def _label_checks(codes: array[int], names: dict[str, int], ratio: float, allowed: list[str] | None) -> Iterator[Issue]:
-    counts = Counter(codes)
-    by_name = {name: counts.get(code, 0) for name, code in names.items()}
-    if len(by_name) == 1:
-        only = next(iter(by_name))
-        yield error("one_label", None, "label", f"every example has label {only!r}", "a classifier needs two classes")
-    elif by_name:
-        common, rare = max(by_name, key=by_name.__getitem__), min(by_name, key=by_name.__getitem__)
-        if by_name[common] >= ratio * by_name[rare]:
-            yield warning(
-                "label_imbalance",
-                None,
-                "label",
-                f"{common!r} has {by_name[common]} examples, {rare!r} only {by_name[rare]} "
-                f"({by_name[common] / by_name[rare]:.0f}x; data.imbalance_ratio={ratio:g})",
-                "collect more of the rare class, or weight classes in training",
-            )
-    for name in allowed or []:
-        if name not in by_name:
-            yield warning("unused_label", None, "label", f"label {name!r} of data.labels never occurs", "add examples")
+        if self.signatures is not None:
+            self.signatures.delete()
 
 
 def _assign(cfg: RunConfig, scan: _Scan) -> np.ndarray:
@@ -335,8 +353,9 @@ def _assign(cfg: RunConfig, scan: _Scan) -> np.ndarray:
     keys, fixed = np.asarray(scan.keys, dtype=np.int64), np.asarray(scan.fixed, dtype=bool)
     labels = np.asarray(scan.labels, dtype=np.int64) if scan.kind == "classification" and cfg.data.stratify else None
     codes = np.full(len(keys), TEST, dtype=np.int8)
-    test_size = 0.0 if fixed.any() else cfg.data.test_size
-    free = np.flatnonzero(~fixed)
+    codes[scan.removed] = -1
+    test_size = 0.0 if (fixed & ~scan.removed).any() else cfg.data.test_size
+    free = np.flatnonzero(~fixed & ~scan.removed)
     codes[free] = assign(keys[free], cfg.data.val_size, test_size, None if labels is None else labels[free])
     return codes
 
@@ -350,7 +369,7 @@ def _write_splits(
     with contextlib.ExitStack() as stack, scan.scratch.open(encoding="utf-8") as lines:
         files = {n: stack.enter_context(atomic_open(data_dir / f"{n}.jsonl")) for n in names}
         for line, code in zip(lines, codes, strict=True):
-            if SPLITS[code] in files:
+            if code >= 0 and SPLITS[code] in files:
                 files[SPLITS[code]].write(line)
     if cfg.data.lock_test and not locked:
         atomic_write_json(
@@ -365,71 +384,45 @@ def _write_splits(
     for index, split in enumerate(SPLITS):
         part = tokens[codes == index]
         counts[split], sums[split] = len(part), int(part.sum())
-        stats[split] = _token_stats(part)
+        stats[split] = token_stats(part)
         if scan.kind == "classification":
             per_label[split] = dict(Counter(inverse[c] for c in np.asarray(scan.labels)[codes == index]))
     return counts, sums, stats, per_label
 
 
-def _leakage(scratch: Path, kind: Kind, codes: np.ndarray, threshold: float, data_dir: Path) -> Iterator[Issue]:
+def _leakage(scan: _Scan, codes: np.ndarray, threshold: float) -> Iterator[Issue]:
     """Warnings for train/val records nearly identical to a test record (MinHash, verified)."""
-    index = NearDuplicates(threshold, data_dir / ".leakage.minhash")
-    test_sources: list[str] = []
-    try:
-        for line, code in zip(_records(scratch, kind), codes, strict=True):
-            if code == TEST:
-                index.add(fingerprint_text(line))
-                test_sources.append(str(line.source))
-        for line, code in zip(_records(scratch, kind), codes, strict=True):
-            if code != TEST and (hit := index.find(fingerprint_text(line)))[0] is not None:
-                yield warning(
-                    "leakage",
-                    line.source,
-                    None,
-                    f"{hit[1]:.2f} similar to test record {test_sources[hit[0]]}",
-                    "drop one of the two, or group them with data.group_by so they share a split",
-                )
-    finally:
-        index.close()
-
-
-def _records(scratch: Path, kind: Kind) -> Iterator[Record]:
-    """The records of the scratch file (all of one kind)."""
-    with scratch.open(encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            source = row.pop("source")
-            file, _, num = source.rpartition(":")
-            yield Record(kind, row, Source(file, int(num)) if num.isdigit() else Source(source, 0))
-
-
-def _privacy_gate(cfg: RunConfig, findings: Findings) -> None:
-    """Personal data left in the written splits: an error under privacy.gate=block, else a warning."""
-    if cfg.privacy.mode != "report" or not findings.pii or cfg.privacy.gate == "off":
+    if threshold <= 0 or scan.signatures is None or not len(codes):
         return
-    found = ", ".join(f"{k} {v}" for k, v in findings.pii.most_common())
-    make = error if cfg.privacy.gate == "block" else warning
-    findings.add(
-        make(
-            "personal_data",
+    test = codes == TEST
+    best, sims = leaks(scan.signatures.path, threshold, test, (codes >= 0) & ~test)
+    for j in np.flatnonzero(best >= 0).tolist():
+        yield warning(
+            "leakage",
+            scan.record(j).source,
             None,
-            None,
-            f"personal data remains in {findings.pii_records} record(s): {found}",
-            "set privacy.mode to mask, pseudonymize or drop (privacy.gate=block refuses to train until then)",
+            f"{sims[j]:.2f} similar to test record {scan.record(int(best[j])).source}",
+            "drop one of the two, or group them with data.group_by so they share a split",
         )
-    )
 
 
-def _token_stats(part: np.ndarray) -> dict[str, Any]:
-    if not len(part):
-        return {}
-    return {
-        "min": int(part.min()),
-        "mean": round(float(part.mean()), 1),
-        "p50": int(np.percentile(part, 50)),
-        "p95": int(np.percentile(part, 95)),
-        "max": int(part.max()),
-    }
+def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
+    """Training time and memory from a measured probe (chat data: what train.task sft reads)."""
+    if scan.kind != "chat":
+        return {"unavailable": f"no training task reads {scan.kind} data yet"}
+    from tuneforge.train.estimate import estimate_training
+
+    tokens = np.asarray(scan.tokens, dtype=np.int64)
+    train = np.flatnonzero(codes == TRAIN)
+    return estimate_training(cfg, tokens[train], lambda k: scan.record(int(train[k])), tokens[codes == VAL])
+
+
+def _parse(line: bytes, kind: Kind) -> Record:
+    """A record of the scratch file."""
+    row = json.loads(line)
+    source = row.pop("source")
+    file, _, num = source.rpartition(":")
+    return Record(kind, row, Source(file, int(num)) if num.isdigit() else Source(source, 0))
 
 
 def _report(
@@ -440,7 +433,7 @@ def _report(
         "test_source": cfg.data.test_path,
         "kind": scan.kind,
         "read": scan.read_count,
-        "kept": len(scan.keys),
+        "kept": int((~scan.removed).sum()),
         "counts": counts,
         "tokens": tokens,
         "token_stats": stats,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from tuneforge.data.privacy import detect, mask
 from tuneforge.data.records import Issue, Record
 
@@ -47,6 +49,14 @@ class Findings:
         if len(samples) < SAMPLES:
             samples.append({"source": str(record.source), "text": snippet(record), "detail": detail})
 
+    def wants_sample(self, reason: str) -> bool:
+        """Whether a removal for `reason` would still be kept as a sample (read the record only then)."""
+        return len(self.removed_samples.get(reason, [])) < SAMPLES
+
+    def count_removed(self, reason: str, n: int = 1) -> None:
+        """Count removals without a sample."""
+        self.removed[reason] += n
+
     def skip(self, path: str, reason: str) -> None:
         """Count a file a folder walk left out (binary, empty, gitignored)."""
         self.skipped[reason] += 1
@@ -73,6 +83,19 @@ class Findings:
             "skipped_samples": self.skipped_samples,
             "issues": [i.to_json() for i in self.issues],
         }
+
+
+def token_stats(part: np.ndarray) -> dict[str, Any]:
+    """min, mean, median, 95th percentile and max of token counts ({} when empty)."""
+    if not len(part):
+        return {}
+    return {
+        "min": int(part.min()),
+        "mean": round(float(part.mean()), 1),
+        "p50": int(np.percentile(part, 50)),
+        "p95": int(np.percentile(part, 95)),
+        "max": int(part.max()),
+    }
 
 
 def snippet(record: Record) -> str:
@@ -105,6 +128,8 @@ def render(report: dict[str, Any], strict: bool = False) -> str:
     if pii["found"]:
         found = ", ".join(f"{k} {v:,}" for k, v in pii["found"].items())
         lines.append(f"  personal data ({pii['mode']}): {found} in {pii['records']:,} record(s); values never shown")
+    if report.get("estimate"):
+        lines.append(f"  {estimate_text(report['estimate'])}")
     if report["issues_by_rule"]:
         by_rule = ", ".join(f"{k} {v:,}" for k, v in report["issues_by_rule"].items())
         lines.append(f"  {report['errors']:,} error(s), {report['warnings']:,} warning(s): {by_rule}")
@@ -118,6 +143,30 @@ def render(report: dict[str, Any], strict: bool = False) -> str:
     else:
         lines.append("  no problems found")
     return "\n".join(lines)
+
+
+def estimate_text(e: dict[str, Any]) -> str:
+    """One line: how long training will take and how much memory it needs (from the measured probe)."""
+    if "unavailable" in e:
+        return f"training estimate: unavailable ({e['unavailable']})"
+    where = f"{e['device']}, {e['precision']}" + (f", {e['threads']} threads" if e["device"] == "cpu" else "")
+    need, have = e["peak_memory_bytes"] / 2**30, e["available_memory_bytes"] / 2**30
+    fits = "fits" if e["peak_memory_bytes"] <= e["available_memory_bytes"] else "DOES NOT FIT"
+    return (
+        f"training estimate ({e['method']}, {where}): {e['steps']:,} steps, {e['epochs']:g} epoch(s), "
+        f"~{duration(e['train_seconds'])} training + ~{duration(e['eval_seconds'])} validation at "
+        f"{e['tokens_per_s']:,.0f} tokens/s; peak memory ~{need:.1f} GiB on the longest batch "
+        f"({fits} in {have:.1f} GiB available)"
+    )
+
+
+def duration(seconds: float) -> str:
+    """Seconds as '45 s', '12 min' or '3 h 20 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
 
 
 def _issue_text(i: dict[str, Any]) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
-from tuneforge.data.records import Issue, Source, error
+from tuneforge.data.records import Issue, Source, error, warning
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "tool_call_id"}
@@ -108,6 +110,43 @@ def check_count(n: int, minimum: int, file: str) -> Issue | None:
         None,
         f"{n} valid example(s); at least {minimum} are needed for train/val/test splits",
         "add more examples or lower data.val_size / data.test_size",
+    )
+
+
+def check_labels(codes: list[int], names: dict[str, int], ratio: float, allowed: list[str] | None) -> Iterator[Issue]:
+    """Dataset-level label checks: a single class, imbalance beyond `ratio`, allowed labels that never occur."""
+    counts = Counter(codes)
+    by_name = {name: counts.get(code, 0) for name, code in names.items()}
+    if len(by_name) == 1:
+        only = next(iter(by_name))
+        yield error("one_label", None, "label", f"every example has label {only!r}", "a classifier needs two classes")
+    elif by_name:
+        common, rare = max(by_name, key=by_name.__getitem__), min(by_name, key=by_name.__getitem__)
+        if by_name[common] >= ratio * by_name[rare]:
+            yield warning(
+                "label_imbalance",
+                None,
+                "label",
+                f"{common!r} has {by_name[common]} examples, {rare!r} only {by_name[rare]} "
+                f"({by_name[common] / by_name[rare]:.0f}x; data.imbalance_ratio={ratio:g})",
+                "collect more of the rare class, or weight classes in training",
+            )
+    for name in allowed or []:
+        if name not in by_name:
+            yield warning("unused_label", None, "label", f"label {name!r} of data.labels never occurs", "add examples")
+
+
+def check_privacy(mode: str, gate: str, found: Counter[str], records: int) -> Issue | None:
+    """Personal data left in the written splits: an error under privacy.gate=block, else a warning (or nothing)."""
+    if mode != "report" or not found or gate == "off":
+        return None
+    listed = ", ".join(f"{k} {v}" for k, v in found.most_common())
+    return (error if gate == "block" else warning)(
+        "personal_data",
+        None,
+        None,
+        f"personal data remains in {records} record(s): {listed}",
+        "set privacy.mode to mask, pseudonymize or drop (privacy.gate=block refuses to train until then)",
     )
 
 

@@ -58,7 +58,7 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
-    model, tokenizer = _setup_model(cfg, device, precision, log)
+    model, tokenizer = setup_model(cfg, device, precision, log)
     train_set, val_set = _load_splits(data_dir, tokenizer)
     pad_id = int(tokenizer.pad_token_id)
     per_epoch = math.ceil(len(train_set) / (cfg.train.batch_size * cfg.train.grad_accum))
@@ -77,11 +77,11 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
     with metrics_path.open("a", encoding="utf-8") as metrics:
         while state.step < total_steps:
             group = next(stream)
-            loss = _optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
+            loss = optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
             state.record(loss, group)
             row = state.row(scheduler.get_last_lr()[0], len(train_set), time.perf_counter() - start)
             if state.step % per_epoch == 0 or state.step == total_steps:
-                with _autocast(device, precision):
+                with autocast(device, precision):
                     state.val_loss = (
                         round(mean_loss(model, val_set, cfg.train.batch_size, pad_id), 5) if val_set else None
                     )
@@ -99,7 +99,7 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
     return TrainResult(model_dir, state.step, state.last_loss, state.val_loss, state.tokens, seconds, precision)
 
 
-def _setup_model(cfg: RunConfig, device: str, precision: str, log: Any) -> tuple[Any, Any]:
+def setup_model(cfg: RunConfig, device: str, precision: str, log: Any) -> tuple[Any, Any]:
     """The base model wrapped by the training method, and its tokenizer; logs what will train."""
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     model = METHODS[cfg.train.method](load_model(cfg.model.name, cfg.model.revision, device=device), cfg.train)
@@ -155,7 +155,7 @@ def _endless_steps(train_set: list[Any], cfg: RunConfig, pad_id: int) -> Iterato
         epoch += 1
 
 
-def _optimizer_step(
+def optimizer_step(
     model: Any,
     group: list[Batch],
     optimizer: Any,
@@ -165,6 +165,7 @@ def _optimizer_step(
     device: str,
     precision: str,
 ) -> float:
+    """One optimizer step over the micro-batches of `group`; returns its loss."""
     # Normalise by all loss tokens of the step, so accumulation equals one big batch.
     n_loss = max(1, sum(b.n_loss_tokens for b in group))
     total = 0.0
@@ -176,7 +177,7 @@ def _optimizer_step(
             batch.n_loss_tokens,
             batch.n_tokens,
         )
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = loss_sum(model, batch) / n_loss
         loss.backward()
         total += float(loss.detach())
@@ -202,7 +203,8 @@ def resolve_precision(choice: str, device: str) -> str:
     return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
 
 
-def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast when `precision` is bf16, else nothing."""
     if precision == "bf16":
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -1,0 +1,149 @@
+"""How long training will take and how much memory it needs, from a short measured probe on this machine.
+
+The probe builds the real model with the real method, then runs the real optimizer step of the training loop on
+micro-batches of the prepared training split: first on the longest examples (the memory peak, sampled while it
+runs), then on a few typical ones, length-grouped as training groups them (the speed, in real tokens per
+second). The estimate scales that speed to the split's token count and the configured epochs; one no-gradient
+pass times validation. Nothing of the probe is kept: the model is thrown away.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from tuneforge.config import RunConfig
+from tuneforge.data.records import Record
+from tuneforge.data.tokenize import Encoded, encode_chat
+from tuneforge.models import pick_device
+from tuneforge.train.loop import autocast, optimizer_step, resolve_precision, setup_model
+from tuneforge.train.tasks import collate, loss_sum
+
+PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
+
+
+def estimate_training(
+    cfg: RunConfig, lengths: np.ndarray, fetch: Callable[[int], Record], val_lengths: np.ndarray
+) -> dict[str, Any]:
+    """Measured speed and peak memory of training `cfg` on a split whose examples have `lengths` tokens.
+
+    `fetch(k)` returns the k-th training record. Returns the figures the data report shows.
+    """
+    device = pick_device()
+    precision = resolve_precision(cfg.train.precision, device)
+    model, tokenizer = setup_model(cfg, device, precision, log=lambda _: None)
+    pad_id = int(tokenizer.pad_token_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    model.train()
+
+    def run(batch_ids: list[int]) -> tuple[float, int]:
+        batch = collate([_encode(tokenizer, fetch(k)) for k in batch_ids], pad_id)
+        start = time.perf_counter()
+        optimizer_step(model, [batch], optimizer, scheduler, params, cfg, device, precision)
+        return time.perf_counter() - start, batch.n_tokens
+
+    longest, typical = probe_batches(lengths, cfg.train.batch_size, cfg.train.seed)
+    with _peak_memory(device) as peak:
+        run(longest)
+    timed = [run(ids) for ids in typical]
+    seconds, tokens = sum(t for t, _ in timed), sum(n for _, n in timed)
+    per_token = seconds / max(tokens, 1)
+    eval_per_token = _eval_seconds_per_token(model, tokenizer, typical[0], fetch, pad_id, device, precision)
+    per_epoch = math.ceil(len(lengths) / (cfg.train.batch_size * cfg.train.grad_accum))
+    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
+    epochs = total_steps / per_epoch
+    evals = math.ceil(epochs)  # the loop scores validation at every epoch end and at the last step
+    train_s = per_token * float(lengths.sum()) * epochs
+    eval_s = eval_per_token * float(val_lengths.sum()) * evals
+    trainable = sum(p.numel() for p in params)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {
+        "device": device,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "method": cfg.train.method,
+        "steps": total_steps,
+        "epochs": round(epochs, 2),
+        "tokens_per_s": round(1 / per_token, 1),
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "peak_memory_bytes": int(peak["bytes"]),
+        "weights_bytes": int(weights),
+        "optimizer_bytes": int(trainable * 4 * 3),  # fp32 gradient + AdamW's two moments
+        "longest_tokens": int(lengths.max()),
+        "available_memory_bytes": _available(device),
+        "probe_tokens": int(tokens),
+    }
+
+
+def probe_batches(lengths: np.ndarray, batch_size: int, seed: int) -> tuple[list[int], list[list[int]]]:
+    """The longest micro-batch, and PROBE_BATCHES typical ones: runs of neighbours in length order (as the
+    length-grouped training batches are) at seeded random places."""
+    order = np.argsort(lengths, kind="stable")
+    size = min(batch_size, len(order))
+    longest = order[len(order) - size :].tolist()
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(order) - size + 1, PROBE_BATCHES)
+    return longest, [order[s : s + size].tolist() for s in starts]
+
+
+def _encode(tokenizer: Any, record: Record) -> Encoded:
+    return encode_chat(tokenizer, record.data["messages"], record.data.get("tools"))
+
+
+@torch.no_grad()
+def _eval_seconds_per_token(
+    model: Any, tokenizer: Any, ids: list[int], fetch: Callable[[int], Record], pad_id: int, device: str, precision: str
+) -> float:
+    batch = collate([_encode(tokenizer, fetch(k)) for k in ids], pad_id)
+    batch = type(batch)(
+        batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device), 0, batch.n_tokens
+    )
+    model.eval()
+    start = time.perf_counter()
+    with autocast(device, precision):
+        loss_sum(model, batch)
+    return (time.perf_counter() - start) / max(batch.n_tokens, 1)
+
+
+@contextmanager
+def _peak_memory(device: str) -> Iterator[dict[str, int]]:
+    """The peak memory of the block: GPU memory on CUDA, else resident memory sampled every 5 ms."""
+    peak = {"bytes": 0}
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        yield peak
+        peak["bytes"] = torch.cuda.max_memory_allocated()
+        return
+    process, done = psutil.Process(), threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["bytes"] = max(peak["bytes"], process.memory_info().rss)
+            done.wait(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        thread.join()
+        peak["bytes"] = max(peak["bytes"], process.memory_info().rss)
+
+
+def _available(device: str) -> int:
+    """Memory a training process could use: free GPU memory, or available RAM plus what this process holds."""
+    if device == "cuda":
+        return int(torch.cuda.mem_get_info()[0])
+    return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
