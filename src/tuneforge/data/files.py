@@ -173,7 +173,8 @@ def _read_table(path: Path, delimiter: str) -> Iterator[Item]:
                 _reencode_hint(path),
             )
         except csv.Error as exc:
-            yield error("invalid_csv", Source(str(path), reader.line_num), None, f"invalid CSV: {exc}", _csv_hint())
+            # the row that starts after the last good one (csv's own line_num stops short at an unclosed quote)
+            yield error("invalid_csv", Source(str(path), line + 1), None, f"invalid CSV: {exc}", _csv_hint())
 
 
 def _cell(column: str, value: str) -> Any:
