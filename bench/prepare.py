@@ -1,13 +1,14 @@
 """Streaming speed and memory of `tuneforge prepare` on a large JSONL file, against the standard HF stack.
 
-    python bench/prepare.py                 # 1,000,000 lines (several minutes on 2 cores)
+    python bench/prepare.py                 # 1,000,000 lines (about 15 minutes on 2 cores)
     python bench/prepare.py --lines 50000   # a quick look
 
 Writes a seeded chat file of N lines (German and English turns of 8-60 words drawn from faker's lorem word lists
 plus service topics: 1% exact and 1% near duplicates, ~2% with personal data), then runs, each in its own
 process so that peak RSS is its own:
   tuneforge  - the whole prepare stage: read, validate, normalise, detect personal data, exact and near-duplicate
-               removal, token count with the model's chat template, split, write (embedded model's tokenizer);
+               removal, leakage check, token count with the model's chat template, split, write (embedded
+               model's tokenizer; the training estimate is off: it loads the model, which is not data work);
   baseline   - what a typical script does with the standard stack: datasets.load_dataset("json") and a batched
                .map(apply_chat_template + tokenize) for the lengths (no validation, cleaning or de-duplication).
 Prints lines/s, wall time and peak RSS of each.
@@ -63,7 +64,8 @@ def run_tuneforge(data: Path, out: Path) -> dict[str, float]:
     from tuneforge.config import load_config
     from tuneforge.data import prepare
 
-    cfg = load_config(None, [f"data.path={data}", f"output_dir={out}", "name=bench", "data.max_seq_len=1024"])
+    settings = [f"data.path={data}", f"output_dir={out}", "name=bench", "data.max_seq_len=1024", "data.estimate=false"]
+    cfg = load_config(None, settings)
     start = time.perf_counter()
     result = prepare(cfg)
     seconds = time.perf_counter() - start

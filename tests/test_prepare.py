@@ -101,10 +101,15 @@ def test_duplicates_near_duplicates_and_samples_are_reported(tiny_config, tmp_pa
     rows += [chat(long_q, "Delivery within 14 days."), chat(long_q + ".", "Delivery within 14 days.")]
     rows += [chat("x", "y")]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    result = prepare(tiny_config(f"data.path={path}", "clean.min_chars=5"))
+    cfg = tiny_config(f"data.path={path}", "clean.min_chars=5")
+    result = prepare(cfg)
     assert result.report["removed"] == {"duplicate": 1, "near_duplicate": 1, "too_short": 1}
+    written = sorted(p.name for p in (cfg.run_dir / "data").iterdir())
+    assert written == ["data_report.json", "test.jsonl", "train.jsonl", "val.jsonl"]  # no scratch file left
     sample = result.report["removed_samples"]["duplicate"][0]
     assert sample["source"] == f"{path}:31" and sample["text"].startswith("Item 3:   WHAT colour?")
+    assert sample["detail"].endswith(f"same as {path}:4")
+    assert result.report["removed_samples"]["near_duplicate"][0]["detail"].endswith(f"similar to {path}:32")
     assert sum(result.counts.values()) == 31
     text = result.text()
     assert "removed 1 near duplicate" in text and f"e.g. {path}:33" in text

@@ -183,7 +183,7 @@ def _band_hashes(sigs: _SignatureFile, threshold: float) -> Iterator[np.ndarray]
             for col in block.T:
                 h = (h ^ col) * PRIME
             out[start : start + len(block)] = h
-        sigs.release()
+            sigs.release()
         yield out
 
 

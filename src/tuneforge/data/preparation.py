@@ -343,7 +343,9 @@ class _Scan:
                 self.findings.add(issue)
 
     def close(self) -> None:
+        """Remove the scratch files (the splits hold what was kept)."""
         self.out.close()
+        self.scratch.unlink(missing_ok=True)
         if self.signatures is not None:
             self.signatures.delete()
 
