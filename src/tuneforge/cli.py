@@ -105,12 +105,23 @@ def prepare(
 
 
 @app.command(epilog=FIELDS_HELP)
-def train(target: Target, overrides: Overrides = None) -> None:
+def train(
+    target: Target,
+    overrides: Overrides = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue from the newest checkpoint in runs/<name>/checkpoints: weights, optimizer, scheduler, "
+            "RNG state and data position, as if the run had never stopped.",
+        ),
+    ] = False,
+) -> None:
     """Fine-tune on the prepared data; the adapter goes to runs/<name>/model."""
     from tuneforge.train import train as train_model
 
     with user_errors():
-        result = train_model(resolve_target(target, overrides), log=log)
+        result = train_model(resolve_target(target, overrides), log=log, resume=resume)
         out.print(
             f"trained {result.steps} steps in {result.seconds:.0f}s ({result.precision}); "
             f"final loss {result.train_loss:.4f}, val loss {result.val_loss}; adapter -> {result.model_dir}"

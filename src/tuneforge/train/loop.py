@@ -22,9 +22,9 @@ from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import Encoded
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, pick_device
-from tuneforge.rundir import atomic_write_json, require, save_config
+from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
 from tuneforge.train.methods import METHODS, count_parameters
-from tuneforge.train.tasks import Batch, load_sft, loss_sum, mean_loss, steps
+from tuneforge.train.tasks import Batch, collate_step, load_sft, loss_sum, mean_loss, step_groups
 
 MODEL_DIR = "model"
 RUN_INFO = "tuneforge.json"
@@ -47,10 +47,19 @@ class TrainResult:
     precision: str
 
 
-def train(cfg: RunConfig, log: Any = print) -> TrainResult:
-    """Fine-tune the model of `cfg` on the run's prepared data and save the adapter to runs/<name>/model."""
+def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult:
+    """Fine-tune the model of `cfg` on the run's prepared data and save the adapter to runs/<name>/model.
+
+    `resume`: continue from the newest checkpoint (weights, optimizer, scheduler, RNG and data position).
+    """
     run_dir = cfg.run_dir
     data_dir = require(run_dir, "data/train.jsonl", "prepare").parent
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise TrainingError(
+            f"nothing to resume: {run_dir / 'checkpoints'} holds no finished checkpoint",
+            f"train without --resume (checkpoints are written every train.save_steps={cfg.train.save_steps} steps)",
+        )
     save_config(cfg)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
@@ -68,12 +77,15 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
 
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    model.train()
     state = _State()
-    start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="train", unit="step", dynamic_ncols=True)
-    stream = _endless_steps(train_set, cfg, pad_id)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        log(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
+    _trim_metrics(metrics_path, state.step)
+    model.train()
+    start = time.perf_counter() - state.elapsed
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    stream = _endless_steps(train_set, cfg, pad_id, done=state.step)
     with metrics_path.open("a", encoding="utf-8") as metrics:
         while state.step < total_steps:
             group = next(stream)
@@ -92,7 +104,8 @@ def train(cfg: RunConfig, log: Any = print) -> TrainResult:
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             bar.update(1)
             if state.step % cfg.train.save_steps == 0 and state.step < total_steps:
-                save_checkpoint(run_dir, model, optimizer, scheduler, state.step, cfg.train.save_total_limit)
+                state.elapsed = time.perf_counter() - start
+                save_checkpoint(run_dir, model, optimizer, scheduler, state, cfg.train.save_total_limit)
     bar.close()
     model_dir = save_model(run_dir, model, tokenizer, cfg)
     seconds = time.perf_counter() - start
@@ -121,7 +134,7 @@ def _load_splits(data_dir: Path, tokenizer: Any) -> tuple[list[Encoded], list[En
 
 
 class _State:
-    """Progress of one training run: steps, examples and tokens seen, latest losses."""
+    """Progress of one training run: steps, examples and tokens seen, latest losses (saved with checkpoints)."""
 
     def __init__(self) -> None:
         self.step = 0
@@ -129,6 +142,18 @@ class _State:
         self.tokens = 0
         self.last_loss = float("nan")
         self.val_loss: float | None = None
+        self.elapsed = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _State:
+        state = cls()
+        for key, value in data.items():
+            if hasattr(state, key):
+                setattr(state, key, value)
+        return state
 
     def record(self, loss: float, group: list[Batch]) -> None:
         self.step += 1
@@ -148,10 +173,15 @@ class _State:
         }
 
 
-def _endless_steps(train_set: list[Any], cfg: RunConfig, pad_id: int) -> Iterator[list[Batch]]:
-    epoch = 0
-    while True:  # the step budget decides when to stop; epochs only reshuffle
-        yield from steps(train_set, cfg.train.batch_size, cfg.train.grad_accum, pad_id, seed=cfg.train.seed + epoch)
+def _endless_steps(train_set: list[Encoded], cfg: RunConfig, pad_id: int, done: int = 0) -> Iterator[list[Batch]]:
+    """Optimizer steps epoch after epoch (the step budget decides when to stop), the first `done` skipped."""
+    lengths = [len(e.input_ids) for e in train_set]
+    per_step, epoch = cfg.train.batch_size * cfg.train.grad_accum, 0
+    while True:
+        groups = step_groups(lengths, per_step, seed=cfg.train.seed + epoch)
+        for group in groups[done:]:
+            yield collate_step([train_set[i] for i in group], cfg.train.batch_size, pad_id)
+        done = max(0, done - len(groups))
         epoch += 1
 
 
@@ -210,8 +240,12 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[A
     return contextlib.nullcontext()
 
 
-def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, step: int, keep: int) -> Path:
-    """Write checkpoints/step-N atomically (adapter, optimizer, scheduler, RNG) and keep the newest `keep`."""
+def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: _State, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (weights, optimizer, scheduler, RNG, progress); keep the newest `keep`.
+
+    The folder is written under a temporary name and renamed when complete: a run killed while saving leaves
+    the previous checkpoints intact and nothing that --resume would mistake for a checkpoint.
+    """
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
@@ -220,14 +254,79 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, s
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
         tmp / "training_state.pt",
     )
-    atomic_write_json(tmp / "trainer_state.json", {"step": step, "python_rng": list(random.getstate()[1])})
-    final = root / f"step-{step}"
+    atomic_write_json(tmp / "trainer_state.json", {**state.to_json(), "python_rng": list(random.getstate()[1])})
+    final = root / f"step-{state.step}"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    done = sorted((p for p in root.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    for old in done[:-keep]:
+    for old in _checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    root = run_dir / "checkpoints"
+    done = [p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()] if root.is_dir() else []
+    return sorted(done, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest finished checkpoint of a run, or None."""
+    done = _checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> _State:
+    """Restore weights, optimizer, scheduler and RNG from a checkpoint; returns the progress it recorded."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    try:
+        if (path / "adapter_model.safetensors").is_file():
+            set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        else:
+            _load_full_weights(model, path)
+        saved = torch.load(path / "training_state.pt", weights_only=True)
+        info = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise TrainingError(
+            f"checkpoint {path} cannot be loaded: {str(exc).splitlines()[0]}",
+            "delete this checkpoint folder to resume from the one before, or train without --resume",
+        ) from None
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    random.setstate((3, tuple(info.pop("python_rng")), None))
+    return _State.from_json(info)
+
+
+def _load_full_weights(model: Any, path: Path) -> None:
+    """Load a full model's safetensors (one file or shards) into `model`."""
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(path / name))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:  # a tied head is saved once
+        raise ValueError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the metrics of steps up to `step` (all gone for a fresh run): a resumed run appends after them."""
+    if step == 0 or not path.is_file():
+        path.unlink(missing_ok=True)
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # a line cut short by the kill is dropped
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def save_model(run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig) -> Path:

@@ -55,25 +55,33 @@ def collate(examples: list[Encoded], pad_id: int) -> Batch:
 
 
 def steps(examples: list[Encoded], batch_size: int, grad_accum: int, pad_id: int, seed: int) -> Iterator[list[Batch]]:
-    """One epoch of optimizer steps, each a list of up to `grad_accum` micro-batches; depends only on `seed`.
+    """One epoch of optimizer steps, each a list of up to `grad_accum` micro-batches; depends only on `seed`."""
+    for group in step_groups([len(e.input_ids) for e in examples], batch_size * grad_accum, seed):
+        yield collate_step([examples[i] for i in group], batch_size, pad_id)
+
+
+def step_groups(lengths: list[int], per_step: int, seed: int) -> list[list[int]]:
+    """The example indices of each optimizer step of one epoch; depends only on the lengths and `seed`.
 
     Examples of similar length are grouped (sorted inside windows of 32 steps, then the steps are shuffled), so
     a batch carries little padding: on the contracts example padding falls from 13.9% to 1.0% of the tokens.
+    Being a plain list, a resumed run skips the steps it already made without building their batches.
     """
     rng = random.Random(seed)
-    order = list(range(len(examples)))
+    order = list(range(len(lengths)))
     rng.shuffle(order)
-    per_step = batch_size * grad_accum
     window = per_step * 32
     groups: list[list[int]] = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: len(examples[i].input_ids))
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
         groups += [chunk[i : i + per_step] for i in range(0, len(chunk), per_step)]
     rng.shuffle(groups)
-    for group in groups:
-        yield [
-            collate([examples[i] for i in group[j : j + batch_size]], pad_id) for j in range(0, len(group), batch_size)
-        ]
+    return groups
+
+
+def collate_step(examples: list[Encoded], batch_size: int, pad_id: int) -> list[Batch]:
+    """The micro-batches of one optimizer step."""
+    return [collate(examples[j : j + batch_size], pad_id) for j in range(0, len(examples), batch_size)]
 
 
 # Architectures whose logits are exactly lm_head(final hidden state): no soft-capping, no logit scale.
