@@ -51,3 +51,48 @@ def test_the_example_pipeline_runs_end_to_end_on_the_real_model(tmp_path: Path) 
     # Even three LoRA steps on the task lower the held-out loss of the assistant answers.
     assert tuned["test_loss"] < base["test_loss"]
     assert (cfg.run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("method", "lr"), [("lora", "3e-4"), ("dora", "3e-4"), ("full", "2e-5")])
+def test_the_real_model_trains_with_each_method(method: str, lr: str, tmp_path: Path) -> None:
+    from tuneforge.data import prepare
+    from tuneforge.train import train
+    from tuneforge.train.tasks import load_sft, mean_loss
+
+    cfg = load_config(
+        ROOT / "configs" / "contracts.yaml",
+        [
+            f"output_dir={tmp_path}",
+            f"train.method={method}",
+            f"train.learning_rate={lr}",
+            "train.max_steps=3",
+            "train.batch_size=4",
+            "train.warmup_ratio=0",
+            "data.val_size=8",
+            "data.estimate=false",
+        ],
+    )
+    prepare(cfg)
+    tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
+    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer)
+    before = mean_loss(models.load_model(models.EMBEDDED_MODEL), val, 4, int(tokenizer.pad_token_id))
+    result = train(cfg, log=lambda *a: None)
+    assert result.steps == 3 and result.val_loss is not None
+    assert result.val_loss < before, (method, before, result.val_loss)  # three steps already help on the task
+
+
+def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
+    """train's up-front memory estimate (from the model's shape) against prepare's measured peak (a real step)."""
+    from tuneforge.data import prepare
+    from tuneforge.data.tokenize import IGNORE_INDEX
+    from tuneforge.train.estimate import memory_need
+    from tuneforge.train.loop import setup_model
+    from tuneforge.train.tasks import load_sft
+
+    cfg = load_config(ROOT / "configs" / "contracts.yaml", [f"output_dir={tmp_path}", "train.precision=fp32"])
+    measured = prepare(cfg).report["estimate"]["peak_memory_bytes"]
+    model, tokenizer = setup_model(cfg, "cpu", "fp32", log=lambda *a: None)
+    longest = sorted(load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer), key=lambda e: len(e.input_ids))[-8:]
+    loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)
+    need = memory_need(model, 8, len(longest[-1].input_ids), loss_tokens, "fp32")["total"]
+    assert 0.7 < need / measured < 1.3, (need / 2**30, measured / 2**30)

@@ -142,7 +142,13 @@ class PrivacyConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["lora"] = Field("lora", description="Fine-tuning method. 'lora': low-rank adapters (PEFT).")
+    method: Literal["lora", "dora", "qlora", "full", "freeze"] = Field(
+        "lora",
+        description="Fine-tuning method. 'lora': low-rank adapters (PEFT); 'dora': LoRA with weight decomposition; "
+        "'qlora': LoRA on a 4-bit base (CUDA + bitsandbytes only); 'full': every weight trains; 'freeze': only "
+        "train.trainable_layers / train.trainable_modules train. lora/dora/qlora save an adapter, full/freeze a "
+        "whole model.",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
     lora_dropout: float = Field(
@@ -153,6 +159,14 @@ class TrainConfig(_Section):
     )
     target_modules: list[str] | str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."
+    )
+    trainable_layers: int = Field(
+        0, ge=0, description="method=freeze: how many of the last decoder layers train (0: none, only the modules)."
+    )
+    trainable_modules: list[str] = Field(
+        default_factory=list,
+        description="method=freeze: modules that train besides the layers, by name or regex as "
+        "model.named_modules() lists them, e.g. [lm_head, 'model.norm'].",
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the training split (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")

@@ -115,16 +115,29 @@ def load_tokenizer(name: str, revision: str | None = None) -> PreTrainedTokenize
     return _complete_tokenizer(tokenizer)
 
 
-def load_model(name: str, revision: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
-    """Load a causal LM from the embedded default, a local folder or the hub (safetensors only)."""
+def load_model(
+    name: str,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """Load a causal LM from the embedded default, a local folder or the hub (safetensors only).
+
+    `options` are further from_pretrained arguments (a method's quantization_config); a quantized model is
+    placed on `device` while loading, as bitsandbytes requires.
+    """
     source = resolve(name, revision)
+    extra = dict(options or {})
+    if "quantization_config" in extra:
+        extra["device_map"] = {"": device}
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
-            source.location, revision=source.revision, dtype=dtype, use_safetensors=True
+            source.location, revision=source.revision, dtype=dtype, use_safetensors=True, **extra
         )
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from None
-    return model.to(device)
+    return model if "device_map" in extra else model.to(device)
 
 
 def pick_device() -> str:

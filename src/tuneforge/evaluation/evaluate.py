@@ -43,8 +43,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     if not rows:
         raise RunError(f"{split_path} holds no examples", f"prepare the data with data.{cfg.evaluate.split}_size > 0")
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
-    model = load_adapter(load_model(cfg.model.name, cfg.model.revision, device=pick_device()), adapter_dir, TUNED)
-    model.eval()
+    models = _models(cfg, adapter_dir)
     start = time.perf_counter()
     prompts = [_prompt(r["messages"]) for r in rows]
     references = [r["messages"][-1]["content"] for r in rows]
@@ -55,6 +54,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     variants = (["base"] if cfg.evaluate.compare_base else []) + [TUNED]
     for variant in variants:
         scores: dict[str, Any] = {}
+        model = models[variant]
         with use_adapter(model, None if variant == "base" else TUNED, merge=True):
             for split, encoded in loss_sets.items():
                 loss = mean_loss(model, encoded, cfg.evaluate.batch_size, int(tokenizer.pad_token_id))
@@ -73,6 +73,19 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     )
     atomic_write_json(run_dir / "eval.json", report.to_json())
     return report
+
+
+def _models(cfg: RunConfig, model_dir: Path) -> dict[str, Any]:
+    """The model behind each variant: one base model with the adapter switched on and off, or (after full or
+    freeze training) the base model and the saved whole model."""
+    device = pick_device()
+    if (model_dir / "adapter_config.json").is_file():
+        model = load_adapter(load_model(cfg.model.name, cfg.model.revision, device=device), model_dir, TUNED).eval()
+        return {"base": model, TUNED: model}
+    models = {TUNED: load_model(str(model_dir), device=device).eval()}
+    if cfg.evaluate.compare_base:
+        models["base"] = load_model(cfg.model.name, cfg.model.revision, device=device).eval()
+    return models
 
 
 def _loss_sets(run_dir: Path, cfg: RunConfig, tokenizer: Any) -> dict[str, list[Any]]:

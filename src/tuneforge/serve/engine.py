@@ -72,4 +72,11 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} has no trained model ({path} missing)", f"train it first: `tuneforge train {run_dir}`"
         )
     info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if not info.get("adapter", True):
+        raise RunError(
+            f"{run_dir} holds a whole fine-tuned model (train.method={info.get('method')}), not an adapter; the "
+            "server attaches adapters to one base model",
+            "train with train.method=lora or dora to serve the result; the whole model folder "
+            f"({run_dir / MODEL_DIR}) also works as model.name of a new run",
+        )
     return info

@@ -81,7 +81,7 @@ def estimate_training(
         "weights_bytes": int(weights),
         "optimizer_bytes": int(trainable * 4 * 3),  # fp32 gradient + AdamW's two moments
         "longest_tokens": int(lengths.max()),
-        "available_memory_bytes": _available(device),
+        "available_memory_bytes": available_memory(device),
         "probe_tokens": int(tokens),
     }
 
@@ -142,8 +142,36 @@ def _peak_memory(device: str) -> Iterator[dict[str, int]]:
         peak["bytes"] = max(peak["bytes"], process.memory_info().rss)
 
 
-def _available(device: str) -> int:
+def available_memory(device: str) -> int:
     """Memory a training process could use: free GPU memory, or available RAM plus what this process holds."""
     if device == "cuda":
         return int(torch.cuda.mem_get_info()[0])
     return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
+
+
+RUNTIME_BYTES = 400 * 2**20  # Python, torch and transformers themselves (RSS of an idle process with them loaded)
+
+
+def memory_need(model: Any, batch_size: int, longest: int, loss_tokens: int, precision: str) -> dict[str, int]:
+    """Bytes training needs at its peak, by part, from the model's shape (no probe: it runs before training).
+
+    Activations follow a Llama-style block: per token and layer about 9 x hidden + 4 x intermediate values are
+    kept for the backward pass, plus the attention probabilities (heads x sequence length); the output layer
+    keeps logits, their softmax and gradient for the loss tokens only. Checked against the measured probe.
+    """
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    hidden = int(config.hidden_size)
+    inter = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
+    layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
+    width = 6 if precision == "bf16" else 4  # autocast keeps bf16 copies beside fp32 tensors
+    tokens = batch_size * longest
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    parts = {
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "gradients_and_optimizer": trainable * 12,  # fp32 gradient + AdamW's two moments
+        "activations": tokens * layers * ((9 * hidden + 4 * inter) * width + heads * longest * 8),
+        "logits": loss_tokens * int(config.vocab_size) * 12,
+        "runtime": RUNTIME_BYTES,
+    }
+    return {**parts, "total": sum(parts.values())}

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from tuneforge.config import RunConfig
-from tuneforge.data.tokenize import Encoded
+from tuneforge.data.tokenize import IGNORE_INDEX, Encoded
 from tuneforge.errors import TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
@@ -69,6 +69,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     precision = resolve_precision(cfg.train.precision, device)
     model, tokenizer = setup_model(cfg, device, precision, log)
     train_set, val_set = _load_splits(data_dir, tokenizer)
+    _check_memory(model, train_set, cfg, device, precision, log)
     pad_id = int(tokenizer.pad_token_id)
     per_epoch = math.ceil(len(train_set) / (cfg.train.batch_size * cfg.train.grad_accum))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
@@ -115,13 +116,37 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
 def setup_model(cfg: RunConfig, device: str, precision: str, log: Any) -> tuple[Any, Any]:
     """The base model wrapped by the training method, and its tokenizer; logs what will train."""
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
-    model = METHODS[cfg.train.method](load_model(cfg.model.name, cfg.model.revision, device=device), cfg.train)
+    method = METHODS[cfg.train.method]
+    options = method.load_options(device) if method.load_options else None
+    model = method.apply(load_model(cfg.model.name, cfg.model.revision, device=device, options=options), cfg.train)
     trainable, total = count_parameters(model)
     log(
         f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.2f}%), method {cfg.train.method}, {precision} on {device}"
     )
     return model, tokenizer
+
+
+def _check_memory(model: Any, train_set: list[Encoded], cfg: RunConfig, device: str, precision: str, log: Any) -> None:
+    """Log the memory training will need at its peak; refuse before the first step when it cannot fit."""
+    from tuneforge.train.estimate import available_memory, memory_need
+
+    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-cfg.train.batch_size :]
+    loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)
+    need = memory_need(model, len(longest), len(longest[-1].input_ids), loss_tokens, precision)
+    have = available_memory(device)
+    gib = {k: v / 2**30 for k, v in need.items()}
+    log(
+        f"memory: ~{gib['total']:.1f} GiB at the peak (weights {gib['weights']:.1f}, gradients and optimizer "
+        f"{gib['gradients_and_optimizer']:.1f}, activations {gib['activations'] + gib['logits']:.1f} for the "
+        f"{len(longest)} longest examples), {have / 2**30:.1f} GiB available on {device}"
+    )
+    if need["total"] > have:
+        raise TrainingError(
+            f"training needs ~{gib['total']:.1f} GiB at its peak but only {have / 2**30:.1f} GiB is available",
+            "lower train.batch_size (raise train.grad_accum to keep the effective batch), lower data.max_seq_len, "
+            "or use train.method=lora instead of full",
+        )
 
 
 def _load_splits(data_dir: Path, tokenizer: Any) -> tuple[list[Encoded], list[Encoded]]:
@@ -330,14 +355,21 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 
 def save_model(run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig) -> Path:
-    """Write the final adapter (PEFT, safetensors), tokenizer and chat template to runs/<name>/model atomically."""
+    """Write the final adapter (PEFT) or whole model (full, freeze), safetensors, with tokenizer and chat template,
+    to runs/<name>/model atomically."""
     final = run_dir / MODEL_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(
         tmp / RUN_INFO,
-        {"base_model": cfg.model.name, "revision": cfg.model.revision, "method": cfg.train.method, "run": cfg.name},
+        {
+            "base_model": cfg.model.name,
+            "revision": cfg.model.revision,
+            "method": cfg.train.method,
+            "adapter": METHODS[cfg.train.method].adapter,
+            "run": cfg.name,
+        },
     )
     old = run_dir / ".model-old"
     shutil.rmtree(old, ignore_errors=True)
