@@ -4,9 +4,8 @@ While streaming, every kept record's MinHash signature (128 x uint32 over charac
 record on this project's machine against 243 us for datasketch) is appended to a scratch file; nothing else of it
 stays in memory. Afterwards, per LSH band, the band hashes of all records are computed from that file in chunks
 and sorted; records with equal hashes are candidates, and each candidate pair is verified against the stored
-signatures (read through a memory map whose pages are released after every batch). Memory is ~30 bytes per
-record for the band being sorted, instead of the ~2 KB per record an in-memory LSH index costs; the million-line
-benchmark needs it.
+signatures (read into small buffers). Memory is ~50 bytes per record for the band being sorted, instead of the
+~2 KB per record an in-memory LSH index costs; the million-line benchmark needs it.
 
 Which candidates: within a bucket each record is compared with the bucket's first record and its predecessor.
 A record is a near-duplicate when it reaches the threshold with an earlier record that was itself kept.
@@ -14,7 +13,7 @@ A record is a near-duplicate when it reaches the threshold with an earlier recor
 
 from __future__ import annotations
 
-import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ NUM_PERM = 128
 SHINGLE = 5
 CHUNK = 1 << 15  # signatures read per chunk when hashing bands (16 MiB)
 BATCH = 1 << 14  # candidate pairs verified per batch (two 8 MiB gathers)
+ROW = NUM_PERM * 4  # bytes per signature
 PRIME = np.uint64(0x100000001B3)
 
 
@@ -183,47 +183,39 @@ def _band_hashes(sigs: _SignatureFile, threshold: float) -> Iterator[np.ndarray]
             for col in block.T:
                 h = (h ^ col) * PRIME
             out[start : start + len(block)] = h
-            sigs.release()
         yield out
 
 
 class _SignatureFile:
-    """The signature scratch file as a read-only memory map; `release` drops its pages from this process."""
+    """The signature scratch file, read by explicit reads into small buffers: a memory map would count every page
+    it touched (and the kernel's fault-around neighbours) in this process's RSS, ~300 MB at 1M records."""
 
     def __init__(self, path: Path, n: int) -> None:
         self.path, self.n = path, n
-        self._map: mmap.mmap | None = None
-        self._array: np.ndarray | None = None
+        self._fd = -1
 
     def __enter__(self) -> _SignatureFile:
-        if self.n:
-            with self.path.open("rb") as fh:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            self._array = np.frombuffer(self._map, dtype=np.uint32).reshape(self.n, NUM_PERM)
+        self._fd = os.open(self.path, os.O_RDONLY)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._array = None
-        if self._map is not None:
-            self._map.close()
+        os.close(self._fd)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        assert self._array is not None
-        return self._array[start:stop]
+        """Signatures of records start..stop-1."""
+        stop = min(stop, self.n)
+        data = os.pread(self._fd, (stop - start) * ROW, start * ROW)
+        return np.frombuffer(data, dtype=np.uint32).reshape(-1, NUM_PERM)
 
     def similarity(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Estimated Jaccard similarity of the record pairs (i[k], j[k])."""
         out = np.empty(len(i), dtype=np.float32)
-        if self._array is None:
-            return out
         for start in range(0, len(i), BATCH):
-            a = self._array[i[start : start + BATCH]]
-            b = self._array[j[start : start + BATCH]]
-            out[start : start + len(a)] = np.count_nonzero(a == b, axis=1) / NUM_PERM
-            self.release()
+            a, b = i[start : start + BATCH], j[start : start + BATCH]
+            wanted = np.unique(np.concatenate((a, b)))
+            table = np.frombuffer(
+                b"".join(os.pread(self._fd, ROW, int(k) * ROW) for k in wanted), dtype=np.uint32
+            ).reshape(-1, NUM_PERM)
+            rows_a, rows_b = table[np.searchsorted(wanted, a)], table[np.searchsorted(wanted, b)]
+            out[start : start + len(a)] = np.count_nonzero(rows_a == rows_b, axis=1) / NUM_PERM
         return out
-
-    def release(self) -> None:
-        """Let the kernel reclaim the pages read so far (they stay in the page cache): RSS stays flat."""
-        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED)
