@@ -229,3 +229,18 @@ def test_no_estimate_for_data_no_training_task_reads_yet(tiny_config, tmp_path: 
     result = prepare(tiny_config(f"data.path={path}"))
     assert result.report["estimate"] == {"unavailable": "no training task reads classification data yet"}
     assert "training estimate: unavailable" in result.text()
+
+
+def test_a_failing_probe_leaves_the_data_prepared_and_says_why(tiny_config, monkeypatch) -> None:
+    from tuneforge.train import estimate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")
+
+    monkeypatch.setattr(estimate, "estimate_training", broken)
+    cfg = tiny_config()
+    result = prepare(cfg)
+    assert result.report["estimate"] == {
+        "unavailable": "the training probe failed: DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB"
+    }
+    assert (cfg.run_dir / "data" / "train.jsonl").is_file()

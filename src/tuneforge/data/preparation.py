@@ -416,7 +416,12 @@ def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
 
     tokens = np.asarray(scan.tokens, dtype=np.int64)
     train = np.flatnonzero(codes == TRAIN)
-    return estimate_training(cfg, tokens[train], lambda k: scan.record(int(train[k])), tokens[codes == VAL])
+    if not len(train):
+        return {"unavailable": "the training split is empty"}
+    try:
+        return estimate_training(cfg, tokens[train], lambda k: scan.record(int(train[k])), tokens[codes == VAL])
+    except (RuntimeError, ValueError, MemoryError) as exc:  # the data are fine; say why there is no estimate
+        return {"unavailable": f"the training probe failed: {str(exc).splitlines()[0][:200]}"}
 
 
 def _parse(line: bytes, kind: Kind) -> Record:
