@@ -176,10 +176,28 @@ class TrainConfig(_Section):
     )
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_ratio: float = Field(
-        0.1, ge=0, lt=1, description="Share of steps with linear warm-up before the cosine decay."
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up before the decay.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after the warm-up: cosine or linear decay to 0, or constant."
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Score the validation split every N optimizer steps (default: at each epoch end)."
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop when the validation loss has not improved for N evaluations, and keep the best model "
+        "(its weights are saved to checkpoints/best whenever it improves).",
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="An improvement smaller than this does not count for early stopping."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: much less memory for "
+        "long sequences, about a third more compute.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="'auto': bf16 autocast on GPUs and AMX CPUs (where it is faster), else fp32."
     )

@@ -9,24 +9,34 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.tasks import Batch, collate_step, load_sft, loss_sum, mean_loss, step_groups
 
 MODEL_DIR = "model"
+BEST = Path("checkpoints") / "best"  # weights of the best validation loss so far (with early stopping)
+SCHEDULES: dict[str, Callable[[Any, int, int], Any]] = {
+    "cosine": get_cosine_schedule_with_warmup,
+    "linear": get_linear_schedule_with_warmup,
+    "constant": lambda optimizer, warmup, total: get_constant_schedule_with_warmup(optimizer, warmup),
+}
 RUN_INFO = "tuneforge.json"
 
 
@@ -75,7 +85,12 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
+    scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
+    if cfg.train.early_stopping_patience and not val_set:
+        raise ConfigError(
+            "train.early_stopping_patience needs a validation split, and this run has none",
+            "prepare with data.val_size > 0, or unset train.early_stopping_patience",
+        )
 
     metrics_path = run_dir / "metrics.jsonl"
     state = _State()
@@ -93,12 +108,9 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             loss = optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
             state.record(loss, group)
             row = state.row(scheduler.get_last_lr()[0], len(train_set), time.perf_counter() - start)
-            if state.step % per_epoch == 0 or state.step == total_steps:
-                with autocast(device, precision):
-                    state.val_loss = (
-                        round(mean_loss(model, val_set, cfg.train.batch_size, pad_id), 5) if val_set else None
-                    )
-                row["val_loss"] = state.val_loss
+            every = cfg.train.eval_steps or per_epoch
+            if val_set and (state.step % every == 0 or state.step == total_steps):
+                row["val_loss"] = _validate(model, val_set, state, cfg, run_dir, device, precision, pad_id)
                 bar.write(f"step {state.step}: val_loss {state.val_loss}")
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -107,7 +119,17 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             if state.step % cfg.train.save_steps == 0 and state.step < total_steps:
                 state.elapsed = time.perf_counter() - start
                 save_checkpoint(run_dir, model, optimizer, scheduler, state, cfg.train.save_total_limit)
+            if cfg.train.early_stopping_patience and state.bad_evals >= cfg.train.early_stopping_patience:
+                bar.write(
+                    f"early stopping at step {state.step}: val_loss has not improved on {state.best_val} "
+                    f"(step {state.best_step}) in {state.bad_evals} evaluations"
+                )
+                break
     bar.close()
+    if cfg.train.early_stopping_patience and state.best_step != state.step:
+        _load_weights(model, run_dir / BEST)
+        log(f"keeping the best model: step {state.best_step}, val_loss {state.best_val}")
+        state.val_loss = state.best_val
     model_dir = save_model(run_dir, model, tokenizer, cfg)
     seconds = time.perf_counter() - start
     return TrainResult(model_dir, state.step, state.last_loss, state.val_loss, state.tokens, seconds, precision)
@@ -119,6 +141,10 @@ def setup_model(cfg: RunConfig, device: str, precision: str, log: Any) -> tuple[
     method = METHODS[cfg.train.method]
     options = method.load_options(device) if method.load_options else None
     model = method.apply(load_model(cfg.model.name, cfg.model.revision, device=device, options=options), cfg.train)
+    if cfg.train.gradient_checkpointing:
+        base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
     trainable, total = count_parameters(model)
     log(
         f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
@@ -168,6 +194,9 @@ class _State:
         self.last_loss = float("nan")
         self.val_loss: float | None = None
         self.elapsed = 0.0
+        self.best_val: float | None = None
+        self.best_step = 0
+        self.bad_evals = 0  # evaluations since val_loss last improved
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -196,6 +225,41 @@ class _State:
             "tokens_per_s": round(self.tokens / elapsed, 1),
             "elapsed_s": round(elapsed, 2),
         }
+
+
+def _validate(
+    model: Any,
+    val_set: list[Encoded],
+    state: _State,
+    cfg: RunConfig,
+    run_dir: Path,
+    device: str,
+    precision: str,
+    pad_id: int,
+) -> float:
+    """Score the validation split; track the best score (saving its weights when early stopping is on)."""
+    with autocast(device, precision):
+        state.val_loss = round(mean_loss(model, val_set, cfg.train.batch_size, pad_id), 5)
+    if state.best_val is None or state.val_loss < state.best_val - cfg.train.early_stopping_min_delta:
+        state.best_val, state.best_step, state.bad_evals = state.val_loss, state.step, 0
+        if cfg.train.early_stopping_patience:
+            _save_weights(model, run_dir / BEST)
+    else:
+        state.bad_evals += 1
+    return state.val_loss
+
+
+def _save_weights(model: Any, target: Path) -> None:
+    """The trainable weights (adapter or whole model) to `target`, replaced atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".best-", dir=target.parent))
+    model.save_pretrained(tmp)
+    old = target.with_name(".best-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _endless_steps(train_set: list[Encoded], cfg: RunConfig, pad_id: int, done: int = 0) -> Iterator[list[Batch]]:
@@ -303,14 +367,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> _State:
     """Restore weights, optimizer, scheduler and RNG from a checkpoint; returns the progress it recorded."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     try:
-        if (path / "adapter_model.safetensors").is_file():
-            set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
-        else:
-            _load_full_weights(model, path)
+        _load_weights(model, path)
         saved = torch.load(path / "training_state.pt", weights_only=True)
         info = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -325,10 +384,14 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> _
     return _State.from_json(info)
 
 
-def _load_full_weights(model: Any, path: Path) -> None:
-    """Load a full model's safetensors (one file or shards) into `model`."""
+def _load_weights(model: Any, path: Path) -> None:
+    """Load saved weights into `model`: a PEFT adapter, or a whole model's safetensors (one file or shards)."""
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    if (path / "adapter_model.safetensors").is_file():
+        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+        return
     index = path / "model.safetensors.index.json"
     files = (
         sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]

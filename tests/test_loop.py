@@ -1,0 +1,65 @@
+"""The training loop's options: schedules, evaluation every N steps, early stopping, gradient checkpointing."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuneforge.data import prepare
+from tuneforge.errors import ConfigError
+from tuneforge.models import load_adapter, load_model, load_tokenizer
+from tuneforge.train import train
+from tuneforge.train.tasks import load_sft, mean_loss
+
+QUIET = {"log": lambda *a: None}
+
+
+def metrics(cfg) -> list[dict]:
+    return [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_learning_rate_schedules(schedule: str, tiny_config) -> None:
+    cfg = tiny_config(f"train.lr_scheduler={schedule}", "train.max_steps=10", "train.warmup_ratio=0.2")
+    prepare(cfg)
+    train(cfg, **QUIET)
+    lrs = [r["lr"] for r in metrics(cfg)]
+    assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.01)  # warm-up over 2 steps to 0.01
+    if schedule == "linear":
+        assert lrs[-1] == pytest.approx(0.0) and lrs[5] == pytest.approx(0.01 * 4 / 8)
+    else:
+        assert lrs[2:] == pytest.approx([0.01] * 8)
+
+
+def test_early_stopping_keeps_the_best_model(tiny_config, tiny_model_dir: Path) -> None:
+    # min_delta so large that no evaluation after the first counts as an improvement: stops after 1 + patience
+    settings = ["train.eval_steps=2", "train.early_stopping_patience=2", "train.early_stopping_min_delta=100"]
+    cfg = tiny_config("train.epochs=5", *settings)
+    prepare(cfg)
+    lines: list[str] = []
+    result = train(cfg, log=lines.append)
+    rows = metrics(cfg)
+    assert result.steps == 6 and [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6]
+    best = rows[1]["val_loss"]
+    assert result.val_loss == best and any("keeping the best model: step 2" in line for line in lines)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    saved = load_adapter(load_model(str(tiny_model_dir)), cfg.run_dir / "model", "t").eval()
+    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer)
+    assert mean_loss(saved, val, 8, int(tokenizer.pad_token_id)) == pytest.approx(best, abs=1e-4)
+
+
+def test_early_stopping_needs_a_validation_split(tiny_config) -> None:
+    cfg = tiny_config("data.val_size=0", "train.early_stopping_patience=2")
+    prepare(cfg)
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        train(cfg, **QUIET)
+
+
+def test_gradient_checkpointing_trains_the_same(tiny_config) -> None:
+    losses = []
+    for on in (False, True):
+        cfg = tiny_config("train.max_steps=4", f"train.gradient_checkpointing={str(on).lower()}", f"name=gc{on}")
+        prepare(cfg)
+        train(cfg, **QUIET)
+        losses.append([r["loss"] for r in metrics(cfg)])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
