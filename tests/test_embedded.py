@@ -43,6 +43,7 @@ def test_the_example_pipeline_runs_end_to_end_on_the_real_model(tmp_path: Path) 
             "evaluate.limit=4",
             "evaluate.max_new_tokens=64",
             "evaluate.batch_size=4",
+            "data.estimate=false",  # measured in test_the_memory_estimate_is_near_the_measured_probe
         ],
     )
     result = run(cfg, log=lambda *a: None)
@@ -59,9 +60,30 @@ def test_the_real_model_trains_with_each_method(method: str, lr: str, tmp_path: 
     from tuneforge.train import train
     from tuneforge.train.tasks import load_sft, mean_loss
 
+    rows = [  # short German/English support answers: a few seconds per step even for full fine-tuning
+        {
+            "messages": [
+                {"role": "user", "content": f"Vertrag {i}: Wie lang ist die Kündigungsfrist?"},
+                {"role": "assistant", "content": f"Die Kündigungsfrist für Vertrag {i} beträgt {i % 5 + 1} Monate."},
+            ]
+        }
+        for i in range(30)
+    ] + [
+        {
+            "messages": [
+                {"role": "user", "content": f"Order {i}: when does it ship?"},
+                {"role": "assistant", "content": f"Order {i} ships in {i % 4 + 2} working days."},
+            ]
+        }
+        for i in range(30)
+    ]
+    data = tmp_path / "short.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     cfg = load_config(
         ROOT / "configs" / "contracts.yaml",
         [
+            f"data.path={data}",
+            "data.test_path=null",
             f"output_dir={tmp_path}",
             f"train.method={method}",
             f"train.learning_rate={lr}",
@@ -89,10 +111,11 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     from tuneforge.train.loop import setup_model
     from tuneforge.train.tasks import load_sft
 
-    cfg = load_config(ROOT / "configs" / "contracts.yaml", [f"output_dir={tmp_path}", "train.precision=fp32"])
+    settings = [f"output_dir={tmp_path}", "train.precision=fp32", "train.batch_size=4"]
+    cfg = load_config(ROOT / "configs" / "contracts.yaml", settings)
     measured = prepare(cfg).report["estimate"]["peak_memory_bytes"]
     model, tokenizer = setup_model(cfg, "cpu", "fp32", log=lambda *a: None)
-    longest = sorted(load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer), key=lambda e: len(e.input_ids))[-8:]
+    longest = sorted(load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer), key=lambda e: len(e.input_ids))[-4:]
     loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)
-    need = memory_need(model, 8, len(longest[-1].input_ids), loss_tokens, "fp32")["total"]
+    need = memory_need(model, 4, len(longest[-1].input_ids), loss_tokens, "fp32")["total"]
     assert 0.7 < need / measured < 1.3, (need / 2**30, measured / 2**30)
