@@ -67,7 +67,7 @@ def test_latin1_file_is_an_encoding_error_and_bom_a_warning(tmp_path: Path) -> N
 def test_empty_file(tiny_config, tmp_path: Path) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")
-    with pytest.raises(DataError, match="0 valid example.s.; at least 4 are needed"):
+    with pytest.raises(DataError, match=r"empty.jsonl: the file holds no records \(it is empty, blank"):
         prepare(tiny_config(f"data.path={path}"))
 
 

@@ -244,3 +244,20 @@ def test_a_failing_probe_leaves_the_data_prepared_and_says_why(tiny_config, monk
         "unavailable": "the training probe failed: DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB"
     }
     assert (cfg.run_dir / "data" / "train.jsonl").is_file()
+
+
+def test_leakage_between_training_and_validation_is_reported_too(tiny_config, tmp_path: Path) -> None:
+    rows = []
+    for i in range(30):  # pairs ~0.85 similar: below the near-duplicate threshold, above the leakage one
+        base = f"Kunde {i} fragt: Wann wird die Bestellung {1000 + i} mit der Rechnung für den Monat März geliefert"
+        rows += [chat(base + "?", f"Am {i % 28 + 1}. April."), chat(base + " bitte?", f"Am {i % 28 + 1}. April.")]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    cfg = tiny_config(f"data.path={path}", "data.val_size=0.3", "data.test_size=0", "data.estimate=false")
+    result = prepare(cfg)
+    leaks = [i for i in result.report["issues"] if i["rule"] == "leakage"]
+    assert leaks and all("similar to validation record" in i["message"] for i in leaks)
+    where = {json.dumps(r["messages"]): s for s, part in split_rows(cfg).items() for r in part}
+    pair_of = {i["line"]: int(i["message"].rsplit(":", 1)[1]) for i in leaks}
+    for line, other in pair_of.items():  # each warning names a train record and its validation twin
+        assert where[json.dumps(rows[line - 1]["messages"])] == "train"
+        assert where[json.dumps(rows[other - 1]["messages"])] == "val"

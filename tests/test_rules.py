@@ -136,6 +136,7 @@ ROW_CASES: dict[str, tuple[str, str | bytes, list[str], int, str | None]] = {
     "extra_cells": ("d.csv", "text,label\nLieferung kam zu spät,negative,extra\n", [], 2, None),
     "invalid_parquet": ("d.parquet", b"PAR1 this is not a parquet file", [], 0, None),
     "empty_folder": ("empty", "", [], 0, None),
+    "empty_file": ("d.csv", "text,label\n", [], 0, None),
     "too_long": (
         "d.jsonl",
         line({"messages": [{"role": "user", "content": "Bitte fassen Sie zusammen: " + "Vertrag " * 400}, ANSWER]}),

@@ -57,15 +57,27 @@ def read_rows(spec: str, hf_subset: str | None = None, hf_split: str = "train") 
         return
     suffix = path.suffix.lower()
     if suffix in JSONL:
-        yield from _read_jsonl(path)
+        items = _read_jsonl(path)
     elif suffix == ".json":
-        yield from _read_json(path)
+        items = _read_json(path)
     elif suffix in TABLES:
-        yield from _read_table(path, TABLES[suffix])
+        items = _read_table(path, TABLES[suffix])
     elif suffix == ".parquet":
-        yield from _read_parquet(path)
+        items = _read_parquet(path)
     else:
-        yield from _read_document(path, group=None)
+        items = _read_document(path, group=None)
+    empty = True
+    for item in items:
+        empty = False
+        yield item
+    if empty:
+        yield error(
+            "empty_file",
+            Source(str(path), 0),
+            None,
+            "the file holds no records (it is empty, blank, or a table header without rows)",
+            "point data.path at the file that holds the data",
+        )
 
 
 def _read_jsonl(path: Path) -> Iterator[Item]:

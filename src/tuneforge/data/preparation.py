@@ -393,19 +393,21 @@ def _write_splits(
 
 
 def _leakage(scan: _Scan, codes: np.ndarray, threshold: float) -> Iterator[Issue]:
-    """Warnings for train/val records nearly identical to a test record (MinHash, verified)."""
+    """Warnings for train/val records nearly identical to a test record, and train records nearly identical to a
+    validation record (MinHash, verified): either would flatter the held-out scores."""
     if threshold <= 0 or scan.signatures is None or not len(codes):
         return
-    test = codes == TEST
-    best, sims = leaks(scan.signatures.path, threshold, test, (codes >= 0) & ~test)
-    for j in np.flatnonzero(best >= 0).tolist():
-        yield warning(
-            "leakage",
-            scan.record(j).source,
-            None,
-            f"{sims[j]:.2f} similar to test record {scan.record(int(best[j])).source}",
-            "drop one of the two, or group them with data.group_by so they share a split",
-        )
+    test, val, train = codes == TEST, codes == VAL, codes == TRAIN
+    for index, queries, name in ((test, train | val, "test"), (val, train, "validation")):
+        best, sims = leaks(scan.signatures.path, threshold, index, queries)
+        for j in np.flatnonzero(best >= 0).tolist():
+            yield warning(
+                "leakage",
+                scan.record(j).source,
+                None,
+                f"{sims[j]:.2f} similar to {name} record {scan.record(int(best[j])).source}",
+                "drop one of the two, or group them with data.group_by so they share a split",
+            )
 
 
 def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
