@@ -160,6 +160,14 @@ class TrainConfig(_Section):
     target_modules: list[str] | str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."
     )
+    task: Literal["sft", "pretrain"] = Field(
+        "sft",
+        description="'sft': chat data, loss on the assistant answers; 'pretrain': continued pre-training (domain "
+        "adaptation) on text records packed into blocks of train.block_size tokens, loss on every token.",
+    )
+    block_size: int | None = Field(
+        None, ge=8, description="task=pretrain: tokens per packed block (default: data.max_seq_len)."
+    )
     trainable_layers: int = Field(
         0, ge=0, description="method=freeze: how many of the last decoder layers train (0: none, only the modules)."
     )

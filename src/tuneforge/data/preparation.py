@@ -412,6 +412,8 @@ def _leakage(scan: _Scan, codes: np.ndarray, threshold: float) -> Iterator[Issue
 
 def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
     """Training time and memory from a measured probe (chat data: what train.task sft reads)."""
+    if scan.kind == "text":
+        return {"unavailable": "the probe measures chat training (train.task=sft) so far, not train.task=pretrain"}
     if scan.kind != "chat":
         return {"unavailable": f"no training task reads {scan.kind} data yet"}
     from tuneforge.train.estimate import estimate_training

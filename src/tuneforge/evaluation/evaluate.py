@@ -15,8 +15,8 @@ from tuneforge.evaluation.metrics import json_extraction, perplexity
 from tuneforge.generation import SamplingParams, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
-from tuneforge.train.loop import MODEL_DIR
-from tuneforge.train.tasks import load_sft, mean_loss
+from tuneforge.train.loop import MODEL_DIR, block_size
+from tuneforge.train.tasks import TASKS, mean_loss
 
 TUNED = "tuned"
 
@@ -45,8 +45,9 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     models = _models(cfg, adapter_dir)
     start = time.perf_counter()
-    prompts = [_prompt(r["messages"]) for r in rows]
-    references = [r["messages"][-1]["content"] for r in rows]
+    generative = cfg.train.task == "sft"  # pretrain runs are scored by loss and perplexity only
+    prompts = [_prompt(r["messages"]) for r in rows] if generative else []
+    references = [r["messages"][-1]["content"] for r in rows] if generative else []
     loss_sets = _loss_sets(run_dir, cfg, tokenizer)
     params = SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens)
     report = EvalReport(cfg.evaluate.split, len(rows))
@@ -60,17 +61,18 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
                 loss = mean_loss(model, encoded, cfg.evaluate.batch_size, int(tokenizer.pad_token_id))
                 scores[f"{split}_loss"], scores[f"{split}_perplexity"] = round(loss, 4), round(perplexity(loss), 3)
             outputs[variant] = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, variant)
-        if cfg.evaluate.task == "json":
+        if cfg.evaluate.task == "json" and generative:
             scores.update(json_extraction(outputs[variant], references))
         report.scores[variant] = scores
     report.seconds = time.perf_counter() - start
-    write_jsonl(
-        run_dir / "predictions.jsonl",
-        [
-            {"source": r.get("source"), "reference": ref, **{v: outputs[v][i] for v in variants}}
-            for i, (r, ref) in enumerate(zip(rows, references, strict=True))
-        ],
-    )
+    if generative:
+        write_jsonl(
+            run_dir / "predictions.jsonl",
+            [
+                {"source": r.get("source"), "reference": ref, **{v: outputs[v][i] for v in variants}}
+                for i, (r, ref) in enumerate(zip(rows, references, strict=True))
+            ],
+        )
     atomic_write_json(run_dir / "eval.json", report.to_json())
     return report
 
@@ -92,8 +94,9 @@ def _loss_sets(run_dir: Path, cfg: RunConfig, tokenizer: Any) -> dict[str, list[
     """Encoded examples of the validation split (when there is one) and of the scored split, for their losses."""
     splits = dict.fromkeys(["val", cfg.evaluate.split])
     paths = {s: run_dir / "data" / f"{s}.jsonl" for s in splits}
+    load, block = TASKS[cfg.train.task], block_size(cfg)
     return {
-        s: load_sft(p, tokenizer)[: cfg.evaluate.limit] for s, p in paths.items() if p.is_file() and p.stat().st_size
+        s: load(p, tokenizer, block)[: cfg.evaluate.limit] for s, p in paths.items() if p.is_file() and p.stat().st_size
     }
 
 

@@ -28,7 +28,7 @@ from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
 from tuneforge.train.methods import METHODS, count_parameters
-from tuneforge.train.tasks import Batch, collate_step, load_sft, loss_sum, mean_loss, step_groups
+from tuneforge.train.tasks import TASKS, Batch, collate_step, loss_sum, mean_loss, step_groups
 
 MODEL_DIR = "model"
 BEST = Path("checkpoints") / "best"  # weights of the best validation loss so far (with early stopping)
@@ -78,7 +78,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
     model, tokenizer = setup_model(cfg, device, precision, log)
-    train_set, val_set = _load_splits(data_dir, tokenizer)
+    train_set, val_set = _load_splits(data_dir, tokenizer, cfg)
     _check_memory(model, train_set, cfg, device, precision, log)
     pad_id = int(tokenizer.pad_token_id)
     per_epoch = math.ceil(len(train_set) / (cfg.train.batch_size * cfg.train.grad_accum))
@@ -175,13 +175,19 @@ def _check_memory(model: Any, train_set: list[Encoded], cfg: RunConfig, device: 
         )
 
 
-def _load_splits(data_dir: Path, tokenizer: Any) -> tuple[list[Encoded], list[Encoded]]:
-    """Encoded train and validation splits (validation may be empty)."""
-    train_set = load_sft(data_dir / "train.jsonl", tokenizer)
-    val_set = load_sft(data_dir / "val.jsonl", tokenizer) if (data_dir / "val.jsonl").is_file() else []
+def _load_splits(data_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[list[Encoded], list[Encoded]]:
+    """Encoded train and validation splits of the run's task (validation may be empty)."""
+    load, block = TASKS[cfg.train.task], block_size(cfg)
+    train_set = load(data_dir / "train.jsonl", tokenizer, block)
+    val_set = load(data_dir / "val.jsonl", tokenizer, block) if (data_dir / "val.jsonl").is_file() else []
     if not train_set:
         raise TrainingError(f"{data_dir / 'train.jsonl'} holds no examples", "run `tuneforge prepare` with more data")
     return train_set, val_set
+
+
+def block_size(cfg: RunConfig) -> int:
+    """Tokens per packed block of the pretrain task."""
+    return cfg.train.block_size or cfg.data.max_seq_len
 
 
 class _State:

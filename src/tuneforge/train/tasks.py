@@ -1,9 +1,14 @@
-"""Training tasks. `sft`: chat examples, loss on assistant tokens only."""
+"""Training tasks: how a prepared split becomes training examples. A registry from `train.task`.
+
+`sft`: chat examples, loss on assistant tokens only. `pretrain`: continued pre-training (domain adaptation) on
+text records, concatenated (each document closed by the end-of-text token) and cut into blocks of
+`train.block_size` tokens, loss on every token.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +33,39 @@ class Batch:
     n_tokens: int
 
 
-def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase) -> list[Encoded]:
+def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase, block_size: int = 0) -> list[Encoded]:
     """Encode a prepared split (data/<split>.jsonl) for supervised fine-tuning."""
     rows = read_jsonl(path)
     if rows and "messages" not in rows[0]:
         raise DataError(
             f"{path}: the prepared data are not chat examples (keys: {sorted(rows[0])})",
-            "train.task sft needs chat data (messages, alpaca, sharegpt or prompt/completion)",
+            "train.task=sft needs chat data (messages, alpaca, sharegpt or prompt/completion); for raw text or "
+            "documents set train.task=pretrain",
         )
     return [encode_chat(tokenizer, row["messages"], row.get("tools")) for row in rows]
+
+
+def load_pretrain(path: Path, tokenizer: PreTrainedTokenizerBase, block_size: int) -> list[Encoded]:
+    """Text records of a prepared split as consecutive blocks of `block_size` tokens (the last may be shorter)."""
+    rows = read_jsonl(path)
+    if rows and "text" not in rows[0]:
+        raise DataError(
+            f"{path}: the prepared data are not text records (keys: {sorted(rows[0])})",
+            "train.task=pretrain reads raw text, documents or code (data.format=text or a folder); "
+            "for chat data set train.task=sft",
+        )
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"] if rows else []:
+        stream += [*ids, eos] if eos is not None else ids
+    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
+    return [Encoded(b, list(b)) for b in blocks if len(b) > 1]
+
+
+TASKS: dict[str, Callable[[Path, PreTrainedTokenizerBase, int], list[Encoded]]] = {
+    "sft": load_sft,
+    "pretrain": load_pretrain,
+}
 
 
 def collate(examples: list[Encoded], pad_id: int) -> Batch:
