@@ -40,7 +40,7 @@ def test_every_problem_is_reported_at_once_with_suggestions() -> None:
     text = str(info.value)
     assert "3 invalid setting(s)" in text
     assert "train.epoch: unknown setting; did you mean train.epochs?" in text
-    assert "train.lora_r: Input should be greater than or equal to 1 (got 0)" in text
+    assert "train.lora_r: Input should be greater than 0, or 'auto' (got 0)" in text
     assert "evaluate.split" in text and "'dev'" in text
 
 
@@ -76,5 +76,5 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 def test_every_field_is_documented() -> None:
     lines = describe_fields().splitlines()
-    assert any(line.startswith("train.lora_r (default 16): LoRA rank.") for line in lines)
+    assert any(line.startswith("train.lora_r (default 16): LoRA rank, or 'auto'") for line in lines)
     assert all(not line.endswith("None") for line in lines), "a field has no description"

@@ -114,8 +114,10 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     settings = [f"output_dir={tmp_path}", "train.precision=fp32", "train.batch_size=4"]
     cfg = load_config(ROOT / "configs" / "contracts.yaml", settings)
     measured = prepare(cfg).report["estimate"]["peak_memory_bytes"]
-    model, tokenizer = setup_model(cfg, "cpu", "fp32", log=lambda *a: None)
-    longest = sorted(load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer), key=lambda e: len(e.input_ids))[-4:]
+    tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
+    examples = load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer)
+    model, _ = setup_model(cfg, "cpu", "fp32", lambda *a: None, [len(e.input_ids) for e in examples], 0.5)
+    longest = sorted(examples, key=lambda e: len(e.input_ids))[-4:]
     loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)
     need = memory_need(model, 4, len(longest[-1].input_ids), loss_tokens, "fp32")["total"]
     assert 0.7 < need / measured < 1.3, (need / 2**30, measured / 2**30)

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from tuneforge.errors import ConfigError
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+Auto = Literal["auto"]  # a hyperparameter chosen by train/auto.py from data and model size
 
 
 class _Section(BaseModel):
@@ -149,7 +150,9 @@ class TrainConfig(_Section):
         "train.trainable_layers / train.trainable_modules train. lora/dora/qlora save an adapter, full/freeze a "
         "whole model.",
     )
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_r: PositiveInt | Auto = Field(
+        16, description="LoRA rank, or 'auto': 8 below 1,000 training examples, 16 below 10,000, else 32."
+    )
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
     lora_dropout: float = Field(
         0.0,
@@ -176,13 +179,25 @@ class TrainConfig(_Section):
         description="method=freeze: modules that train besides the layers, by name or regex as "
         "model.named_modules() lists them, e.g. [lm_head, 'model.norm'].",
     )
-    epochs: float = Field(2.0, gt=0, description="Passes over the training split (fractions allowed).")
+    epochs: PositiveFloat | Auto = Field(
+        2.0,
+        description="Passes over the training split (fractions allowed), or 'auto': 3, raised to see at least 100 "
+        "and lowered to see at most 25,000 examples (OpenAI's rule).",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(8, ge=1, description="Examples per forward pass.")
+    batch_size: PositiveInt | Auto = Field(
+        8,
+        description="Examples per forward pass, or 'auto': the largest power of two up to 16 (and a tenth of the "
+        "examples) whose estimated peak memory fits 80% of the memory available.",
+    )
     grad_accum: int = Field(
         1, ge=1, description="Forward passes per optimizer step (effective batch = batch_size * grad_accum)."
     )
-    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate of AdamW.")
+    learning_rate: PositiveFloat | Auto = Field(
+        3e-4,
+        description="Peak learning rate of AdamW, or 'auto': 2e-4 for lora/dora/qlora; for full/freeze 3e-5 "
+        "below 1B parameters, else 1e-5.",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up before the decay.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
@@ -287,7 +302,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(err) for err in exc.errors()]
+        problems = _problems(exc.errors())
         raise ConfigError(
             f"{source}: {len(problems)} invalid setting(s):\n" + "\n".join(f"  - {p}" for p in problems),
             "see `tuneforge run --help` for every field, its type and default",
@@ -347,6 +362,23 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override {item!r}: {part} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _problems(errors: list[Any]) -> list[str]:
+    """One line per invalid setting: the errors of a `value | 'auto'` field's union members become one."""
+    lines: list[str] = []
+    auto_fields: set[tuple[Any, ...]] = set()
+    for err in errors:
+        loc, member = tuple(err["loc"][:-1]), str(err["loc"][-1]) if err["loc"] else ""
+        if member.startswith(("literal[", "constrained-", "int", "float")) and len(loc) >= 2:
+            if loc in auto_fields:
+                continue
+            auto_fields.add(loc)
+            number = next(e for e in errors if tuple(e["loc"][:-1]) == loc and "literal[" not in str(e["loc"][-1]))
+            lines.append(f"{'.'.join(map(str, loc))}: {number['msg']}, or 'auto' (got {err.get('input')!r})")
+        else:
+            lines.append(_describe(err))
+    return lines
 
 
 def _describe(err: Any) -> str:

@@ -23,7 +23,7 @@ import torch
 from tuneforge.config import RunConfig
 from tuneforge.data.records import Record
 from tuneforge.data.tokenize import Encoded, encode_chat
-from tuneforge.models import pick_device
+from tuneforge.models import load_tokenizer, pick_device
 from tuneforge.train.loop import autocast, optimizer_step, resolve_precision, setup_model
 from tuneforge.train.tasks import collate, loss_sum
 
@@ -39,10 +39,12 @@ def estimate_training(
     """
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
-    model, tokenizer = setup_model(cfg, device, precision, log=lambda _: None)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
+    # the answers' share of the tokens is unknown before encoding; half is typical of chat data
+    model, hp = setup_model(cfg, device, precision, lambda _: None, lengths.tolist(), 0.5)
     pad_id = int(tokenizer.pad_token_id)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate)
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model.train()
 
@@ -52,15 +54,15 @@ def estimate_training(
         optimizer_step(model, [batch], optimizer, scheduler, params, cfg, device, precision)
         return time.perf_counter() - start, batch.n_tokens
 
-    longest, typical = probe_batches(lengths, cfg.train.batch_size, cfg.train.seed)
+    longest, typical = probe_batches(lengths, hp.batch_size, cfg.train.seed)
     with _peak_memory(device) as peak:
         run(longest)
     timed = [run(ids) for ids in typical]
     seconds, tokens = sum(t for t, _ in timed), sum(n for _, n in timed)
     per_token = seconds / max(tokens, 1)
     eval_per_token = _eval_seconds_per_token(model, tokenizer, typical[0], fetch, pad_id, device, precision)
-    per_epoch = math.ceil(len(lengths) / (cfg.train.batch_size * cfg.train.grad_accum))
-    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
+    per_epoch = math.ceil(len(lengths) / (hp.batch_size * cfg.train.grad_accum))
+    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
     epochs = total_steps / per_epoch
     evals = math.ceil(epochs)  # the loop scores validation at every epoch end and at the last step
     train_s = per_token * float(lengths.sum()) * epochs
@@ -72,6 +74,8 @@ def estimate_training(
         "precision": precision,
         "threads": torch.get_num_threads(),
         "method": cfg.train.method,
+        "batch_size": hp.batch_size,
+        "learning_rate": hp.learning_rate,
         "steps": total_steps,
         "epochs": round(epochs, 2),
         "tokens_per_s": round(1 / per_token, 1),

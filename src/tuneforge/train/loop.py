@@ -27,6 +27,7 @@ from tuneforge.data.tokenize import IGNORE_INDEX, Encoded
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
+from tuneforge.train.auto import Hyper, resolve, resolve_batch
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.tasks import TASKS, Batch, collate_step, loss_sum, mean_loss, step_groups
 
@@ -77,14 +78,17 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         torch.set_num_threads(cfg.train.threads)
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
-    model, tokenizer = setup_model(cfg, device, precision, log)
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     train_set, val_set = _load_splits(data_dir, tokenizer, cfg)
-    _check_memory(model, train_set, cfg, device, precision, log)
+    lengths = [len(e.input_ids) for e in train_set]
+    share = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in train_set) / max(sum(lengths), 1)
+    model, hp = setup_model(cfg, device, precision, log, lengths, share)
+    _check_memory(model, train_set, hp.batch_size, device, precision, log)
     pad_id = int(tokenizer.pad_token_id)
-    per_epoch = math.ceil(len(train_set) / (cfg.train.batch_size * cfg.train.grad_accum))
-    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
+    per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum))
+    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
     if cfg.train.early_stopping_patience and not val_set:
         raise ConfigError(
@@ -101,7 +105,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     model.train()
     start = time.perf_counter() - state.elapsed
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    stream = _endless_steps(train_set, cfg, pad_id, done=state.step)
+    stream = _endless_steps(train_set, cfg, hp.batch_size, pad_id, done=state.step)
     with metrics_path.open("a", encoding="utf-8") as metrics:
         while state.step < total_steps:
             group = next(stream)
@@ -110,7 +114,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             row = state.row(scheduler.get_last_lr()[0], len(train_set), time.perf_counter() - start)
             every = cfg.train.eval_steps or per_epoch
             if val_set and (state.step % every == 0 or state.step == total_steps):
-                row["val_loss"] = _validate(model, val_set, state, cfg, run_dir, device, precision, pad_id)
+                row["val_loss"] = _validate(model, val_set, state, cfg, hp.batch_size, device, precision, pad_id)
                 bar.write(f"step {state.step}: val_loss {state.val_loss}")
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -135,29 +139,38 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     return TrainResult(model_dir, state.step, state.last_loss, state.val_loss, state.tokens, seconds, precision)
 
 
-def setup_model(cfg: RunConfig, device: str, precision: str, log: Any) -> tuple[Any, Any]:
-    """The base model wrapped by the training method, and its tokenizer; logs what will train."""
-    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
+def setup_model(
+    cfg: RunConfig, device: str, precision: str, log: Any, lengths: list[int], loss_share: float
+) -> tuple[Any, Hyper]:
+    """The base model wrapped by the training method, and the hyperparameters with every "auto" resolved
+    (`lengths`: token counts of the training examples; `loss_share`: the part of their tokens that carry loss)."""
     method = METHODS[cfg.train.method]
     options = method.load_options(device) if method.load_options else None
-    model = method.apply(load_model(cfg.model.name, cfg.model.revision, device=device, options=options), cfg.train)
+    base = load_model(cfg.model.name, cfg.model.revision, device=device, options=options)
+    hp, notes = resolve(cfg, len(lengths), sum(p.numel() for p in base.parameters()))
+    model = method.apply(base, cfg.train, hp)
     if cfg.train.gradient_checkpointing:
-        base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
+        inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inner.config.use_cache = False
+    from tuneforge.train.estimate import available_memory
+
+    hp, batch_notes = resolve_batch(hp, model, lengths, loss_share, precision, available_memory(device))
+    for note in notes + batch_notes:
+        log(note)
     trainable, total = count_parameters(model)
     log(
         f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.2f}%), method {cfg.train.method}, {precision} on {device}"
     )
-    return model, tokenizer
+    return model, hp
 
 
-def _check_memory(model: Any, train_set: list[Encoded], cfg: RunConfig, device: str, precision: str, log: Any) -> None:
+def _check_memory(model: Any, train_set: list[Encoded], batch_size: int, device: str, precision: str, log: Any) -> None:
     """Log the memory training will need at its peak; refuse before the first step when it cannot fit."""
     from tuneforge.train.estimate import available_memory, memory_need
 
-    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-cfg.train.batch_size :]
+    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-batch_size:]
     loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)
     need = memory_need(model, len(longest), len(longest[-1].input_ids), loss_tokens, precision)
     have = available_memory(device)
@@ -238,18 +251,18 @@ def _validate(
     val_set: list[Encoded],
     state: _State,
     cfg: RunConfig,
-    run_dir: Path,
+    batch_size: int,
     device: str,
     precision: str,
     pad_id: int,
 ) -> float:
     """Score the validation split; track the best score (saving its weights when early stopping is on)."""
     with autocast(device, precision):
-        state.val_loss = round(mean_loss(model, val_set, cfg.train.batch_size, pad_id), 5)
+        state.val_loss = round(mean_loss(model, val_set, batch_size, pad_id), 5)
     if state.best_val is None or state.val_loss < state.best_val - cfg.train.early_stopping_min_delta:
         state.best_val, state.best_step, state.bad_evals = state.val_loss, state.step, 0
         if cfg.train.early_stopping_patience:
-            _save_weights(model, run_dir / BEST)
+            _save_weights(model, cfg.run_dir / BEST)
     else:
         state.bad_evals += 1
     return state.val_loss
@@ -268,14 +281,16 @@ def _save_weights(model: Any, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _endless_steps(train_set: list[Encoded], cfg: RunConfig, pad_id: int, done: int = 0) -> Iterator[list[Batch]]:
+def _endless_steps(
+    train_set: list[Encoded], cfg: RunConfig, batch_size: int, pad_id: int, done: int = 0
+) -> Iterator[list[Batch]]:
     """Optimizer steps epoch after epoch (the step budget decides when to stop), the first `done` skipped."""
     lengths = [len(e.input_ids) for e in train_set]
-    per_step, epoch = cfg.train.batch_size * cfg.train.grad_accum, 0
+    per_step, epoch = batch_size * cfg.train.grad_accum, 0
     while True:
         groups = step_groups(lengths, per_step, seed=cfg.train.seed + epoch)
         for group in groups[done:]:
-            yield collate_step([train_set[i] for i in group], cfg.train.batch_size, pad_id)
+            yield collate_step([train_set[i] for i in group], batch_size, pad_id)
         done = max(0, done - len(groups))
         epoch += 1
 

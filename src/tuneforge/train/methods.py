@@ -17,13 +17,14 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from tuneforge.config import TrainConfig
 from tuneforge.errors import ConfigError
 from tuneforge.models import quiet_peft
+from tuneforge.train.auto import Hyper
 
 
 @dataclass(frozen=True)
 class Method:
     """How one `train.method` prepares a model, whether it saves an adapter, what it needs to load."""
 
-    apply: Callable[[Any, TrainConfig], Any]
+    apply: Callable[[Any, TrainConfig, Hyper], Any]
     adapter: bool
     load_options: Callable[[str], dict[str, Any]] | None = None  # extra from_pretrained arguments per device
 
@@ -33,20 +34,20 @@ METHODS: dict[str, Method] = {}
 
 def register(
     name: str, adapter: bool, load_options: Callable[[str], dict[str, Any]] | None = None
-) -> Callable[[Callable[[Any, TrainConfig], Any]], Callable[[Any, TrainConfig], Any]]:
+) -> Callable[[Callable[[Any, TrainConfig, Hyper], Any]], Callable[[Any, TrainConfig, Hyper], Any]]:
     """Add a method to the registry under `name`."""
 
-    def add(fn: Callable[[Any, TrainConfig], Any]) -> Callable[[Any, TrainConfig], Any]:
+    def add(fn: Callable[[Any, TrainConfig, Hyper], Any]) -> Callable[[Any, TrainConfig, Hyper], Any]:
         METHODS[name] = Method(fn, adapter, load_options)
         return fn
 
     return add
 
 
-def _lora_config(cfg: TrainConfig, dora: bool = False) -> LoraConfig:
+def _lora_config(cfg: TrainConfig, hp: Hyper, dora: bool = False) -> LoraConfig:
     return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
         use_dora=dora,
@@ -55,17 +56,17 @@ def _lora_config(cfg: TrainConfig, dora: bool = False) -> LoraConfig:
 
 
 @register("lora", adapter=True)
-def apply_lora(model: Any, cfg: TrainConfig) -> Any:
+def apply_lora(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     """Wrap the model with LoRA adapters (PEFT); only the adapters train."""
     with quiet_peft():
-        return get_peft_model(model, _lora_config(cfg))
+        return get_peft_model(model, _lora_config(cfg, hp))
 
 
 @register("dora", adapter=True)
-def apply_dora(model: Any, cfg: TrainConfig) -> Any:
+def apply_dora(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     """LoRA with weight decomposition (DoRA, PEFT's use_dora): a magnitude vector per layer trains as well."""
     with quiet_peft():
-        return get_peft_model(model, _lora_config(cfg, dora=True))
+        return get_peft_model(model, _lora_config(cfg, hp, dora=True))
 
 
 def _qlora_load(device: str) -> dict[str, Any]:
@@ -93,15 +94,15 @@ def _qlora_load(device: str) -> dict[str, Any]:
 
 
 @register("qlora", adapter=True, load_options=_qlora_load)
-def apply_qlora(model: Any, cfg: TrainConfig) -> Any:
+def apply_qlora(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     """LoRA on a 4-bit (NF4, double-quantised) base loaded by bitsandbytes: CUDA only."""
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     with quiet_peft():
-        return get_peft_model(model, _lora_config(cfg))
+        return get_peft_model(model, _lora_config(cfg, hp))
 
 
 @register("full", adapter=False)
-def apply_full(model: Any, cfg: TrainConfig) -> Any:
+def apply_full(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     """Every weight trains (AdamW then holds two fp32 moments per weight: ~16 bytes per parameter in all)."""
     for param in model.parameters():
         param.requires_grad_(True)
@@ -109,7 +110,7 @@ def apply_full(model: Any, cfg: TrainConfig) -> Any:
 
 
 @register("freeze", adapter=False)
-def apply_freeze(model: Any, cfg: TrainConfig) -> Any:
+def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     """Only the last `train.trainable_layers` decoder layers and the modules named by `train.trainable_modules`
     train; everything else stays as it was."""
     if not cfg.trainable_layers and not cfg.trainable_modules:
