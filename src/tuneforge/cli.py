@@ -137,6 +137,23 @@ def evaluate(target: Target, overrides: Overrides = None) -> None:
         _print_eval(evaluate_run(resolve_target(target, overrides), log=log))
 
 
+@app.command(epilog=FIELDS_HELP)
+def tune(target: Target, overrides: Overrides = None) -> None:
+    """Search hyperparameters (tune.*) with Optuna on the prepared data, scored by validation loss; writes
+    runs/<name>/tune/best.yaml. Started again, it continues the same search."""
+    from tuneforge.tune import tune as tune_run
+
+    with user_errors():
+        result = tune_run(resolve_target(target, overrides), log=log)
+        table = Table("trial", *result.best_params, "val_loss", title="tune: every finished trial")
+        for t in sorted(result.trials, key=lambda t: t["val_loss"]):
+            table.add_row(
+                str(t["number"]), *(f"{t['params'].get(k)}" for k in result.best_params), f"{t['val_loss']:.5f}"
+            )
+        out.print(table)
+        out.print(f"best val_loss {result.best_val_loss:.5f}; config -> {result.best_config}", markup=False)
+
+
 def _serve_help(name: str) -> str:
     return f"{ServeConfig.model_fields[name].description} [default: serve.{name} of the first run's config]"
 

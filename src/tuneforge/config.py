@@ -255,6 +255,16 @@ class ServeConfig(_Section):
     max_new_tokens: int = Field(512, ge=1, description="Upper bound for max_tokens in a request.")
 
 
+class TuneConfig(_Section):
+    trials: int = Field(8, ge=1, description="Training runs the search makes (each a full run of train.*).")
+    learning_rate: list[PositiveFloat] | None = Field(
+        [5e-5, 1e-3], min_length=2, max_length=2, description="Range [low, high] searched on a log scale; null = fixed."
+    )
+    lora_r: list[PositiveInt] | None = Field([8, 16, 32], min_length=1, description="LoRA ranks to try; null = fixed.")
+    epochs: list[PositiveFloat] | None = Field(None, min_length=1, description="Epoch counts to try; null = fixed.")
+    warmup_ratio: list[float] | None = Field(None, min_length=1, description="Warm-up shares to try; null = fixed.")
+
+
 class RunConfig(_Section):
     name: str = Field(
         "run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; artifacts go to output_dir/name."
@@ -269,6 +279,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -1,0 +1,5 @@
+"""Hyperparameter search stage."""
+
+from tuneforge.tune.search import TuneResult, tune
+
+__all__ = ["TuneResult", "tune"]
