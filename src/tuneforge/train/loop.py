@@ -29,6 +29,7 @@ from tuneforge.models import load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
 from tuneforge.train.auto import Hyper, resolve, resolve_batch
 from tuneforge.train.methods import METHODS, count_parameters
+from tuneforge.train.parallel import Parallel, detect
 from tuneforge.train.tasks import TASKS, Batch, collate_step, loss_sum, mean_loss, step_groups
 
 MODEL_DIR = "model"
@@ -71,12 +72,16 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             f"nothing to resume: {run_dir / 'checkpoints'} holds no finished checkpoint",
             f"train without --resume (checkpoints are written every train.save_steps={cfg.train.save_steps} steps)",
         )
-    save_config(cfg)
+    device = pick_device()
+    par = detect(device)
+    if not par.main:
+        log = _silent
+    else:
+        save_config(cfg)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     train_set, val_set = _load_splits(data_dir, tokenizer, cfg)
@@ -85,7 +90,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     model, hp = setup_model(cfg, device, precision, log, lengths, share)
     _check_memory(model, train_set, hp.batch_size, device, precision, log)
     pad_id = int(tokenizer.pad_token_id)
-    per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum))
+    per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum * par.world))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
@@ -101,28 +106,38 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         log(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
-    _trim_metrics(metrics_path, state.step)
+    if par.main:
+        _trim_metrics(metrics_path, state.step)
+    if par.world > 1:
+        log(f"data parallel: {par.world} processes, {hp.batch_size} examples per process per micro-batch")
+    model = par.wrap(model)
     model.train()
     start = time.perf_counter() - state.elapsed
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    stream = _endless_steps(train_set, cfg, hp.batch_size, pad_id, done=state.step)
-    with metrics_path.open("a", encoding="utf-8") as metrics:
+    bar = tqdm(
+        total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=not par.main
+    )
+    stream = _endless_steps(train_set, cfg, hp.batch_size, pad_id, state.step, par)
+    with metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
-            group = next(stream)
-            loss = optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
-            state.record(loss, group)
+            group, n_loss, n_tokens, n_examples = next(stream)
+            loss = optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision, n_loss, par)
+            state.record(loss, n_examples, n_tokens)
             row = state.row(scheduler.get_last_lr()[0], len(train_set), time.perf_counter() - start)
             every = cfg.train.eval_steps or per_epoch
             if val_set and (state.step % every == 0 or state.step == total_steps):
-                row["val_loss"] = _validate(model, val_set, state, cfg, hp.batch_size, device, precision, pad_id)
+                inner = par.unwrap(model)
+                row["val_loss"] = _validate(inner, val_set, state, cfg, hp.batch_size, device, precision, pad_id, par)
                 bar.write(f"step {state.step}: val_loss {state.val_loss}")
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+            if metrics is not None:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             bar.update(1)
             if state.step % cfg.train.save_steps == 0 and state.step < total_steps:
                 state.elapsed = time.perf_counter() - start
-                save_checkpoint(run_dir, model, optimizer, scheduler, state, cfg.train.save_total_limit)
+                if par.main:
+                    save_checkpoint(run_dir, par.unwrap(model), optimizer, scheduler, state, cfg.train.save_total_limit)
+                par.barrier()
             if cfg.train.early_stopping_patience and state.bad_evals >= cfg.train.early_stopping_patience:
                 bar.write(
                     f"early stopping at step {state.step}: val_loss has not improved on {state.best_val} "
@@ -130,11 +145,14 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
                 )
                 break
     bar.close()
+    model = par.unwrap(model)
     if cfg.train.early_stopping_patience and state.best_step != state.step:
+        par.barrier()
         _load_weights(model, run_dir / BEST)
         log(f"keeping the best model: step {state.best_step}, val_loss {state.best_val}")
         state.val_loss = state.best_val
-    model_dir = save_model(run_dir, model, tokenizer, cfg)
+    model_dir = save_model(run_dir, model, tokenizer, cfg) if par.main else run_dir / MODEL_DIR
+    par.barrier()
     seconds = time.perf_counter() - start
     return TrainResult(model_dir, state.step, state.last_loss, state.val_loss, state.tokens, seconds, precision)
 
@@ -203,6 +221,10 @@ def block_size(cfg: RunConfig) -> int:
     return cfg.train.block_size or cfg.data.max_seq_len
 
 
+def _silent(*args: Any) -> None:
+    """The log of processes other than the main one."""
+
+
 class _State:
     """Progress of one training run: steps, examples and tokens seen, latest losses (saved with checkpoints)."""
 
@@ -228,10 +250,10 @@ class _State:
                 setattr(state, key, value)
         return state
 
-    def record(self, loss: float, group: list[Batch]) -> None:
+    def record(self, loss: float, examples: int, tokens: int) -> None:
         self.step += 1
-        self.examples += sum(b.input_ids.size(0) for b in group)
-        self.tokens += sum(b.n_tokens for b in group)
+        self.examples += examples
+        self.tokens += tokens
         self.last_loss = loss
 
     def row(self, lr: float, n_train: int, elapsed: float) -> dict[str, Any]:
@@ -255,13 +277,14 @@ def _validate(
     device: str,
     precision: str,
     pad_id: int,
+    par: Parallel,
 ) -> float:
     """Score the validation split; track the best score (saving its weights when early stopping is on)."""
     with autocast(device, precision):
         state.val_loss = round(mean_loss(model, val_set, batch_size, pad_id), 5)
     if state.best_val is None or state.val_loss < state.best_val - cfg.train.early_stopping_min_delta:
         state.best_val, state.best_step, state.bad_evals = state.val_loss, state.step, 0
-        if cfg.train.early_stopping_patience:
+        if cfg.train.early_stopping_patience and par.main:
             _save_weights(model, cfg.run_dir / BEST)
     else:
         state.bad_evals += 1
@@ -282,15 +305,22 @@ def _save_weights(model: Any, target: Path) -> None:
 
 
 def _endless_steps(
-    train_set: list[Encoded], cfg: RunConfig, batch_size: int, pad_id: int, done: int = 0
-) -> Iterator[list[Batch]]:
-    """Optimizer steps epoch after epoch (the step budget decides when to stop), the first `done` skipped."""
+    train_set: list[Encoded], cfg: RunConfig, batch_size: int, pad_id: int, done: int, par: Parallel
+) -> Iterator[tuple[list[Batch], int, int, int]]:
+    """Optimizer steps epoch after epoch (the step budget decides when to stop), the first `done` skipped.
+
+    Each step: this process's micro-batches, and the loss tokens, tokens and examples of the whole step across
+    all processes (every process sees the step's full list of examples, so no communication is needed).
+    """
     lengths = [len(e.input_ids) for e in train_set]
-    per_step, epoch = batch_size * cfg.train.grad_accum, 0
+    per_step, epoch = batch_size * cfg.train.grad_accum * par.world, 0
     while True:
         groups = step_groups(lengths, per_step, seed=cfg.train.seed + epoch)
         for group in groups[done:]:
-            yield collate_step([train_set[i] for i in group], batch_size, pad_id)
+            examples = [train_set[i] for i in group]
+            n_loss = sum(sum(1 for t in e.labels[1:] if t != IGNORE_INDEX) for e in examples)
+            mine = collate_step(par.shard(examples), batch_size, pad_id)
+            yield mine, n_loss, sum(lengths[i] for i in group), len(group)
         done = max(0, done - len(groups))
         epoch += 1
 
@@ -304,10 +334,16 @@ def optimizer_step(
     cfg: RunConfig,
     device: str,
     precision: str,
+    n_loss: int | None = None,
+    par: Parallel | None = None,
 ) -> float:
-    """One optimizer step over the micro-batches of `group`; returns its loss."""
-    # Normalise by all loss tokens of the step, so accumulation equals one big batch.
-    n_loss = max(1, sum(b.n_loss_tokens for b in group))
+    """One optimizer step over the micro-batches of `group`; returns its loss.
+
+    `n_loss`: loss tokens of the whole step over all processes (default: those of `group`).
+    """
+    # Normalise by all loss tokens of the step, so accumulation (and data parallelism) equals one big batch.
+    n_loss = max(1, n_loss if n_loss is not None else sum(b.n_loss_tokens for b in group))
+    world = par.world if par is not None else 1  # the engine averages gradients over processes: undo that
     total = 0.0
     for batch in group:
         batch = Batch(
@@ -319,8 +355,10 @@ def optimizer_step(
         )
         with autocast(device, precision):
             loss = loss_sum(model, batch) / n_loss
-        loss.backward()
+        (loss * world).backward()
         total += float(loss.detach())
+    if par is not None:
+        total = par.total(total)
     if not math.isfinite(total):
         raise TrainingError(
             f"the training loss became {total} at step {scheduler.last_epoch + 1}",

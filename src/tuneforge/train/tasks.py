@@ -127,9 +127,10 @@ def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """
     targets = batch.labels[:, 1:]
     wanted = targets != IGNORE_INDEX
-    peft_model: Any = model
-    causal: Any = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else model
-    if causal.config.model_type in PLAIN_HEAD:
+    wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)  # its forward syncs the gradients
+    inner: Any = model.module if wrapped else model
+    causal: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    if causal.config.model_type in PLAIN_HEAD and not wrapped:
         hidden = causal.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
         logits = causal.get_output_embeddings()(hidden[:, :-1][wanted]).float()
         return F.cross_entropy(logits, targets[wanted], reduction="sum")
