@@ -63,3 +63,20 @@ def test_gradient_checkpointing_trains_the_same(tiny_config) -> None:
         train(cfg, **QUIET)
         losses.append([r["loss"] for r in metrics(cfg)])
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_deterministic_mode_reruns_bit_identically(tiny_config) -> None:
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        losses = []
+        for name in ("d1", "d2"):
+            cfg = tiny_config("train.max_steps=4", "train.deterministic=true", f"name={name}")
+            prepare(cfg)
+            train(cfg, **QUIET)
+            assert torch.are_deterministic_algorithms_enabled()
+            losses.append([(r["loss"], r.get("val_loss")) for r in metrics(cfg)])
+        assert losses[0] == losses[1]  # exactly, not approximately
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -216,6 +216,11 @@ class TrainConfig(_Section):
     early_stopping_min_delta: float = Field(
         0.0, ge=0, description="An improvement smaller than this does not count for early stopping."
     )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Trackers besides metrics.jsonl: tensorboard (runs/<name>/tensorboard) and/or mlflow "
+        "($MLFLOW_TRACKING_URI, else runs/<name>/mlflow.db).",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass instead of keeping them: much less memory for "
@@ -227,6 +232,11 @@ class TrainConfig(_Section):
     save_steps: int = Field(50, ge=1, description="Write a checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
     seed: int = Field(0, description="Seed for adapter initialisation, dropout and data order.")
+    deterministic: bool = Field(
+        False,
+        description="Use only deterministic PyTorch kernels (bit-identical reruns on the same machine; some GPU "
+        "kernels are slower or refuse to run).",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch (default: all cores).")
 
 

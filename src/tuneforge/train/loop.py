@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from tuneforge.train.auto import Hyper, resolve, resolve_batch
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.parallel import Parallel, detect
 from tuneforge.train.tasks import TASKS, Batch, collate_step, loss_sum, mean_loss, step_groups
+from tuneforge.train.tracking import Trackers
 
 MODEL_DIR = "model"
 BEST = Path("checkpoints") / "best"  # weights of the best validation loss so far (with early stopping)
@@ -80,6 +82,9 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         save_config(cfg)
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+        torch.use_deterministic_algorithms(True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     precision = resolve_precision(cfg.train.precision, device)
@@ -117,6 +122,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=not par.main
     )
     stream = _endless_steps(train_set, cfg, hp.batch_size, pad_id, state.step, par)
+    trackers = Trackers(cfg, active=par.main)
     with metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
             group, n_loss, n_tokens, n_examples = next(stream)
@@ -131,6 +137,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             if metrics is not None:
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
+            trackers.log(row)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             bar.update(1)
             if state.step % cfg.train.save_steps == 0 and state.step < total_steps:
@@ -145,6 +152,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
                 )
                 break
     bar.close()
+    trackers.close()
     model = par.unwrap(model)
     if cfg.train.early_stopping_patience and state.best_step != state.step:
         par.barrier()
