@@ -91,7 +91,9 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     train_set, val_set = _load_splits(data_dir, tokenizer, cfg)
     lengths = [len(e.input_ids) for e in train_set]
-    share = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in train_set) / max(sum(lengths), 1)
+    share = 0.5  # the loss tokens' share of all tokens matters only to the auto batch size: counted only then
+    if cfg.train.batch_size == "auto":
+        share = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in train_set) / max(sum(lengths), 1)
     model, hp = setup_model(cfg, device, precision, log, lengths, share)
     _check_memory(model, train_set, hp.batch_size, device, precision, log)
     pad_id = int(tokenizer.pad_token_id)

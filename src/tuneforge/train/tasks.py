@@ -35,31 +35,39 @@ class Batch:
 
 def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase, block_size: int = 0) -> list[Encoded]:
     """Encode a prepared split (data/<split>.jsonl) for supervised fine-tuning."""
-    rows = read_jsonl(path)
-    if rows and "messages" not in rows[0]:
-        raise DataError(
-            f"{path}: the prepared data are not chat examples (keys: {sorted(rows[0])})",
-            "train.task=sft needs chat data (messages, alpaca, sharegpt or prompt/completion); for raw text or "
-            "documents set train.task=pretrain",
-        )
+    rows = _rows_with(
+        path,
+        "messages",
+        "chat examples",
+        "train.task=sft needs chat data (messages, alpaca, sharegpt or prompt/completion); for raw text or "
+        "documents set train.task=pretrain",
+    )
     return [encode_chat(tokenizer, row["messages"], row.get("tools")) for row in rows]
 
 
 def load_pretrain(path: Path, tokenizer: PreTrainedTokenizerBase, block_size: int) -> list[Encoded]:
     """Text records of a prepared split as consecutive blocks of `block_size` tokens (the last may be shorter)."""
-    rows = read_jsonl(path)
-    if rows and "text" not in rows[0]:
-        raise DataError(
-            f"{path}: the prepared data are not text records (keys: {sorted(rows[0])})",
-            "train.task=pretrain reads raw text, documents or code (data.format=text or a folder); "
-            "for chat data set train.task=sft",
-        )
+    rows = _rows_with(
+        path,
+        "text",
+        "text records",
+        "train.task=pretrain reads raw text, documents or code (data.format=text or a folder); "
+        "for chat data set train.task=sft",
+    )
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for ids in tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"] if rows else []:
         stream += [*ids, eos] if eos is not None else ids
     blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
     return [Encoded(b, list(b)) for b in blocks if len(b) > 1]
+
+
+def _rows_with(path: Path, key: str, what: str, hint: str) -> list[dict[str, Any]]:
+    """The rows of a prepared split, which must be of the kind the task reads (they carry `key`)."""
+    rows = read_jsonl(path)
+    if rows and key not in rows[0]:
+        raise DataError(f"{path}: the prepared data are not {what} (keys: {sorted(rows[0])})", hint)
+    return rows
 
 
 TASKS: dict[str, Callable[[Path, PreTrainedTokenizerBase, int], list[Encoded]]] = {
