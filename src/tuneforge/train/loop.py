@@ -90,6 +90,11 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     precision = resolve_precision(cfg.train.precision, device)
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     train_set, val_set = _load_splits(data_dir, tokenizer, cfg)
+    if cfg.train.early_stopping_patience and not val_set:
+        raise ConfigError(
+            "train.early_stopping_patience needs a validation split, and this run has none",
+            "prepare with data.val_size > 0, or unset train.early_stopping_patience",
+        )
     lengths = [len(e.input_ids) for e in train_set]
     share = 0.5  # the loss tokens' share of all tokens matters only to the auto batch size: counted only then
     if cfg.train.batch_size == "auto":
@@ -102,11 +107,6 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
-    if cfg.train.early_stopping_patience and not val_set:
-        raise ConfigError(
-            "train.early_stopping_patience needs a validation split, and this run has none",
-            "prepare with data.val_size > 0, or unset train.early_stopping_patience",
-        )
 
     metrics_path = run_dir / "metrics.jsonl"
     state = _State()
@@ -117,6 +117,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         _trim_metrics(metrics_path, state.step)
     if par.world > 1:
         log(f"data parallel: {par.world} processes, {hp.batch_size} examples per process per micro-batch")
+    trackers = Trackers(cfg, active=par.main)
     model = par.wrap(model)
     model.train()
     start = time.perf_counter() - state.elapsed
@@ -124,7 +125,6 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=not par.main
     )
     stream = _endless_steps(train_set, cfg, hp.batch_size, pad_id, state.step, par)
-    trackers = Trackers(cfg, active=par.main)
     with metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
             group, n_loss, n_tokens, n_examples = next(stream)
