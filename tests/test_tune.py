@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
 from tuneforge.config import load_config
 from tuneforge.data import prepare
+from tuneforge.errors import ConfigError
 from tuneforge.tune import tune
 
 SEARCH = ["tune.trials=3", "tune.learning_rate=[0.0005, 0.02]", "tune.lora_r=[2, 8]", "train.max_steps=6"]
@@ -49,3 +51,28 @@ def test_nothing_to_tune_is_a_clear_error(tiny_config) -> None:
     prepare(cfg)
     result = CliRunner().invoke(app, ["tune", str(cfg.run_dir), "tune.learning_rate=null", "tune.lora_r=null"])
     assert result.exit_code == 2 and "nothing to tune" in result.output
+
+
+def test_every_tune_setting_becomes_a_search_dimension() -> None:
+    import optuna
+
+    from tuneforge.tune.search import _apply, _space
+
+    cfg = load_config(None, ["tune.epochs=[1, 3]", "tune.warmup_ratio=[0.0, 0.1]", "tune.lora_r=[4]"])
+    space = _space(cfg)
+    assert sorted(space) == ["train.epochs", "train.learning_rate", "train.lora_r", "train.warmup_ratio"]
+    trial = optuna.trial.FixedTrial(
+        {"train.epochs": 3, "train.warmup_ratio": 0.0, "train.lora_r": 4, "train.learning_rate": 1e-4}
+    )
+    values = {key: suggest(trial) for key, suggest in space.items()}
+    tuned = _apply(cfg, values).train
+    assert (tuned.epochs, tuned.warmup_ratio, tuned.lora_r, tuned.lora_alpha, tuned.learning_rate) == (
+        3,
+        0.0,
+        4,
+        8,
+        1e-4,
+    )
+    full = load_config(None, ["train.method=full", "tune.learning_rate=null"])  # no LoRA rank without LoRA
+    with pytest.raises(ConfigError, match="nothing to tune"):
+        _space(full)
