@@ -80,3 +80,23 @@ def test_deterministic_mode_reruns_bit_identically(tiny_config) -> None:
         assert losses[0] == losses[1]  # exactly, not approximately
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_a_diverging_loss_stops_with_a_clear_message(tiny_config, monkeypatch) -> None:
+    from tuneforge.train import loop
+    from tuneforge.train.loop import TrainingError
+
+    real, calls = loop.loss_sum, []
+
+    def diverging(model, batch):  # the loss of the third micro-batch overflows, as a too-high learning rate does
+        calls.append(1)
+        loss = real(model, batch)
+        return loss * float("inf") if len(calls) == 3 else loss
+
+    cfg = tiny_config("train.max_steps=6", "data.estimate=false")
+    prepare(cfg)
+    monkeypatch.setattr(loop, "loss_sum", diverging)
+    with pytest.raises(TrainingError, match=r"the training loss became inf at step 3") as err:
+        train(cfg, **QUIET)
+    assert "lower train.learning_rate" in err.value.hint
+    assert not (cfg.run_dir / "model").exists()  # nothing half-trained is saved as the result

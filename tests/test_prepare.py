@@ -261,3 +261,9 @@ def test_leakage_between_training_and_validation_is_reported_too(tiny_config, tm
     for line, other in pair_of.items():  # each warning names a train record and its validation twin
         assert where[json.dumps(rows[line - 1]["messages"])] == "train"
         assert where[json.dumps(rows[other - 1]["messages"])] == "val"
+
+
+def test_the_probe_does_not_depend_on_the_learning_rate(tiny_config) -> None:
+    # the probe's steps use learning rate 0: a setting that would diverge in training cannot break prepare
+    result = prepare(tiny_config("train.learning_rate=1e12", "train.warmup_ratio=0"))
+    assert result.report["estimate"]["tokens_per_s"] > 0

@@ -417,6 +417,7 @@ def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
     if scan.kind != "chat":
         return {"unavailable": f"no training task reads {scan.kind} data yet"}
     from tuneforge.train.estimate import estimate_training
+    from tuneforge.train.loop import TrainingError
 
     tokens = np.asarray(scan.tokens, dtype=np.int64)
     train = np.flatnonzero(codes == TRAIN)
@@ -424,7 +425,7 @@ def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
         return {"unavailable": "the training split is empty"}
     try:
         return estimate_training(cfg, tokens[train], lambda k: scan.record(int(train[k])), tokens[codes == VAL])
-    except (RuntimeError, ValueError, MemoryError) as exc:  # the data are fine; say why there is no estimate
+    except (RuntimeError, ValueError, MemoryError, TrainingError) as exc:  # the data are fine: say why no estimate
         return {"unavailable": f"the training probe failed: {str(exc).splitlines()[0][:200]}"}
 
 
