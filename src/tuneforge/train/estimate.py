@@ -68,8 +68,7 @@ def estimate_training(
     evals = math.ceil(epochs)  # the loop scores validation at every epoch end and at the last step
     train_s = per_token * float(lengths.sum()) * epochs
     eval_s = eval_per_token * float(val_lengths.sum()) * evals
-    trainable = sum(p.numel() for p in params)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    parts = memory_need(model, len(longest), int(lengths.max()), 0, precision)
     return {
         "device": device,
         "precision": precision,
@@ -83,8 +82,8 @@ def estimate_training(
         "train_seconds": round(train_s, 1),
         "eval_seconds": round(eval_s, 1),
         "peak_memory_bytes": int(peak["bytes"]),
-        "weights_bytes": int(weights),
-        "optimizer_bytes": int(trainable * 4 * 3),  # fp32 gradient + AdamW's two moments
+        "weights_bytes": parts["weights"],
+        "optimizer_bytes": parts["gradients_and_optimizer"],
         "longest_tokens": int(lengths.max()),
         "available_memory_bytes": available_memory(device),
         "probe_tokens": int(tokens),

@@ -306,11 +306,16 @@ def _save_weights(model: Any, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".best-", dir=target.parent))
     model.save_pretrained(tmp)
-    old = target.with_name(".best-old")
+    _swap_in(tmp, target)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Put the finished folder `tmp` in the place of `final` (the old one goes only after the new one is in)."""
+    old = final.with_name(f".{final.name}-old")
     shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -503,10 +508,5 @@ def save_model(run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig) -> Pat
             "run": cfg.name,
         },
     )
-    old = run_dir / ".model-old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    _swap_in(tmp, final)
     return final
