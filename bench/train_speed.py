@@ -27,23 +27,25 @@ def measure(variant: str, model_name: str, steps: int, batch_size: int, warmup: 
     """Run warmup + steps optimizer steps of LoRA SFT; tokens/s over the timed steps and peak RSS."""
     import torch
 
-    from tuneforge.config import TrainConfig
+    from tuneforge.config import RunConfig
     from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.train.auto import Hyper
+    from tuneforge.train.lm import collate, load_sft, loss_sum
     from tuneforge.train.methods import apply_lora
-    from tuneforge.train.tasks import collate, load_sft, loss_sum
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(model_name)
-    model = apply_lora(load_model(model_name), TrainConfig())
+    cfg = RunConfig()
+    model = apply_lora(load_model(model_name), cfg.train, Hyper(1.0, batch_size, 1e-4, 16, 32))
     model.train()
-    examples = load_sft(DATA, tokenizer)
+    examples = load_sft(DATA, tokenizer, cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tokens, seconds, losses = 0, 0.0, []
     for step in range(warmup + steps):
         batch = collate(examples[step * batch_size : (step + 1) * batch_size], int(tokenizer.pad_token_id))
         start = time.perf_counter()
         if variant == "tuneforge":
-            loss = loss_sum(model, batch) / batch.n_loss_tokens
+            loss = loss_sum(model, batch) / batch.n_loss
         else:  # the standard transformers way: logits for every position, mean over label tokens
             loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
         loss.backward()

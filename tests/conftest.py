@@ -49,8 +49,7 @@ def toy_rows(n: int) -> list[dict[str, object]]:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved 2-layer random Llama + BPE tokenizer folder, usable as model.name."""
     folder = tmp_path_factory.mktemp("tiny-llama")
-    corpus = [line for f in (ROOT / "examples" / "contracts").glob("*.jsonl") for line in f.read_text().splitlines()]
-    corpus += [json.dumps(r) for r in toy_rows(50)]
+    corpus = _corpus()
     bpe = Tokenizer(models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -88,6 +87,64 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pad_token_id=2,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def _corpus() -> list[str]:
+    corpus = [line for f in (ROOT / "examples" / "contracts").glob("*.jsonl") for line in f.read_text().splitlines()]
+    return corpus + [json.dumps(r) for r in toy_rows(50)]
+
+
+def review_rows(n_pos: int, n_neg: int) -> list[dict[str, str]]:
+    """A learnable sentiment task (German and English): the label follows from a few words."""
+    good = ["great", "excellent", "wunderbar", "love it", "sehr gut"]
+    bad = ["broken", "terrible", "kaputt", "refund", "schlecht"]
+    pos = [f"Order {i}: {good[i % 5]}, arrived on day {i % 7}." for i in range(n_pos)]
+    neg = [f"Order {i}: {bad[i % 5]}, arrived on day {i % 7}." for i in range(n_neg)]
+    return [{"text": t, "label": "pos"} for t in pos] + [{"text": t, "label": "neg"} for t in neg]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved 2-layer random BERT encoder + WordPiece tokenizer folder ([CLS] text [SEP]), usable as model.name."""
+    from tokenizers import normalizers, processors
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    corpus = _corpus() + [r["text"] for r in review_rows(40, 40)]
+    wordpiece.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials))
+    cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,  # as the tiny Llama: at 0.02 a 64-wide model learns too slowly to test anything
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    BertModel(config).save_pretrained(folder)
     return folder
 
 

@@ -58,7 +58,8 @@ def test_the_example_pipeline_runs_end_to_end_on_the_real_model(tmp_path: Path) 
 def test_the_real_model_trains_with_each_method(method: str, lr: str, tmp_path: Path) -> None:
     from tuneforge.data import prepare
     from tuneforge.train import train
-    from tuneforge.train.tasks import load_sft, mean_loss
+    from tuneforge.train.lm import SFT, load_sft
+    from tuneforge.train.tasks import mean_loss
 
     rows = [  # short German/English support answers: a few seconds per step even for full fine-tuning
         {
@@ -96,8 +97,8 @@ def test_the_real_model_trains_with_each_method(method: str, lr: str, tmp_path: 
     )
     prepare(cfg)
     tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
-    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer)
-    before = mean_loss(models.load_model(models.EMBEDDED_MODEL), val, 4, int(tokenizer.pad_token_id))
+    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, cfg)
+    before = mean_loss(models.load_model(models.EMBEDDED_MODEL), SFT, val, cfg, 4, int(tokenizer.pad_token_id))
     result = train(cfg, log=lambda *a: None)
     assert result.steps == 3 and result.val_loss is not None
     assert result.val_loss < before, (method, before, result.val_loss)  # three steps already help on the task
@@ -108,14 +109,14 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     from tuneforge.data import prepare
     from tuneforge.data.tokenize import IGNORE_INDEX
     from tuneforge.train.estimate import memory_need
+    from tuneforge.train.lm import load_sft
     from tuneforge.train.loop import setup_model
-    from tuneforge.train.tasks import load_sft
 
     settings = [f"output_dir={tmp_path}", "train.precision=fp32", "train.batch_size=4"]
     cfg = load_config(ROOT / "configs" / "contracts.yaml", settings)
     measured = prepare(cfg).report["estimate"]["peak_memory_bytes"]
     tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
-    examples = load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer)
+    examples = load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer, cfg)
     model, _ = setup_model(cfg, "cpu", "fp32", lambda *a: None, [len(e.input_ids) for e in examples], 0.5)
     longest = sorted(examples, key=lambda e: len(e.input_ids))[-4:]
     loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)

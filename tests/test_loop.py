@@ -9,7 +9,8 @@ from tuneforge.data import prepare
 from tuneforge.errors import ConfigError
 from tuneforge.models import load_adapter, load_model, load_tokenizer
 from tuneforge.train import train
-from tuneforge.train.tasks import load_sft, mean_loss
+from tuneforge.train.lm import SFT, load_sft
+from tuneforge.train.tasks import mean_loss
 
 QUIET = {"log": lambda *a: None}
 
@@ -44,8 +45,8 @@ def test_early_stopping_keeps_the_best_model(tiny_config, tiny_model_dir: Path) 
     assert result.val_loss == best and any("keeping the best model: step 2" in line for line in lines)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     saved = load_adapter(load_model(str(tiny_model_dir)), cfg.run_dir / "model", "t").eval()
-    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer)
-    assert mean_loss(saved, val, 8, int(tokenizer.pad_token_id)) == pytest.approx(best, abs=1e-4)
+    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, cfg)
+    assert mean_loss(saved, SFT, val, cfg, 8, int(tokenizer.pad_token_id)) == pytest.approx(best, abs=1e-4)
 
 
 def test_early_stopping_needs_a_validation_split(tiny_config) -> None:
@@ -83,19 +84,21 @@ def test_deterministic_mode_reruns_bit_identically(tiny_config) -> None:
 
 
 def test_a_diverging_loss_stops_with_a_clear_message(tiny_config, monkeypatch) -> None:
-    from tuneforge.train import loop
+    from dataclasses import replace
+
     from tuneforge.train.loop import TrainingError
+    from tuneforge.train.tasks import TASKS
 
-    real, calls = loop.loss_sum, []
+    real, calls = TASKS["sft"].loss, []
 
-    def diverging(model, batch):  # the loss of the third micro-batch overflows, as a too-high learning rate does
+    def diverging(model, batch, cfg):  # the loss of the third micro-batch overflows, as a too-high lr does
         calls.append(1)
-        loss = real(model, batch)
+        loss = real(model, batch, cfg)
         return loss * float("inf") if len(calls) == 3 else loss
 
     cfg = tiny_config("train.max_steps=6", "data.estimate=false")
     prepare(cfg)
-    monkeypatch.setattr(loop, "loss_sum", diverging)
+    monkeypatch.setitem(TASKS, "sft", replace(TASKS["sft"], loss=diverging))
     with pytest.raises(TrainingError, match=r"the training loss became inf at step 3") as err:
         train(cfg, **QUIET)
     assert "lower train.learning_rate" in err.value.hint

@@ -13,8 +13,9 @@ from tuneforge.data import prepare
 from tuneforge.errors import ConfigError
 from tuneforge.models import load_adapter, load_model, load_tokenizer
 from tuneforge.train import train
+from tuneforge.train.lm import SFT, load_sft
 from tuneforge.train.methods import METHODS
-from tuneforge.train.tasks import load_sft, mean_loss
+from tuneforge.train.tasks import mean_loss
 
 METHOD_SETTINGS = {
     "lora": [],
@@ -43,9 +44,9 @@ def test_method_learns_moves_what_it_trains_and_reloads(method: str, tiny_config
     assert info["method"] == method and info["adapter"] == METHODS[method].adapter
     saved = _saved_model(cfg.run_dir / "model", tiny_model_dir)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer)
+    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, cfg)
     # the saved model scores the validation split exactly as the model did at the end of training
-    assert mean_loss(saved, val, 8, int(tokenizer.pad_token_id)) == pytest.approx(result.val_loss, abs=1e-4)
+    assert mean_loss(saved, SFT, val, cfg, 8, int(tokenizer.pad_token_id)) == pytest.approx(result.val_loss, abs=1e-4)
 
     base = load_model(str(tiny_model_dir)).state_dict()
     if METHODS[method].adapter:

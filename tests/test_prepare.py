@@ -224,10 +224,10 @@ def test_probe_batches_take_the_longest_and_length_neighbours() -> None:
         assert len(ids) == 3 and sorted(ranks[ids].tolist()) == list(range(min(ranks[ids]), min(ranks[ids]) + 3))
 
 
-def test_no_estimate_for_data_no_training_task_reads_yet(tiny_config, tmp_path: Path) -> None:
+def test_no_estimate_for_data_the_probe_does_not_measure(tiny_config, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "r.jsonl", reviews(30, 30))
     result = prepare(tiny_config(f"data.path={path}"))
-    assert result.report["estimate"] == {"unavailable": "no training task reads classification data yet"}
+    assert "here: classification data, train.task=sft" in result.report["estimate"]["unavailable"]
     assert "training estimate: unavailable" in result.text()
 
 

@@ -9,7 +9,7 @@ from tuneforge.errors import DataError
 from tuneforge.evaluation import evaluate
 from tuneforge.models import load_tokenizer
 from tuneforge.train import train
-from tuneforge.train.tasks import load_pretrain
+from tuneforge.train.lm import blocks
 
 CLAUSES = [
     "Der Mieter zahlt die Miete monatlich im Voraus, spätestens am dritten Werktag des Monats.",
@@ -32,14 +32,12 @@ def write_docs(folder: Path, n: int) -> Path:
 
 def test_pretrain_packs_documents_into_blocks(tmp_path: Path, tiny_model_dir: Path) -> None:
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    path = tmp_path / "t.jsonl"
-    path.write_text('{"text": "Die Miete ist fällig."}\n{"text": "The rent is due."}\n')
-    blocks = load_pretrain(path, tokenizer, 8)
-    ids = [t for b in blocks for t in b.input_ids]
+    cut = blocks(["Die Miete ist fällig.", "The rent is due."], tokenizer, 8)
+    ids = [t for b in cut for t in b.input_ids]
     expected = tokenizer("Die Miete ist fällig.")["input_ids"] + [tokenizer.eos_token_id]
     expected += tokenizer("The rent is due.")["input_ids"] + [tokenizer.eos_token_id]
     assert ids == expected  # every token once, documents closed by end-of-text, nothing padded
-    assert all(len(b.input_ids) == 8 for b in blocks[:-1]) and all(b.labels == b.input_ids for b in blocks)
+    assert all(len(b.input_ids) == 8 for b in cut[:-1]) and all(b.labels == b.input_ids for b in cut)
 
 
 def test_pretrain_on_documents_lowers_their_perplexity(tiny_config, tmp_path: Path) -> None:

@@ -255,6 +255,7 @@ def test_every_rule_has_an_example_here() -> None:
         "personal_data": "test_dataset_rules",
         "template_error": "test_template_error_names_the_record",
         "leakage": "test_prepare.py::test_leakage_between_a_separate_test_file_and_training_is_a_warning",
+        "multitask_not_chat": "test_multitask.py::test_multitask_needs_chat_datasets",
     }
     missing = _rules_in_source() - set(ROW_CASES) - set(elsewhere)
     assert not missing, f"rules without an example: {sorted(missing)}"

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
 from tuneforge.models import load_adapter, load_model, load_tokenizer
-from tuneforge.train import tasks, train
-from tuneforge.train.tasks import collate, loss_sum, steps
+from tuneforge.train import lm, train
+from tuneforge.train.lm import SFT, collate, loss_sum
+from tuneforge.train.tasks import collate_step, step_groups
 
 
 def test_loss_falls_lora_moves_and_base_stays(tiny_config, tiny_model_dir: Path) -> None:
@@ -74,7 +75,7 @@ def test_selective_logits_loss_equals_the_full_cross_entropy(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, plain_head: bool
 ) -> None:
     if not plain_head:  # the generic path every other architecture takes
-        monkeypatch.setattr(tasks, "PLAIN_HEAD", frozenset())
+        monkeypatch.setattr(lm, "PLAIN_HEAD", frozenset())
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir)).eval()
     examples = [
@@ -95,7 +96,13 @@ def test_selective_logits_loss_equals_the_full_cross_entropy(
             reduction="sum",
         )
     assert torch.allclose(fast, full, rtol=1e-5)
-    assert batch.n_loss_tokens == int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+    assert batch.n_loss == int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def steps(examples: list, batch_size: int, grad_accum: int, seed: int) -> list:
+    """One epoch of optimizer steps as the loop builds them (pad id 0)."""
+    groups = step_groups([len(e.input_ids) for e in examples], batch_size * grad_accum, seed)
+    return [collate_step(SFT, [examples[i] for i in g], batch_size, 0) for g in groups]
 
 
 def test_steps_group_similar_lengths_and_cover_each_example_once(tiny_model_dir: Path) -> None:
@@ -106,7 +113,7 @@ def test_steps_group_similar_lengths_and_cover_each_example_once(tiny_model_dir:
         )
         for i in range(64)
     ]
-    epoch = list(steps(examples, batch_size=4, grad_accum=2, pad_id=0, seed=1))
+    epoch = steps(examples, batch_size=4, grad_accum=2, seed=1)
     assert len(epoch) == 8 and all(len(step) == 2 for step in epoch)
     seen = sorted(tuple(row[row != 0].tolist()) for step in epoch for b in step for row in b.input_ids)
     assert seen == sorted(tuple(t for t in e.input_ids if t != 0) for e in examples)
@@ -114,7 +121,7 @@ def test_steps_group_similar_lengths_and_cover_each_example_once(tiny_model_dir:
     shuffled = sum(b.input_ids.numel() - b.n_tokens for b in (collate(examples[i : i + 4], 0) for i in range(0, 64, 4)))
     assert grouped < shuffled / 3, (grouped, shuffled)
     assert [b.input_ids.tolist() for s in epoch for b in s] == [
-        b.input_ids.tolist() for s in steps(examples, 4, 2, 0, seed=1) for b in s
+        b.input_ids.tolist() for s in steps(examples, 4, 2, seed=1) for b in s
     ]
 
 

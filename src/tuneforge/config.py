@@ -39,7 +39,24 @@ PiiName = Literal[
 ]
 
 
+class DatasetConfig(_Section):
+    name: str = Field(
+        description="The task's name (extraction, summary, intent...): its metrics are reported under it.",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    )
+    path: str = Field(description="Chat data of this task (any chat format data.format reads).")
+    format: DataFormat = Field("auto", description="Record format of this dataset (as data.format).")
+    weight: PositiveFloat = Field(
+        1.0, description="Sampling multiplier: the dataset's share of the training mix is ~ weight x its size."
+    )
+
+
 class DataConfig(_Section):
+    datasets: list[DatasetConfig] = Field(
+        default_factory=list,
+        description="train.task=multitask: several chat datasets, one per task, as [{name, path, format?, weight?}] "
+        "(instead of data.path); each record keeps its task's name, and the splits are balanced per task.",
+    )
     path: str | None = Field(
         None,
         description="Training data: a .jsonl/.json/.csv/.tsv/.parquet file, a text file, a folder of documents or "
@@ -86,6 +103,15 @@ class DataConfig(_Section):
         description="After preparing chat data, run a few real training steps of the configured model and method "
         "to estimate training time and peak memory on this machine (a few seconds to a minute).",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.datasets and (self.path or self.test_path):
+            raise ValueError("data.datasets replaces data.path and data.test_path; set only data.datasets")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.datasets: task names must differ, got {names}")
+        return self
 
     @model_validator(mode="after")
     def _sizes_leave_training_data(self) -> DataConfig:
@@ -163,10 +189,35 @@ class TrainConfig(_Section):
     target_modules: list[str] | str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."
     )
-    task: Literal["sft", "pretrain"] = Field(
+    task: Literal["sft", "pretrain", "classify", "dpo", "multitask"] = Field(
         "sft",
         description="'sft': chat data, loss on the assistant answers; 'pretrain': continued pre-training (domain "
-        "adaptation) on text records packed into blocks of train.block_size tokens, loss on every token.",
+        "adaptation) on text records packed into blocks of train.block_size tokens, loss on every token; "
+        "'classify': a classification head on an encoder or decoder (classification data); 'dpo': preference "
+        "tuning on chosen/rejected pairs; 'multitask': the chat datasets of data.datasets mixed in one model.",
+    )
+    packing: bool = Field(
+        False,
+        description="task sft/multitask: pack several examples into each row of up to data.max_seq_len tokens "
+        "(no padding; attention never crosses from one example into another). batch_size then counts rows.",
+    )
+    class_weights: Literal["none", "balanced"] | dict[str, PositiveFloat] = Field(
+        "none",
+        description="task classify: loss weight per class: 'none', 'balanced' (each class weighs as much in all: "
+        "n / (classes x count), scikit-learn's rule) or {label: weight}.",
+    )
+    dpo_beta: PositiveFloat = Field(
+        0.1, description="task dpo: how far the model may move from the reference (higher: stays closer)."
+    )
+    dpo_reference: Literal["model", "none"] = Field(
+        "model",
+        description="task dpo: 'model': the model before training is the reference (its log-probabilities are "
+        "computed once); 'none': reference-free.",
+    )
+    mixture_temperature: PositiveFloat = Field(
+        1.0,
+        description="task multitask: a task's share of the mix is ~ weight x size^(1/T); T > 1 evens out small and "
+        "large datasets (T=1: proportional to size).",
     )
     block_size: int | None = Field(
         None, ge=8, description="task=pretrain: tokens per packed block (default: data.max_seq_len)."
@@ -295,6 +346,15 @@ class RunConfig(_Section):
     def run_dir(self) -> Path:
         return self.output_dir / self.name
 
+    @model_validator(mode="after")
+    def _multitask_has_datasets(self) -> RunConfig:
+        if (self.train.task == "multitask") != bool(self.data.datasets):
+            raise ValueError(
+                "train.task=multitask and data.datasets go together: list the tasks' datasets in data.datasets, "
+                "or for one dataset use data.path with another train.task"
+            )
+        return self
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults), apply `key=value` overrides, validate and return it."""
@@ -359,10 +419,12 @@ def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
     if not isinstance(data, dict):
         return
-    for key in ("path", "test_path"):
-        value = data.get(key)
+    places = [(data, key) for key in ("path", "test_path")]
+    places += [(d, "path") for d in data.get("datasets") or [] if isinstance(d, dict)]
+    for node, key in places:
+        value = node.get(key)
         if isinstance(value, str) and not value.startswith("hf:") and not Path(value).is_absolute():
-            data[key] = str((base / value).resolve())
+            node[key] = str((base / value).resolve())
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from tuneforge.config import EMBEDDED_MODEL
 from tuneforge.errors import ModelError
@@ -107,12 +112,7 @@ def ensure_embedded() -> Path:
 
 def load_tokenizer(name: str, revision: str | None = None) -> PreTrainedTokenizerBase:
     """Load the tokenizer of a model, with a pad token and a chat template guaranteed."""
-    source = resolve(name, revision)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, revision=source.revision)
-    except (OSError, ValueError) as exc:
-        raise _load_error(source, exc) from None
-    return _complete_tokenizer(tokenizer)
+    return _complete_tokenizer(load_tokenizer_at(resolve(name, revision)))
 
 
 def load_model(
@@ -121,8 +121,11 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     options: dict[str, Any] | None = None,
+    labels: list[str] | None = None,
+    head: Literal["causal", "classifier"] = "causal",
 ) -> Any:
-    """Load a causal LM from the embedded default, a local folder or the hub (safetensors only).
+    """Load a causal LM from the embedded default, a local folder or the hub (safetensors only); with `labels`
+    (or head="classifier": a saved classifier) a sequence-classification model with one output per label.
 
     `options` are further from_pretrained arguments (a method's quantization_config); a quantized model is
     placed on `device` while loading, as bitsandbytes requires.
@@ -131,13 +134,47 @@ def load_model(
     extra = dict(options or {})
     if "quantization_config" in extra:
         extra["device_map"] = {"": device}
+    if labels is not None:
+        head = "classifier"
+        extra |= {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    auto: Any = AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            source.location, revision=source.revision, dtype=dtype, use_safetensors=True, **extra
-        )
+        with _quiet_new_head():
+            model: Any = auto.from_pretrained(
+                source.location, revision=source.revision, dtype=dtype, use_safetensors=True, **extra
+            )
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from None
+    if head == "classifier" and model.config.pad_token_id is None:
+        # a decoder pools its last non-padding token, found through the pad id; tuneforge pads with end-of-text
+        model.config.pad_token_id = _complete_tokenizer(load_tokenizer_at(source)).pad_token_id
     return model if "device_map" in extra else model.to(device)
+
+
+@contextlib.contextmanager
+def _quiet_new_head() -> Iterator[None]:
+    """transformers reports the new classification head's weights as "newly initialized" on every load; tuneforge
+    says so once in its own words (setup_model)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def load_tokenizer_at(source: ModelSource) -> PreTrainedTokenizerBase:
+    """The tokenizer stored beside a resolved model."""
+    try:
+        return AutoTokenizer.from_pretrained(source.location, revision=source.revision)
+    except (OSError, ValueError) as exc:
+        raise _load_error(source, exc) from None
 
 
 def pick_device() -> str:

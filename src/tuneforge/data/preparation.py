@@ -69,8 +69,8 @@ def prepare(cfg: RunConfig, check: bool = False, strict: bool = False) -> Prepar
     scan = _Scan(cfg, load_tokenizer(cfg.model.name, cfg.model.revision), data_dir / SCRATCH)
     estimate: dict[str, Any] | None = None
     try:
-        for spec, fixed_test, data in specs:
-            scan.read(spec, fixed_test, data)
+        for spec, fixed_test, data, task in specs:
+            scan.read(spec, fixed_test, data, task)
         scan.deduplicate()
         scan.finish_checks()
         splits: tuple[dict[str, int], dict[str, int], dict[str, Any], dict[str, Any]] = ({}, {}, {}, {})
@@ -102,24 +102,36 @@ def _remove_stale_splits(cfg: RunConfig, data_dir: Path) -> None:
             (data_dir / f"{split}.jsonl").unlink(missing_ok=True)
 
 
-def _sources(cfg: RunConfig) -> list[tuple[str, bool, DataConfig]]:
-    """(source, is fixed test data, how to read it) in reading order: fixed test data first, so that its
-    duplicates leave the training data."""
-    if cfg.data.path is None:
+def _sources(cfg: RunConfig) -> list[tuple[str, bool, DataConfig, str | None]]:
+    """(source, is fixed test data, how to read it, task name of data.datasets) in reading order: fixed test
+    data first, so that its duplicates leave the training data."""
+    if cfg.data.path is None and not cfg.data.datasets:
         raise ConfigError("data.path is not set", "set data.path in the config or pass data.path=FILE")
-    for key, spec in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
+    named = [(f"data.datasets[{d.name}].path", d.path) for d in cfg.data.datasets]
+    for key, spec in [("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path), *named]:
         if spec and not spec.startswith(HF_PREFIX) and not Path(spec).exists():
             raise DataError(
                 f"{key}: not found: {spec}", "check the path (relative paths resolve against the config file)"
             )
     locked = cfg.run_dir / "data" / LOCK
-    specs: list[tuple[str, bool, DataConfig]] = []
+    specs: list[tuple[str, bool, DataConfig, str | None]] = []
     if cfg.data.lock_test and locked.is_file():  # written by tuneforge: canonical records, read as they are
         canonical = cfg.data.model_copy(update={"format": "auto", "columns": {}, "group_by": None})
-        specs.append((str(_locked_test(locked)), True, canonical))
+        specs.append((str(_locked_test(locked)), True, canonical, None))
     elif cfg.data.test_path:
-        specs.append((cfg.data.test_path, True, cfg.data))
-    return [*specs, (cfg.data.path, False, cfg.data)]
+        specs.append((cfg.data.test_path, True, cfg.data, None))
+    if cfg.data.datasets:
+        return specs + [
+            (d.path, False, cfg.data.model_copy(update={"path": d.path, "format": d.format}), d.name)
+            for d in cfg.data.datasets
+        ]
+    assert cfg.data.path is not None  # checked above
+    return [*specs, (cfg.data.path, False, cfg.data, None)]
+
+
+def _source_name(cfg: RunConfig) -> str:
+    """The data a run reads, for messages."""
+    return cfg.data.path or ", ".join(d.path for d in cfg.data.datasets)
 
 
 def _locked_test(lock: Path) -> Path:
@@ -163,10 +175,12 @@ class _Scan:
         self.out = scratch.open("wb")
         self._offset = 0
 
-    def read(self, spec: str, fixed_test: bool, data: DataConfig) -> None:
-        """Stream one source through the checks."""
+    def read(self, spec: str, fixed_test: bool, data: DataConfig, task: str | None = None) -> None:
+        """Stream one source through the checks (its records tagged with `task`, a data.datasets name)."""
         chunk: list[Record] = []
         for record in self._cleaned(read_records(spec, data, self.kind)):
+            if task is not None:
+                record.data["task"] = task
             chunk.append(record)
             if len(chunk) == CHUNK:
                 self._keep(chunk, fixed_test)
@@ -255,8 +269,9 @@ class _Scan:
 
     def _append(self, record: Record, fixed_test: bool) -> None:
         label = -1
-        if record.label is not None:
-            label = self.label_names.setdefault(record.label, len(self.label_names))
+        stratum = record.label if record.label is not None else record.data.get("task")  # class, or multitask task
+        if stratum is not None:
+            label = self.label_names.setdefault(stratum, len(self.label_names))
         text = fingerprint_text(record)
         if record.group is not None and label >= 0:  # a group is stratified by its first record's label
             label = self.group_labels.setdefault(record.group, label)
@@ -332,8 +347,18 @@ class _Scan:
         has_test = bool((fixed & ~self.removed).any())
         data = self.cfg.data
         minimum = 1 + (data.val_size > 0) + (0 if has_test else data.test_size > 0) + 1
-        if self.findings.severities["error"] == 0 and (few := check_count(free, minimum, str(data.path))):
+        if self.findings.severities["error"] == 0 and (few := check_count(free, minimum, _source_name(self.cfg))):
             self.findings.add(few)
+        if data.datasets and self.kind not in (None, "chat"):
+            self.findings.add(
+                error(
+                    "multitask_not_chat",
+                    None,
+                    None,
+                    f"train.task=multitask mixes chat datasets, and these are {self.kind} records",
+                    "give data.datasets chat data (messages, alpaca, sharegpt or prompt/completion)",
+                )
+            )
         privacy = self.cfg.privacy
         if gate := check_privacy(privacy.mode, privacy.gate, self.findings.pii, self.findings.pii_records):
             self.findings.add(gate)
@@ -353,7 +378,7 @@ class _Scan:
 def _assign(cfg: RunConfig, scan: _Scan) -> np.ndarray:
     """The split code of every kept record: fixed test records stay test, the rest is drawn by key."""
     keys, fixed = np.asarray(scan.keys, dtype=np.int64), np.asarray(scan.fixed, dtype=bool)
-    labels = np.asarray(scan.labels, dtype=np.int64) if scan.kind == "classification" and cfg.data.stratify else None
+    labels = np.asarray(scan.labels, dtype=np.int64) if scan.label_names and cfg.data.stratify else None
     codes = np.full(len(keys), TEST, dtype=np.int8)
     codes[scan.removed] = -1
     test_size = 0.0 if (fixed & ~scan.removed).any() else cfg.data.test_size
@@ -387,7 +412,7 @@ def _write_splits(
         part = tokens[codes == index]
         counts[split], sums[split] = len(part), int(part.sum())
         stats[split] = token_stats(part)
-        if scan.kind == "classification":
+        if scan.label_names:  # classes, or the tasks of data.datasets
             per_label[split] = dict(Counter(inverse[c] for c in np.asarray(scan.labels)[codes == index]))
     return counts, sums, stats, per_label
 
@@ -412,10 +437,11 @@ def _leakage(scan: _Scan, codes: np.ndarray, threshold: float) -> Iterator[Issue
 
 def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
     """Training time and memory from a measured probe (chat data: what train.task sft reads)."""
-    if scan.kind == "text":
-        return {"unavailable": "the probe measures chat training (train.task=sft) so far, not train.task=pretrain"}
-    if scan.kind != "chat":
-        return {"unavailable": f"no training task reads {scan.kind} data yet"}
+    if scan.kind != "chat" or cfg.train.task not in ("sft", "multitask"):
+        return {
+            "unavailable": "the training probe measures chat data with train.task sft or multitask so far "
+            f"(here: {scan.kind} data, train.task={cfg.train.task})"
+        }
     from tuneforge.train.estimate import estimate_training
     from tuneforge.train.loop import TrainingError
 
@@ -441,7 +467,7 @@ def _report(
     cfg: RunConfig, scan: _Scan, counts: dict[str, int], tokens: dict[str, int], stats: dict[str, Any], labels: dict
 ) -> dict[str, Any]:
     return {
-        "source": cfg.data.path,
+        "source": _source_name(cfg),
         "test_source": cfg.data.test_path,
         "kind": scan.kind,
         "read": scan.read_count,

@@ -109,7 +109,8 @@ def render(report: dict[str, Any], strict: bool = False) -> str:
     """The data report as terminal text: splits, token statistics, removals, personal data, issues."""
     lines = [f"data: {report['source']} ({report.get('kind') or 'no valid'} records, {report['read']} read)"]
     if report["counts"]:
-        lines.append(f"  {'split':<6} {'examples':>9} {'tokens':>10} {'mean':>7} {'p95':>6} {'max':>6}  labels")
+        column = "tasks" if report.get("kind") == "chat" else "labels"
+        lines.append(f"  {'split':<6} {'examples':>9} {'tokens':>10} {'mean':>7} {'p95':>6} {'max':>6}  {column}")
         for split, n in report["counts"].items():
             st = report["token_stats"].get(split, {})
             labels = ", ".join(f"{k} {v}" for k, v in report["labels"].get(split, {}).items())

@@ -19,10 +19,12 @@ IGNORE_INDEX = -100
 
 @dataclass
 class Encoded:
-    """Token ids of one conversation and the labels (IGNORE_INDEX where no loss is taken)."""
+    """Token ids of one conversation and the labels (IGNORE_INDEX where no loss is taken); position ids only
+    for packed rows of several examples (they restart at each)."""
 
     input_ids: list[int]
     labels: list[int]
+    position_ids: list[int] | None = None
 
 
 def render(
@@ -64,13 +66,17 @@ def count_tokens(tokenizer: PreTrainedTokenizerBase, records: list[Record]) -> l
 
 
 def assistant_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    from_turn: int = 0,
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Full rendered text and the character spans written by the assistant (turns with weight 0 left out)."""
+    """Full rendered text and the character spans written by the assistant (turns with weight 0 and turns
+    before `from_turn` left out)."""
     full = render(tokenizer, messages, False, tools)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(messages):
-        if msg["role"] != "assistant" or msg.get("weight", 1) == 0:
+        if i < from_turn or msg["role"] != "assistant" or msg.get("weight", 1) == 0:
             continue
         before = render(tokenizer, messages[:i], True, tools) if i else ""
         upto = render(tokenizer, messages[: i + 1], False, tools)
@@ -81,10 +87,13 @@ def assistant_spans(
 
 
 def encode_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    from_turn: int = 0,
 ) -> Encoded:
-    """Token ids and assistant-only labels of one conversation."""
-    text, spans = assistant_spans(tokenizer, messages, tools)
+    """Token ids and assistant-only labels of one conversation (only turns from `from_turn` on carry labels)."""
+    text, spans = assistant_spans(tokenizer, messages, tools, from_turn)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
     labels = [IGNORE_INDEX] * len(ids)

@@ -72,6 +72,11 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} has no trained model ({path} missing)", f"train it first: `tuneforge train {run_dir}`"
         )
     info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("task") == "classify":
+        raise RunError(
+            f"{run_dir} holds a classifier (train.task=classify): it answers with class probabilities, not chat",
+            f"score texts with `tuneforge evaluate {run_dir}` (predictions.jsonl holds the probabilities)",
+        )
     if not info.get("adapter", True):
         raise RunError(
             f"{run_dir} holds a whole fine-tuned model (train.method={info.get('method')}), not an adapter; the "

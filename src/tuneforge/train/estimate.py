@@ -24,8 +24,8 @@ from tuneforge.config import RunConfig
 from tuneforge.data.records import Record
 from tuneforge.data.tokenize import Encoded, encode_chat
 from tuneforge.models import load_tokenizer, pick_device
+from tuneforge.train.lm import collate, loss_sum
 from tuneforge.train.loop import autocast, optimizer_step, resolve_precision, setup_model
-from tuneforge.train.tasks import collate, loss_sum
 
 PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
 
@@ -110,9 +110,7 @@ def _eval_seconds_per_token(
     model: Any, tokenizer: Any, ids: list[int], fetch: Callable[[int], Record], pad_id: int, device: str, precision: str
 ) -> float:
     batch = collate([_encode(tokenizer, fetch(k)) for k in ids], pad_id)
-    batch = type(batch)(
-        batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device), 0, batch.n_tokens
-    )
+    batch = batch.to(device)
     model.eval()
     start = time.perf_counter()
     with autocast(device, precision):

@@ -24,14 +24,15 @@ from transformers import (
 )
 
 from tuneforge.config import RunConfig
-from tuneforge.data.tokenize import IGNORE_INDEX, Encoded
+from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models import load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
 from tuneforge.train.auto import Hyper, resolve, resolve_batch
+from tuneforge.train.classify import class_labels
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.parallel import Parallel, detect
-from tuneforge.train.tasks import TASKS, Batch, collate_step, loss_sum, mean_loss, step_groups
+from tuneforge.train.tasks import TASKS, Batch, Task, collate_step, group_losses, step_groups
 from tuneforge.train.tracking import Trackers
 
 MODEL_DIR = "model"
@@ -89,19 +90,19 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         torch.set_num_threads(cfg.train.threads)
     precision = resolve_precision(cfg.train.precision, device)
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
+    task = TASKS[cfg.train.task]
     train_set, val_set = _load_splits(data_dir, tokenizer, cfg)
     if cfg.train.early_stopping_patience and not val_set:
         raise ConfigError(
             "train.early_stopping_patience needs a validation split, and this run has none",
             "prepare with data.val_size > 0, or unset train.early_stopping_patience",
         )
-    lengths = [len(e.input_ids) for e in train_set]
-    share = 0.5  # the loss tokens' share of all tokens matters only to the auto batch size: counted only then
-    if cfg.train.batch_size == "auto":
-        share = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in train_set) / max(sum(lengths), 1)
-    model, hp = setup_model(cfg, device, precision, log, lengths, share)
-    _check_memory(model, train_set, hp.batch_size, device, precision, log)
     pad_id = int(tokenizer.pad_token_id)
+    lengths = [task.length(e) for e in train_set]
+    model, hp = setup_model(cfg, device, precision, log, lengths, _loss_share(task, train_set, pad_id))
+    _check_memory(model, task, train_set, hp.batch_size, device, precision, log)
+    if task.setup is not None:
+        task.setup(model, {"train": train_set, "val": val_set}, cfg, device, pad_id, checkpoint is None, log)
     per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum * par.world))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -124,7 +125,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     bar = tqdm(
         total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=not par.main
     )
-    stream = _endless_steps(train_set, cfg, hp.batch_size, pad_id, state.step, par)
+    stream = _endless_steps(task, train_set, cfg, hp.batch_size, pad_id, state.step, par)
     with metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
             group, n_loss, n_tokens, n_examples = next(stream)
@@ -134,7 +135,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             every = cfg.train.eval_steps or per_epoch
             if val_set and (state.step % every == 0 or state.step == total_steps):
                 inner = par.unwrap(model)
-                row["val_loss"] = _validate(inner, val_set, state, cfg, hp.batch_size, device, precision, pad_id, par)
+                row.update(_validate(inner, val_set, state, cfg, hp.batch_size, device, precision, pad_id, par))
                 bar.write(f"step {state.step}: val_loss {state.val_loss}")
             if metrics is not None:
                 metrics.write(json.dumps(row) + "\n")
@@ -172,9 +173,12 @@ def setup_model(
 ) -> tuple[Any, Hyper]:
     """The base model wrapped by the training method, and the hyperparameters with every "auto" resolved
     (`lengths`: token counts of the training examples; `loss_share`: the part of their tokens that carry loss)."""
-    method = METHODS[cfg.train.method]
+    method, task = METHODS[cfg.train.method], TASKS[cfg.train.task]
     options = method.load_options(device) if method.load_options else None
-    base = load_model(cfg.model.name, cfg.model.revision, device=device, options=options)
+    labels = class_labels(cfg) if task.head == "classifier" else None
+    base = load_model(cfg.model.name, cfg.model.revision, device=device, options=options, labels=labels)
+    if labels is not None:
+        log(f"classification head: {len(labels)} classes {labels[:10]}")
     hp, notes = resolve(cfg, len(lengths), sum(p.numel() for p in base.parameters()))
     model = method.apply(base, cfg.train, hp)
     if cfg.train.gradient_checkpointing:
@@ -194,13 +198,16 @@ def setup_model(
     return model, hp
 
 
-def _check_memory(model: Any, train_set: list[Encoded], batch_size: int, device: str, precision: str, log: Any) -> None:
+def _check_memory(
+    model: Any, task: Task, train_set: list[Any], batch_size: int, device: str, precision: str, log: Any
+) -> None:
     """Log the memory training will need at its peak; refuse before the first step when it cannot fit."""
     from tuneforge.train.estimate import available_memory, memory_need
 
-    longest = sorted(train_set, key=lambda e: len(e.input_ids))[-batch_size:]
-    loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)
-    need = memory_need(model, len(longest), len(longest[-1].input_ids), loss_tokens, precision)
+    longest = sorted(train_set, key=task.length)[-batch_size:]
+    batch = task.collate(longest, 0)
+    rows, width = batch.input_ids.shape
+    need = memory_need(model, rows, width, _logit_rows(batch), precision)
     have = available_memory(device)
     gib = {k: v / 2**30 for k, v in need.items()}
     log(
@@ -216,19 +223,26 @@ def _check_memory(model: Any, train_set: list[Encoded], batch_size: int, device:
         )
 
 
-def _load_splits(data_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[list[Encoded], list[Encoded]]:
-    """Encoded train and validation splits of the run's task (validation may be empty)."""
-    load, block = TASKS[cfg.train.task], block_size(cfg)
-    train_set = load(data_dir / "train.jsonl", tokenizer, block)
-    val_set = load(data_dir / "val.jsonl", tokenizer, block) if (data_dir / "val.jsonl").is_file() else []
+def _load_splits(data_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[list[Any], list[Any]]:
+    """The task's examples of the train split (mixed, for a task that mixes) and of the validation split."""
+    task = TASKS[cfg.train.task]
+    train_set = task.load(data_dir / "train.jsonl", tokenizer, cfg)
+    val_path = data_dir / "val.jsonl"
+    val_set = task.load(val_path, tokenizer, cfg) if val_path.is_file() else []
     if not train_set:
         raise TrainingError(f"{data_dir / 'train.jsonl'} holds no examples", "run `tuneforge prepare` with more data")
-    return train_set, val_set
+    return (task.mix(train_set, cfg) if task.mix else train_set), val_set
 
 
-def block_size(cfg: RunConfig) -> int:
-    """Tokens per packed block of the pretrain task."""
-    return cfg.train.block_size or cfg.data.max_seq_len
+def _logit_rows(batch: Batch) -> int:
+    """Positions of a batch where the vocabulary-wide output layer runs (none for a classification head)."""
+    return int((batch.labels != IGNORE_INDEX).sum()) if batch.labels.dim() == 2 else 0
+
+
+def _loss_share(task: Task, examples: list[Any], pad_id: int) -> float:
+    """The share of tokens where the output layer runs (from up to 256 examples): for the auto batch size."""
+    batch = task.collate(examples[:256], pad_id)
+    return _logit_rows(batch) / max(batch.n_tokens, 1)
 
 
 def _silent(*args: Any) -> None:
@@ -280,7 +294,7 @@ class _State:
 
 def _validate(
     model: Any,
-    val_set: list[Encoded],
+    val_set: list[Any],
     state: _State,
     cfg: RunConfig,
     batch_size: int,
@@ -288,17 +302,19 @@ def _validate(
     precision: str,
     pad_id: int,
     par: Parallel,
-) -> float:
-    """Score the validation split; track the best score (saving its weights when early stopping is on)."""
+) -> dict[str, float]:
+    """Score the validation split (per task too, for multitask); track the best score (saving its weights when
+    early stopping is on). Returns the metrics.jsonl fields."""
     with autocast(device, precision):
-        state.val_loss = round(mean_loss(model, val_set, batch_size, pad_id), 5)
+        losses = group_losses(model, TASKS[cfg.train.task], val_set, cfg, batch_size, pad_id, device)
+    state.val_loss = round(losses.pop(""), 5)
     if state.best_val is None or state.val_loss < state.best_val - cfg.train.early_stopping_min_delta:
         state.best_val, state.best_step, state.bad_evals = state.val_loss, state.step, 0
         if cfg.train.early_stopping_patience and par.main:
             _save_weights(model, cfg.run_dir / BEST)
     else:
         state.bad_evals += 1
-    return state.val_loss
+    return {"val_loss": state.val_loss, **{f"val_loss_{g}": round(v, 5) for g, v in sorted(losses.items())}}
 
 
 def _save_weights(model: Any, target: Path) -> None:
@@ -320,22 +336,21 @@ def _swap_in(tmp: Path, final: Path) -> None:
 
 
 def _endless_steps(
-    train_set: list[Encoded], cfg: RunConfig, batch_size: int, pad_id: int, done: int, par: Parallel
-) -> Iterator[tuple[list[Batch], int, int, int]]:
+    task: Task, train_set: list[Any], cfg: RunConfig, batch_size: int, pad_id: int, done: int, par: Parallel
+) -> Iterator[tuple[list[Batch], float, int, int]]:
     """Optimizer steps epoch after epoch (the step budget decides when to stop), the first `done` skipped.
 
-    Each step: this process's micro-batches, and the loss tokens, tokens and examples of the whole step across
+    Each step: this process's micro-batches, and the loss units, tokens and examples of the whole step across
     all processes (every process sees the step's full list of examples, so no communication is needed).
     """
-    lengths = [len(e.input_ids) for e in train_set]
+    lengths = [task.length(e) for e in train_set]
     per_step, epoch = batch_size * cfg.train.grad_accum * par.world, 0
     while True:
         groups = step_groups(lengths, per_step, seed=cfg.train.seed + epoch)
         for group in groups[done:]:
             examples = [train_set[i] for i in group]
-            n_loss = sum(sum(1 for t in e.labels[1:] if t != IGNORE_INDEX) for e in examples)
-            mine = collate_step(par.shard(examples), batch_size, pad_id)
-            yield mine, n_loss, sum(lengths[i] for i in group), len(group)
+            mine = collate_step(task, par.shard(examples), batch_size, pad_id)
+            yield mine, sum(task.units(e) for e in examples), sum(lengths[i] for i in group), len(group)
         done = max(0, done - len(groups))
         epoch += 1
 
@@ -349,27 +364,23 @@ def optimizer_step(
     cfg: RunConfig,
     device: str,
     precision: str,
-    n_loss: int | None = None,
+    n_loss: float | None = None,
     par: Parallel | None = None,
 ) -> float:
     """One optimizer step over the micro-batches of `group`; returns its loss.
 
-    `n_loss`: loss tokens of the whole step over all processes (default: those of `group`).
+    `n_loss`: loss units of the whole step over all processes (default: those of `group`).
     """
-    # Normalise by all loss tokens of the step, so accumulation (and data parallelism) equals one big batch.
-    n_loss = max(1, n_loss if n_loss is not None else sum(b.n_loss_tokens for b in group))
+    # Normalise by all loss units of the step, so accumulation (and data parallelism) equals one big batch.
+    n_loss = n_loss if n_loss is not None else sum(b.n_loss for b in group)
+    n_loss = n_loss if n_loss > 0 else 1.0
     world = par.world if par is not None else 1  # the engine averages gradients over processes: undo that
+    task = TASKS[cfg.train.task]
     total = 0.0
     for batch in group:
-        batch = Batch(
-            batch.input_ids.to(device),
-            batch.attention_mask.to(device),
-            batch.labels.to(device),
-            batch.n_loss_tokens,
-            batch.n_tokens,
-        )
+        batch = batch.to(device)
         with autocast(device, precision):
-            loss = loss_sum(model, batch) / n_loss
+            loss = task.loss(model, batch, cfg) / n_loss
         (loss * world).backward()
         total += float(loss.detach())
     if par is not None:
@@ -505,6 +516,7 @@ def save_model(run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig) -> Pat
             "revision": cfg.model.revision,
             "method": cfg.train.method,
             "adapter": METHODS[cfg.train.method].adapter,
+            "task": cfg.train.task,
             "run": cfg.name,
         },
     )

@@ -51,7 +51,8 @@ def _lora_config(cfg: TrainConfig, hp: Hyper, dora: bool = False) -> LoraConfig:
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
         use_dora=dora,
-        task_type="CAUSAL_LM",
+        # SEQ_CLS: PEFT trains and saves the new classification head ("score"/"classifier") in full
+        task_type="SEQ_CLS" if cfg.task == "classify" else "CAUSAL_LM",
     )
 
 
@@ -113,7 +114,8 @@ def apply_full(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
 def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     """Only the last `train.trainable_layers` decoder layers and the modules named by `train.trainable_modules`
     train; everything else stays as it was."""
-    if not cfg.trainable_layers and not cfg.trainable_modules:
+    heads = [n for n in HEADS if cfg.task == "classify" and isinstance(getattr(model, n, None), torch.nn.Module)]
+    if not cfg.trainable_layers and not cfg.trainable_modules and not heads:
         raise ConfigError(
             "train.method=freeze with nothing to train",
             "set train.trainable_layers (e.g. 2: the last two layers) and/or train.trainable_modules (e.g. [lm_head])",
@@ -131,7 +133,7 @@ def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
         for param in layer.parameters():
             param.requires_grad_(True)
     unmatched = []
-    for pattern in cfg.trainable_modules:
+    for pattern in [*cfg.trainable_modules, *heads]:  # a new classification head always trains
         hits = [m for name, m in model.named_modules() if name == pattern or re.fullmatch(pattern, name)]
         if not hits:
             unmatched.append(pattern)
@@ -147,9 +149,23 @@ def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     return model
 
 
+HEADS = ("score", "classifier")  # what transformers calls the classification head of decoders and encoders
+LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "bert.encoder.layer",
+    "roberta.encoder.layer",
+    "deberta.encoder.layer",
+    "distilbert.transformer.layer",
+    "model.encoder.layers",
+)
+
+
 def _decoder_layers(model: Any) -> Any:
-    """The list of transformer blocks of a causal LM (model.model.layers for Llama-style models)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+    """The list of transformer blocks (model.model.layers for Llama-style models, bert.encoder.layer for BERT)."""
+    for path in LAYER_PATHS:
         node = model
         for part in path.split("."):
             node = getattr(node, part, None)

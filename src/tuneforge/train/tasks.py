@@ -1,100 +1,97 @@
-"""Training tasks: how a prepared split becomes training examples. A registry from `train.task`.
+"""Training tasks: a registry from `train.task` to how a prepared split becomes batches and a loss.
 
-`sft`: chat examples, loss on assistant tokens only. `pretrain`: continued pre-training (domain adaptation) on
-text records, concatenated (each document closed by the end-of-text token) and cut into blocks of
-`train.block_size` tokens, loss on every token.
+A task reads the rows of a prepared split into examples, collates examples into a `Batch`, and sums its loss
+over a batch's loss units: tokens for the language-modelling tasks (`sft`, `pretrain`, see lm.py), examples
+weighted by class for `classify` (classify.py), preference pairs for `dpo` (dpo.py). The training loop divides
+each step's summed loss by the step's units, so gradient accumulation and data parallelism equal one big batch
+whatever the task. `multitask` (multitask.py) mixes the language-modelling tasks of several datasets.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase
 
-from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_chat
+from tuneforge.config import RunConfig
 from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
 
 
 @dataclass
 class Batch:
-    """A padded batch and its number of loss tokens."""
+    """Collated examples: padded tensors, the loss units they carry and their real (non-padding) tokens.
+
+    `position_ids` is set for packed rows (several examples in one row, positions restarting at each);
+    `extra` holds what a task's loss needs besides (class weights, reference log-probabilities).
+    """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     labels: torch.Tensor
-    n_loss_tokens: int
+    n_loss: float
     n_tokens: int
+    position_ids: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: str) -> Batch:
+        """The same batch with its tensors on `device`."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=move(self.attention_mask),
+            labels=self.labels.to(device),
+            position_ids=move(self.position_ids),
+            extra={k: v.to(device) for k, v in self.extra.items()},
+        )
 
 
-def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase, block_size: int = 0) -> list[Encoded]:
-    """Encode a prepared split (data/<split>.jsonl) for supervised fine-tuning."""
-    rows = _rows_with(
-        path,
-        "messages",
-        "chat examples",
-        "train.task=sft needs chat data (messages, alpaca, sharegpt or prompt/completion); for raw text or "
-        "documents set train.task=pretrain",
-    )
-    return [encode_chat(tokenizer, row["messages"], row.get("tools")) for row in rows]
+@dataclass(frozen=True)
+class Task:
+    """What one `train.task` does with data and model.
+
+    load(path, tokenizer, cfg) -> examples of a prepared split; collate(examples, pad_id) -> Batch;
+    loss(model, batch, cfg) -> the loss summed over the batch's units; units(example) -> the loss units one
+    example carries; length(example) -> its tokens (for length grouping and memory); head: the model class.
+    Any example has `input_ids`.
+    """
+
+    load: Callable[[Path, Any, RunConfig], list[Any]]
+    collate: Callable[[list[Any], int], Batch]
+    loss: Callable[[Any, Batch, RunConfig], torch.Tensor]
+    units: Callable[[Any], float]
+    length: Callable[[Any], int]
+    head: Literal["causal", "classifier"] = "causal"
+    generative: bool = True  # evaluation generates answers (else it scores the head or pairs)
+    # setup(model, splits, cfg, device, pad_id, fresh, log): once before the first step (dpo's reference)
+    setup: Callable[[Any, dict[str, list[Any]], RunConfig, str, int, bool, Any], None] | None = None
+    mix: Callable[[list[Any], RunConfig], list[Any]] | None = None  # resamples the training split (multitask)
+    group: Callable[[Any], str] | None = None  # the group an example is scored under (multitask: its task)
 
 
-def load_pretrain(path: Path, tokenizer: PreTrainedTokenizerBase, block_size: int) -> list[Encoded]:
-    """Text records of a prepared split as consecutive blocks of `block_size` tokens (the last may be shorter)."""
-    rows = _rows_with(
-        path,
-        "text",
-        "text records",
-        "train.task=pretrain reads raw text, documents or code (data.format=text or a folder); "
-        "for chat data set train.task=sft",
-    )
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in tokenizer([row["text"] for row in rows], add_special_tokens=False)["input_ids"] if rows else []:
-        stream += [*ids, eos] if eos is not None else ids
-    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)]
-    return [Encoded(b, list(b)) for b in blocks if len(b) > 1]
+TASKS: dict[str, Task] = {}
 
 
-def _rows_with(path: Path, key: str, what: str, hint: str) -> list[dict[str, Any]]:
+def register(name: str, task: Task) -> Task:
+    """Add a task to the registry under `name`."""
+    TASKS[name] = task
+    return task
+
+
+def rows_with(path: Path, key: str, what: str, hint: str) -> list[dict[str, Any]]:
     """The rows of a prepared split, which must be of the kind the task reads (they carry `key`)."""
     rows = read_jsonl(path)
     if rows and key not in rows[0]:
         raise DataError(f"{path}: the prepared data are not {what} (keys: {sorted(rows[0])})", hint)
     return rows
-
-
-TASKS: dict[str, Callable[[Path, PreTrainedTokenizerBase, int], list[Encoded]]] = {
-    "sft": load_sft,
-    "pretrain": load_pretrain,
-}
-
-
-def collate(examples: list[Encoded], pad_id: int) -> Batch:
-    """Right-pad a list of examples into tensors."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
-        mask[row, :n] = 1
-    n_loss = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    return Batch(ids, mask, labels, n_loss, int(mask.sum()))
-
-
-def steps(examples: list[Encoded], batch_size: int, grad_accum: int, pad_id: int, seed: int) -> Iterator[list[Batch]]:
-    """One epoch of optimizer steps, each a list of up to `grad_accum` micro-batches; depends only on `seed`."""
-    for group in step_groups([len(e.input_ids) for e in examples], batch_size * grad_accum, seed):
-        yield collate_step([examples[i] for i in group], batch_size, pad_id)
 
 
 def step_groups(lengths: list[int], per_step: int, seed: int) -> list[list[int]]:
@@ -116,49 +113,50 @@ def step_groups(lengths: list[int], per_step: int, seed: int) -> list[list[int]]
     return groups
 
 
-def collate_step(examples: list[Encoded], batch_size: int, pad_id: int) -> list[Batch]:
+def collate_step(task: Task, examples: list[Any], batch_size: int, pad_id: int) -> list[Batch]:
     """The micro-batches of one optimizer step."""
-    return [collate(examples[j : j + batch_size], pad_id) for j in range(0, len(examples), batch_size)]
+    return [task.collate(examples[j : j + batch_size], pad_id) for j in range(0, len(examples), batch_size)]
 
 
-# Architectures whose logits are exactly lm_head(final hidden state): no soft-capping, no logit scale.
-PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo2", "starcoder2"})
-
-
-def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed next-token cross-entropy over the loss tokens of a batch.
-
-    The 49k-wide output layer runs only where a label follows: never on the prompt (often half of a chat
-    example) nor on padding. For plain-head architectures it runs on exactly the labelled positions; for others on
-    the sequence positions where some row has a label. Both equal the full computation (tests check it), and
-    bench/train_speed.py measures the gain against the standard `labels=` call.
-    """
-    targets = batch.labels[:, 1:]
-    wanted = targets != IGNORE_INDEX
-    wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)  # its forward syncs the gradients
-    inner: Any = model.module if wrapped else model
-    causal: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    if causal.config.model_type in PLAIN_HEAD and not wrapped:
-        hidden = causal.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        logits = causal.get_output_embeddings()(hidden[:, :-1][wanted]).float()
-        return F.cross_entropy(logits, targets[wanted], reduction="sum")
-    keep = wanted.any(dim=0).nonzero().squeeze(1)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep)
-    logits = out.logits.float()
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets[:, keep].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+def mean_loss(
+    model: Any, task: Task, examples: list[Any], cfg: RunConfig, batch_size: int, pad_id: int, device: str = "cpu"
+) -> float:
+    """The task's loss per unit over `examples` (no gradients, model in eval mode)."""
+    return group_losses(model, task, examples, cfg, batch_size, pad_id, device)[""]
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, examples: list[Encoded], batch_size: int, pad_id: int) -> float:
-    """Token-weighted mean loss of `examples` (no gradients, model in eval mode)."""
+def group_losses(
+    model: Any, task: Task, examples: list[Any], cfg: RunConfig, batch_size: int, pad_id: int, device: str = "cpu"
+) -> dict[str, float]:
+    """The loss per unit over all `examples` (key "") and, for a task with groups, over each group's."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id)
-        total += float(loss_sum(model, batch))
-        count += batch.n_loss_tokens
+    groups: dict[str, list[Any]] = {"": examples}
+    if task.group is not None:
+        for e in examples:
+            groups.setdefault(task.group(e), []).append(e)
+    sums: dict[str, list[float]] = {}
+    for name, members in groups.items():
+        if name == "" and task.group is not None:
+            continue  # the whole is the sum of the groups
+        total, count = 0.0, 0.0
+        for start in range(0, len(members), batch_size):
+            batch = task.collate(members[start : start + batch_size], pad_id).to(device)
+            total += float(task.loss(model, batch, cfg))
+            count += batch.n_loss
+        sums[name] = [total, count]
+    if task.group is not None:
+        sums[""] = [sum(t for t, _ in sums.values()), sum(c for _, c in sums.values())]
     model.train(was_training)
-    return total / max(count, 1)
+    return {name: t / c if c else 0.0 for name, (t, c) in sums.items()}
+
+
+def unwrap(model: Any) -> tuple[Any, bool]:
+    """The model inside a DistributedDataParallel wrapper (whose forward must run to sync gradients), and whether
+    it was wrapped."""
+    wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    return (model.module if wrapped else model), wrapped
+
+
+from tuneforge.train import classify, dpo, lm, multitask  # noqa: E402,F401  (each registers its tasks)

@@ -1,0 +1,143 @@
+"""The `classify` task: a sequence-classification head on an encoder (BERT-style) or decoder model.
+
+transformers' *ForSequenceClassification classes add the head (a new, randomly initialised linear layer; an
+encoder pools its first token, a decoder its last non-padding one). The loss is cross-entropy weighted per class
+(`train.class_weights`: 'balanced' gives each class the same total weight, as scikit-learn computes it), so a
+rare class is not drowned by a frequent one. LoRA and DoRA train the head in full beside the adapters (PEFT's
+modules_to_save); `freeze` always trains it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tuneforge.config import RunConfig
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.rundir import read_jsonl
+from tuneforge.train.tasks import Batch, Task, register, rows_with
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Labelled:
+    """Token ids of one text, its class index and the weight of its class in the loss."""
+
+    input_ids: list[int]
+    label: int
+    weight: float
+
+
+def class_labels(cfg: RunConfig) -> list[str]:
+    """The classes in head order: data.labels when given, else every label of the prepared splits, sorted."""
+    if cfg.data.labels:
+        return list(cfg.data.labels)
+    found: set[str] = set()
+    for split in SPLITS:
+        path = cfg.run_dir / "data" / f"{split}.jsonl"
+        if path.is_file():
+            found.update(str(row["label"]) for row in read_jsonl(path) if "label" in row)
+    return sorted(found)
+
+
+def class_weights(cfg: RunConfig, labels: list[str]) -> list[float]:
+    """The loss weight of each class (in `labels` order) from train.class_weights and the training split."""
+    choice = cfg.train.class_weights
+    if choice == "none":
+        return [1.0] * len(labels)
+    if isinstance(choice, dict):
+        unknown = sorted(set(choice) - set(labels))
+        if unknown:
+            raise ConfigError(
+                f"train.class_weights names classes the data do not have: {unknown}", f"the classes are {labels}"
+            )
+        return [float(choice.get(label, 1.0)) for label in labels]
+    from sklearn.utils.class_weight import compute_class_weight
+
+    counts = Counter(str(row["label"]) for row in read_jsonl(cfg.run_dir / "data" / "train.jsonl"))
+    present = [label for label in labels if counts[label]]
+    y = np.array([label for label, n in counts.items() for _ in range(n)])
+    balanced = dict(zip(present, compute_class_weight("balanced", classes=np.array(present), y=y), strict=True))
+    return [float(balanced.get(label, 1.0)) for label in labels]
+
+
+def load_classify(path: Path, tokenizer: Any, cfg: RunConfig) -> list[Labelled]:
+    """Encode a prepared split of classification records (text truncated to data.max_seq_len tokens)."""
+    rows = rows_with(
+        path,
+        "label",
+        "classification records",
+        "train.task=classify needs records with text and label (data.format=classification)",
+    )
+    labels = class_labels(cfg)
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({str(r["label"]) for r in rows} - set(index))
+    if unknown:
+        raise DataError(
+            f"{path}: labels {unknown[:5]} are not among data.labels {labels}",
+            "add them to data.labels, or remove those records",
+        )
+    weights = class_weights(cfg, labels)
+    encoded = tokenizer(
+        [r["text"] for r in rows], add_special_tokens=True, truncation=True, max_length=cfg.data.max_seq_len
+    )["input_ids"]
+    return [
+        Labelled(list(ids), index[str(r["label"])], weights[index[str(r["label"])]])
+        for ids, r in zip(encoded, rows, strict=True)
+    ]
+
+
+def collate(examples: list[Labelled], pad_id: int) -> Batch:
+    """Right-padded texts, their class indices and class weights."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        mask[row, : len(e.input_ids)] = 1
+    labels = torch.tensor([e.label for e in examples])
+    weights = torch.tensor([e.weight for e in examples], dtype=torch.float32)
+    return Batch(ids, mask, labels, float(weights.sum()), int(mask.sum()), extra={"weight": weights})
+
+
+def logits(model: Any, batch: Batch) -> torch.Tensor:
+    """Class logits (fp32) of a batch."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+
+
+def loss_sum(model: Any, batch: Batch, cfg: RunConfig | None = None) -> torch.Tensor:
+    """Cross-entropy of each example times its class weight, summed."""
+    per_example = F.cross_entropy(logits(model, batch), batch.labels, reduction="none")
+    return (per_example * batch.extra["weight"]).sum()
+
+
+@torch.no_grad()
+def probabilities(model: Any, examples: list[Labelled], batch_size: int, pad_id: int, device: str) -> np.ndarray:
+    """Softmax class probabilities of each example, shape (examples, classes)."""
+    model.eval()
+    out = [
+        torch.softmax(logits(model, collate(examples[i : i + batch_size], pad_id).to(device)), -1).cpu().numpy()
+        for i in range(0, len(examples), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+CLASSIFY = register(
+    "classify",
+    Task(
+        load_classify,
+        collate,
+        loss_sum,
+        lambda e: e.weight,
+        lambda e: len(e.input_ids),
+        head="classifier",
+        generative=False,
+    ),
+)

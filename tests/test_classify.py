@@ -1,0 +1,128 @@
+"""The classify task: a classification head on a BERT-style encoder and on a decoder, class weights, probabilities."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import review_rows, write_jsonl
+from safetensors.torch import load_file
+
+from tuneforge.data import prepare
+from tuneforge.errors import ConfigError, RunError
+from tuneforge.evaluation import evaluate
+from tuneforge.evaluation.evaluate import _models
+from tuneforge.models import load_model, load_tokenizer
+from tuneforge.rundir import read_jsonl
+from tuneforge.train import train
+from tuneforge.train.classify import CLASSIFY, class_weights, collate, loss_sum
+
+QUIET = {"log": lambda *a: None}
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("reviews") / "reviews.jsonl", review_rows(40, 40))
+
+
+def classify_config(tiny_config, model_dir: Path, data: Path, *extra: str):
+    return tiny_config(
+        f"model.name={model_dir}",
+        f"data.path={data}",
+        "train.task=classify",
+        "train.epochs=8",
+        "train.learning_rate=0.003",
+        "data.estimate=false",
+        "evaluate.limit=null",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoder", "method"),
+    [(True, "lora"), (True, "full"), (False, "lora"), (False, "freeze")],
+    ids=["bert-lora", "bert-full", "llama-lora", "llama-freeze"],
+)
+def test_classify_learns_the_reviews(
+    tiny_config, tiny_bert_dir: Path, tiny_model_dir: Path, reviews: Path, encoder: bool, method: str
+) -> None:
+    model_dir = tiny_bert_dir if encoder else tiny_model_dir
+    extra = ["train.trainable_layers=1"] if method == "freeze" else []
+    lr = {"lora": "train.learning_rate=0.003", "full": "train.learning_rate=0.002"}.get(
+        method, "train.learning_rate=0.01"
+    )
+    cfg = classify_config(tiny_config, model_dir, reviews, f"train.method={method}", lr, *extra)
+    prepare(cfg)
+    result = train(cfg, **QUIET)
+    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"] / 2, (rows[0]["loss"], rows[-1]["loss"])
+    report = evaluate(cfg, **QUIET)
+    assert report.scores["tuned"]["accuracy"] >= 0.9, report.scores
+    assert report.scores["majority"]["accuracy"] <= 0.6  # the baseline it must beat
+    predictions = read_jsonl(cfg.run_dir / "predictions.jsonl")
+    assert len(predictions) == report.n
+    for p in predictions:
+        assert set(p["probabilities"]) == {"neg", "pos"}
+        assert sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert p["prediction"] == max(p["probabilities"], key=p["probabilities"].get)
+    info = json.loads((result.model_dir / "tuneforge.json").read_text())
+    assert info["task"] == "classify"
+    if method == "freeze":  # the head and the last layer trained, the first layer and embeddings did not
+        saved = load_file(result.model_dir / "model.safetensors")
+        base = load_model(str(model_dir), labels=["neg", "pos"]).state_dict()
+        assert torch.equal(saved["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+        assert torch.equal(saved["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+        assert not torch.equal(saved["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
+        assert "score.weight" in saved
+
+
+def test_a_saved_classifier_reloads_and_merges_to_the_same_logits(
+    tiny_config, tiny_bert_dir: Path, reviews: Path
+) -> None:
+    cfg = classify_config(tiny_config, tiny_bert_dir, reviews, "train.epochs=1")
+    prepare(cfg)
+    train(cfg, **QUIET)
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    examples = CLASSIFY.load(cfg.run_dir / "data" / "test.jsonl", tokenizer, cfg)
+    batch = collate(examples, int(tokenizer.pad_token_id))
+    first, second = _models(cfg, cfg.run_dir / "model")["tuned"], _models(cfg, cfg.run_dir / "model")["tuned"]
+    with torch.no_grad():
+        a = first(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        b = second(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        merged = first.merge_and_unload()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.allclose(a, b, atol=1e-6)  # the head is saved with the adapter, not drawn anew
+    assert torch.allclose(merged, a, atol=1e-5)
+
+
+def test_class_weights_weigh_the_loss_as_torch_does(tiny_config, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "skewed.jsonl", review_rows(60, 12))
+    cfg = classify_config(tiny_config, tiny_bert_dir, data, "train.class_weights=balanced")
+    prepare(cfg)
+    train_rows = read_jsonl(cfg.run_dir / "data" / "train.jsonl")
+    n_neg = sum(r["label"] == "neg" for r in train_rows)
+    weights = class_weights(cfg, ["neg", "pos"])
+    assert weights[0] == pytest.approx(len(train_rows) / (2 * n_neg))  # n / (classes x count)
+    assert weights[0] > 2 * weights[1]
+    tokenizer = load_tokenizer(str(tiny_bert_dir))
+    model = load_model(str(tiny_bert_dir), labels=["neg", "pos"]).eval()
+    batch = collate(CLASSIFY.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, cfg)[:16], 0)
+    with torch.no_grad():
+        ours = loss_sum(model, batch) / batch.n_loss
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        reference = F.cross_entropy(logits, batch.labels, weight=torch.tensor(weights))
+    assert float(ours) == pytest.approx(float(reference), rel=1e-5)
+
+    with pytest.raises(ConfigError, match=r"class_weights names classes the data do not have: \['neutral'\]"):
+        class_weights(tiny_config(f"data.path={data}", "train.class_weights={neutral: 2}"), ["neg", "pos"])
+
+
+def test_a_classifier_is_not_served(tiny_config, tiny_bert_dir: Path, reviews: Path) -> None:
+    from tuneforge.serve.engine import _run_info
+
+    cfg = classify_config(tiny_config, tiny_bert_dir, reviews, "train.max_steps=1")
+    prepare(cfg)
+    train(cfg, **QUIET)
+    with pytest.raises(RunError, match="holds a classifier") as err:
+        _run_info(cfg.run_dir)
+    assert "tuneforge evaluate" in err.value.hint
