@@ -137,9 +137,11 @@ def _classifier(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any
 
 
 def _preference(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> EvalReport:
-    """dpo: how often each model gives the chosen answer a higher log-probability than the rejected one, the mean
-    margin, and (tuned vs base as the reference) the DPO loss and reward accuracy."""
+    """dpo: how often each model gives the chosen answer a higher log-probability per token than the rejected one
+    (per token: a longer answer is not penalised for its length), the mean margin per token, and (tuned against
+    base as the reference) the DPO loss and reward accuracy."""
     from tuneforge.train.dpo import answer_logps
+    from tuneforge.train.lm import loss_tokens
 
     pairs = TASKS["dpo"].load(cfg.run_dir / "data" / f"{cfg.evaluate.split}.jsonl", tokenizer, cfg)[: len(rows)]
     pad_id = int(tokenizer.pad_token_id)
@@ -149,8 +151,10 @@ def _preference(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any
         with use_adapter(model, None if variant == "base" else TUNED, merge=True):
             logps[variant] = np.array(answer_logps(model, pairs, cfg.evaluate.batch_size, pad_id, _device(model)))
     report = EvalReport(cfg.evaluate.split, len(rows))
+    lengths = np.array([[max(loss_tokens(p.chosen), 1), max(loss_tokens(p.rejected), 1)] for p in pairs])
     for variant, values in logps.items():
-        margin = values[:, 0] - values[:, 1]
+        per_token = values / lengths
+        margin = per_token[:, 0] - per_token[:, 1]
         report.scores[variant] = {
             "pair_accuracy": round(float((margin > 0).mean()), 4),
             "mean_margin": round(float(margin.mean()), 4),
