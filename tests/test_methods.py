@@ -1,21 +1,24 @@
-"""Every training method on the tiny model: the loss falls, what trains moved and what is frozen did not, the
-saved model reproduces the trained one, an adapter merges to the same logits; clear errors where a method
-cannot run."""
+"""Every training method x every task on the tiny model: the loss falls, what trains moved and what is frozen did
+not, the saved model reproduces the trained one, an adapter merges to the same logits; clear errors where a
+method cannot run."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_rows, write_jsonl
+from conftest import review_rows, toy_rows, write_jsonl
+from test_dpo import preference_rows
+from test_multitask import greeting_rows
+from test_pretrain import CLAUSES
 
 from tuneforge.data import prepare
 from tuneforge.errors import ConfigError
-from tuneforge.models import load_adapter, load_model, load_tokenizer
+from tuneforge.evaluation.evaluate import _models
+from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import train
-from tuneforge.train.lm import SFT, load_sft
 from tuneforge.train.methods import METHODS
-from tuneforge.train.tasks import mean_loss
+from tuneforge.train.tasks import TASKS, mean_loss
 
 METHOD_SETTINGS = {
     "lora": [],
@@ -23,32 +26,75 @@ METHOD_SETTINGS = {
     "full": ["train.learning_rate=0.002"],
     "freeze": ["train.trainable_layers=1", "train.trainable_modules=[model.norm]", "train.learning_rate=0.005"],
 }
+NO_NEAR = ["clean.near_dup_threshold=0", "clean.leakage_threshold=0"]  # templated data are near duplicates
+HEAD = "score"  # the new classification head of a decoder: drawn at random on every load, so not compared
 
 
-def _saved_model(model_dir: Path, base: Path) -> torch.nn.Module:
-    if (model_dir / "adapter_config.json").is_file():
-        return load_adapter(load_model(str(base)), model_dir, "t").eval()
-    return load_model(str(model_dir)).eval()
+def task_data(task: str, folder: Path) -> list[str]:
+    """The settings that give `task` a learnable toy set."""
+    if task == "sft":
+        return ["train.epochs=3"]
+    if task == "pretrain":
+        docs = [{"text": f"Vertrag {i}. " + " ".join(CLAUSES[j % 4] for j in range(i, i + 4))} for i in range(40)]
+        return [f"data.path={write_jsonl(folder / 'docs.jsonl', docs)}", "train.block_size=64", "train.epochs=3"]
+    if task == "classify":
+        return [f"data.path={write_jsonl(folder / 'reviews.jsonl', review_rows(40, 40))}", "train.epochs=8"]
+    if task == "dpo":  # lower learning rates: the summed log-probabilities of a pair move fast
+        return [f"data.path={write_jsonl(folder / 'pairs.jsonl', preference_rows(60))}", "train.epochs=2"]
+    colour, greet = (
+        write_jsonl(folder / "colour.jsonl", toy_rows(60)),
+        write_jsonl(folder / "g.jsonl", greeting_rows(20)),
+    )
+    datasets = f"data.datasets=[{{name: colour, path: {colour}}}, {{name: greet, path: {greet}}}]"
+    return ["data.path=null", datasets, "train.epochs=3"]
+
+
+LEARNING_RATES = {  # (task, method) -> learning rate where the method's default setting does not suit the task
+    ("classify", "lora"): 0.003,
+    ("classify", "dora"): 0.003,
+    ("classify", "freeze"): 0.01,
+    ("dpo", "lora"): 0.001,
+    ("dpo", "dora"): 0.001,
+    ("dpo", "full"): 0.0005,
+    ("dpo", "freeze"): 0.001,
+}
+
+
+def _validation_loss(cfg, model: torch.nn.Module, tokenizer) -> float:
+    """The run's task loss of `model` on the validation split (dpo: against the saved reference)."""
+    task = TASKS[cfg.train.task]
+    data = cfg.run_dir / "data"
+    val = task.load(data / "val.jsonl", tokenizer, cfg)
+    if task.setup is not None:
+        splits = {"train": task.load(data / "train.jsonl", tokenizer, cfg), "val": val}
+        task.setup(model, splits, cfg, "cpu", int(tokenizer.pad_token_id), False, lambda *a: None)
+    return mean_loss(model, task, val, cfg, 8, int(tokenizer.pad_token_id))
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
-def test_method_learns_moves_what_it_trains_and_reloads(method: str, tiny_config, tiny_model_dir: Path) -> None:
-    cfg = tiny_config(f"train.method={method}", "train.epochs=3", "data.estimate=false", *METHOD_SETTINGS[method])
+@pytest.mark.parametrize("task", ["sft", "pretrain", "classify", "dpo", "multitask"])
+def test_method_learns_moves_what_it_trains_and_reloads(
+    task: str, method: str, tiny_config, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = [*METHOD_SETTINGS[method], *task_data(task, tmp_path), *NO_NEAR]
+    if (task, method) in LEARNING_RATES:
+        settings.append(f"train.learning_rate={LEARNING_RATES[task, method]}")
+    cfg = tiny_config(f"train.task={task}", f"train.method={method}", "data.estimate=false", *settings)
     prepare(cfg)
     result = train(cfg, log=lambda *a: None)
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0]["loss"], sum(r["loss"] for r in rows[-3:]) / 3
-    assert last < 0.6 * first, (method, first, last)
+    assert last < 0.6 * first, (task, method, first, last)
 
     info = json.loads((cfg.run_dir / "model" / "tuneforge.json").read_text())
-    assert info["method"] == method and info["adapter"] == METHODS[method].adapter
-    saved = _saved_model(cfg.run_dir / "model", tiny_model_dir)
+    assert info["method"] == method and info["adapter"] == METHODS[method].adapter and info["task"] == task
+    saved = _models(cfg, cfg.run_dir / "model")["tuned"]
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, cfg)
     # the saved model scores the validation split exactly as the model did at the end of training
-    assert mean_loss(saved, SFT, val, cfg, 8, int(tokenizer.pad_token_id)) == pytest.approx(result.val_loss, abs=1e-4)
+    assert _validation_loss(cfg, saved, tokenizer) == pytest.approx(result.val_loss, abs=1e-4)
 
-    base = load_model(str(tiny_model_dir)).state_dict()
+    labels = ["neg", "pos"] if task == "classify" else None
+    base = {k: v for k, v in load_model(str(tiny_model_dir), labels=labels).state_dict().items() if HEAD not in k}
     if METHODS[method].adapter:
         tuned = {
             k.replace("base_model.model.", "").replace(".base_layer", ""): v
@@ -56,8 +102,9 @@ def test_method_learns_moves_what_it_trains_and_reloads(method: str, tiny_config
             if "lora_" not in k
         }
         assert all(torch.equal(tuned[k], v) for k, v in base.items()), "a frozen base weight changed"
+        assert any("lora_B" in k and v.abs().sum() > 0 for k, v in saved.state_dict().items())  # adapters moved
         merged = saved.merge_and_unload()
-        ids = torch.tensor([val[0].input_ids])
+        ids = torch.tensor([tokenizer("Item 7: what colour?")["input_ids"]])
         with torch.no_grad():
             assert torch.allclose(merged(input_ids=ids).logits, saved(input_ids=ids).logits, atol=1e-4)
     else:
