@@ -231,7 +231,7 @@ def _print_eval(report: object) -> None:
     table = Table(
         "metric",
         *report.scores,
-        title=f"base vs tuned; answers scored on the {report.split} split ({report.n} examples)",
+        title=f"{' vs '.join(report.scores)}; scored on the {report.split} split ({report.n} examples)",
     )
     for name, values in summary_rows(report):
         table.add_row(name, *values)

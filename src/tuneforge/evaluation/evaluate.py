@@ -126,6 +126,7 @@ def _classifier(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any
         [
             {
                 "source": r.get("source"),
+                "text": r["text"],
                 "reference": labels[t],
                 "prediction": labels[g],
                 "probabilities": {label: round(float(p), 5) for label, p in zip(labels, row, strict=True)},

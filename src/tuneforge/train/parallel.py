@@ -60,7 +60,3 @@ def detect(device: str) -> Parallel:
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")  # bf16 is our own autocast
     return Parallel(accelerator, accelerator.process_index, accelerator.num_processes)
 
-
-def is_wrapped(model: Any) -> bool:
-    """Whether `model` is a DistributedDataParallel wrapper (its forward must be called, not its parts')."""
-    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
