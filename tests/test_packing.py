@@ -70,3 +70,11 @@ def test_training_with_packing(tiny_config) -> None:
     assert result.steps < 3 * n_train / 2 / 2  # fewer rows than examples: packed
     assert rows[-1]["loss"] < rows[0]["loss"] / 2
     assert result.val_loss is not None and result.val_loss < rows[0]["loss"] / 2
+
+
+def test_packing_is_refused_where_it_means_nothing() -> None:
+    from tuneforge.config import load_config
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="packs chat examples .task sft or multitask., not task dpo"):
+        load_config(None, ["train.packing=true", "train.task=dpo"])

@@ -290,6 +290,15 @@ class TrainConfig(_Section):
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch (default: all cores).")
 
+    @model_validator(mode="after")
+    def _packing_needs_chat(self) -> TrainConfig:
+        if self.packing and self.task not in ("sft", "multitask"):
+            raise ValueError(
+                f"train.packing packs chat examples (task sft or multitask), not task {self.task}"
+                + (" (pretrain packs its blocks already)" if self.task == "pretrain" else "")
+            )
+        return self
+
 
 class EvalConfig(_Section):
     split: Literal["val", "test"] = Field("test", description="Held-out split to score.")
