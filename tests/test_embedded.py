@@ -104,6 +104,44 @@ def test_the_real_model_trains_with_each_method(method: str, lr: str, tmp_path: 
     assert result.val_loss < before, (method, before, result.val_loss)  # three steps already help on the task
 
 
+def test_the_real_model_learns_a_preference_with_dpo(tmp_path: Path) -> None:
+    from tuneforge.data import prepare
+    from tuneforge.train import train
+
+    rows = [  # the house style: a short formal German answer is preferred to a chatty English one
+        {
+            "prompt": f"Vertrag {i}: Wie lang ist die Kündigungsfrist?",
+            "chosen": f"Die Kündigungsfrist beträgt {i % 5 + 1} Monate.",
+            "rejected": f"Hey! So, your notice period is {i % 5 + 1} months, I think :)",
+        }
+        for i in range(24)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    cfg = load_config(
+        None,
+        [
+            f"data.path={data}",
+            f"output_dir={tmp_path}",
+            "name=dpo",
+            "train.task=dpo",
+            "train.learning_rate=5e-4",
+            "train.max_steps=4",
+            "train.batch_size=4",
+            "train.warmup_ratio=0",
+            "data.val_size=4",
+            "data.test_size=4",
+            "data.estimate=false",
+            "clean.near_dup_threshold=0",
+        ],
+    )
+    prepare(cfg)
+    result = train(cfg, log=lambda *a: None)
+    losses = [json.loads(line)["loss"] for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
+    assert result.val_loss is not None and result.val_loss < 0.6, (losses, result.val_loss)
+
+
 def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     """train's up-front memory estimate (from the model's shape) against prepare's measured peak (a real step)."""
     from tuneforge.data import prepare
@@ -122,3 +160,16 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     loss_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in longest)
     need = memory_need(model, 4, len(longest[-1].input_ids), loss_tokens, "fp32")["total"]
     assert 0.7 < need / measured < 1.3, (need / 2**30, measured / 2**30)
+
+
+def test_the_real_model_learns_the_review_classes(tmp_path: Path) -> None:
+    from tuneforge.data import prepare
+    from tuneforge.train import train
+
+    cfg = load_config(
+        ROOT / "configs" / "reviews.yaml", [f"output_dir={tmp_path}", "train.max_steps=16", "data.estimate=false"]
+    )
+    prepare(cfg)
+    result = train(cfg, log=lambda *a: None)
+    # chance is log(3) = 1.10 for three classes; one epoch (16 steps of 16 reviews) gets well below (0.85 measured)
+    assert result.val_loss is not None and result.val_loss < 0.95, result.val_loss

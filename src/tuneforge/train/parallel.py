@@ -59,4 +59,3 @@ def detect(device: str) -> Parallel:
 
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")  # bf16 is our own autocast
     return Parallel(accelerator, accelerator.process_index, accelerator.num_processes)
-
