@@ -39,7 +39,7 @@ def test_stages_one_by_one_then_the_whole_run(tiny_model_dir: Path, toy_data: Pa
     result = runner.invoke(app, ["evaluate", str(run_dir), "evaluate.limit=3"])
     assert result.exit_code == 0, result.output
     assert (
-        "answers scored on the test split (3 examples)" in result.output
+        "base vs tuned; scored on the test split (3 examples)" in result.output
         and "base" in result.output
         and "tuned" in result.output
     )
