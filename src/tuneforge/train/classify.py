@@ -136,7 +136,6 @@ CLASSIFY = register(
         collate,
         loss_sum,
         lambda e: e.weight,
-        lambda e: len(e.input_ids),
         head="classifier",
         generative=False,
     ),

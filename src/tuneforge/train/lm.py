@@ -161,9 +161,5 @@ def loss_tokens(example: Encoded) -> float:
     return float(sum(1 for t in example.labels[1:] if t != IGNORE_INDEX))
 
 
-def _length(example: Encoded) -> int:
-    return len(example.input_ids)
-
-
-SFT = register("sft", Task(load_sft, collate, loss_sum, loss_tokens, _length))
-PRETRAIN = register("pretrain", Task(load_pretrain, collate, loss_sum, loss_tokens, _length, generative=False))
+SFT = register("sft", Task(load_sft, collate, loss_sum, loss_tokens))
+PRETRAIN = register("pretrain", Task(load_pretrain, collate, loss_sum, loss_tokens, generative=False))

@@ -76,7 +76,6 @@ MULTITASK = register(
         collate,
         loss_sum,
         loss_tokens,
-        lambda e: len(e.input_ids),
         mix=mix,
         group=lambda e: e.task,
     ),

@@ -60,15 +60,15 @@ class Task:
 
     load(path, tokenizer, cfg) -> examples of a prepared split; collate(examples, pad_id) -> Batch;
     loss(model, batch, cfg) -> the loss summed over the batch's units; units(example) -> the loss units one
-    example carries; length(example) -> its tokens (for length grouping and memory); head: the model class.
-    Any example has `input_ids`.
+    example carries; length(example) -> its tokens (for length grouping and memory; by default those of its
+    `input_ids`); head: the model class.
     """
 
     load: Callable[[Path, Any, RunConfig], list[Any]]
     collate: Callable[[list[Any], int], Batch]
     loss: Callable[[Any, Batch, RunConfig], torch.Tensor]
     units: Callable[[Any], float]
-    length: Callable[[Any], int]
+    length: Callable[[Any], int] = lambda example: len(example.input_ids)
     head: Literal["causal", "classifier"] = "causal"
     generative: bool = True  # evaluation generates answers (else it scores the head or pairs)
     # setup(model, splits, cfg, device, pad_id, fresh, log): once before the first step (dpo's reference)
@@ -132,24 +132,18 @@ def group_losses(
     """The loss per unit over all `examples` (key "") and, for a task with groups, over each group's."""
     was_training = model.training
     model.eval()
-    groups: dict[str, list[Any]] = {"": examples}
-    if task.group is not None:
-        for e in examples:
-            groups.setdefault(task.group(e), []).append(e)
-    sums: dict[str, list[float]] = {}
+    groups: dict[str, list[Any]] = {}
+    for e in examples:
+        groups.setdefault(task.group(e) if task.group else "", []).append(e)
+    sums: dict[str, tuple[float, float]] = {}  # group -> (summed loss, units)
     for name, members in groups.items():
-        if name == "" and task.group is not None:
-            continue  # the whole is the sum of the groups
-        total, count = 0.0, 0.0
-        for start in range(0, len(members), batch_size):
-            batch = task.collate(members[start : start + batch_size], pad_id).to(device)
-            total += float(task.loss(model, batch, cfg))
-            count += batch.n_loss
-        sums[name] = [total, count]
-    if task.group is not None:
-        sums[""] = [sum(t for t, _ in sums.values()), sum(c for _, c in sums.values())]
+        batches = [
+            task.collate(members[i : i + batch_size], pad_id).to(device) for i in range(0, len(members), batch_size)
+        ]
+        sums[name] = (sum(float(task.loss(model, b, cfg)) for b in batches), sum(b.n_loss for b in batches))
     model.train(was_training)
-    return {name: t / c if c else 0.0 for name, (t, c) in sums.items()}
+    sums[""] = (sum(t for t, _ in sums.values()), sum(c for _, c in sums.values()))
+    return {name: total / count if count else 0.0 for name, (total, count) in sums.items()}
 
 
 def unwrap(model: Any) -> tuple[Any, bool]:
