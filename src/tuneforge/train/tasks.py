@@ -137,10 +137,12 @@ def group_losses(
         groups.setdefault(task.group(e) if task.group else "", []).append(e)
     sums: dict[str, tuple[float, float]] = {}  # group -> (summed loss, units)
     for name, members in groups.items():
-        batches = [
-            task.collate(members[i : i + batch_size], pad_id).to(device) for i in range(0, len(members), batch_size)
-        ]
-        sums[name] = (sum(float(task.loss(model, b, cfg)) for b in batches), sum(b.n_loss for b in batches))
+        total, units = 0.0, 0.0
+        for start in range(0, len(members), batch_size):
+            batch = task.collate(members[start : start + batch_size], pad_id).to(device)
+            total += float(task.loss(model, batch, cfg))
+            units += batch.n_loss
+        sums[name] = (total, units)
     model.train(was_training)
     sums[""] = (sum(t for t, _ in sums.values()), sum(c for _, c in sums.values()))
     return {name: total / count if count else 0.0 for name, (total, count) in sums.items()}
