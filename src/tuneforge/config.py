@@ -289,6 +289,21 @@ class TrainConfig(_Section):
         "kernels are slower or refuse to run).",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch (default: all cores).")
+    sharding: Literal["none", "fsdp"] = Field(
+        "none",
+        description="With several processes (torchrun / accelerate launch): 'none' keeps a whole model per process "
+        "(DistributedDataParallel); 'fsdp' shards weights, gradients and optimizer state across them (PyTorch "
+        "FSDP2), for models too large for one device.",
+    )
+
+    @model_validator(mode="after")
+    def _sharding_without_early_stopping(self) -> TrainConfig:
+        if self.sharding == "fsdp" and self.early_stopping_patience:
+            raise ValueError(
+                "train.early_stopping_patience with train.sharding=fsdp is not supported yet (the best weights "
+                "are not restored into a sharded model); stop by train.max_steps or epochs, or use sharding none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _packing_needs_chat(self) -> TrainConfig:

@@ -76,7 +76,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             f"train without --resume (checkpoints are written every train.save_steps={cfg.train.save_steps} steps)",
         )
     device = pick_device()
-    par = detect(device)
+    par = detect(device, cfg.train.sharding)
     if not par.main:
         log = _silent
     else:
@@ -105,21 +105,16 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         task.setup(model, {"train": train_set, "val": val_set}, cfg, device, pad_id, checkpoint is None, log)
     per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum * par.world))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
-    scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
-
-    metrics_path = run_dir / "metrics.jsonl"
-    state = _State()
+    if par.world > 1:
+        how = "weights, gradients and optimizer state sharded (FSDP2)" if par.sharded else "a whole model in each"
+        log(f"data parallel: {par.world} processes, {hp.batch_size} examples per process per micro-batch, {how}")
+    model, params, optimizer, scheduler, state = _optimization(model, cfg, hp, total_steps, checkpoint, par)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         log(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
+    metrics_path = run_dir / "metrics.jsonl"
     if par.main:
         _trim_metrics(metrics_path, state.step)
-    if par.world > 1:
-        log(f"data parallel: {par.world} processes, {hp.batch_size} examples per process per micro-batch")
     trackers = Trackers(cfg, active=par.main)
-    model = par.wrap(model)
     model.train()
     start = time.perf_counter() - state.elapsed
     bar = tqdm(
@@ -145,8 +140,8 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             bar.update(1)
             if state.step % cfg.train.save_steps == 0 and state.step < total_steps:
                 state.elapsed = time.perf_counter() - start
-                if par.main:
-                    save_checkpoint(run_dir, par.unwrap(model), optimizer, scheduler, state, cfg.train.save_total_limit)
+                keep = cfg.train.save_total_limit
+                save_checkpoint(run_dir, par.unwrap(model), optimizer, scheduler, state, keep, par)
                 par.barrier()
             if cfg.train.early_stopping_patience and state.bad_evals >= cfg.train.early_stopping_patience:
                 bar.write(
@@ -162,10 +157,27 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         _load_weights(model, run_dir / BEST)
         log(f"keeping the best model: step {state.best_step}, val_loss {state.best_val}")
         state.val_loss = state.best_val
-    model_dir = save_model(run_dir, model, tokenizer, cfg) if par.main else run_dir / MODEL_DIR
+    whole = par.full_state(model)  # a sharded model's weights, gathered by every process
+    model_dir = save_model(run_dir, model, tokenizer, cfg, whole) if par.main else run_dir / MODEL_DIR
     par.barrier()
     seconds = time.perf_counter() - start
     return TrainResult(model_dir, state.step, state.last_loss, state.val_loss, state.tokens, seconds, precision)
+
+
+def _optimization(
+    model: Any, cfg: RunConfig, hp: Hyper, total_steps: int, checkpoint: Path | None, par: Parallel
+) -> tuple[Any, list[Any], Any, Any, _State]:
+    """The model as the engine runs it, its trainable parameters, AdamW, the schedule and the progress, restored
+    from `checkpoint` when resuming (weights before the engine wraps the model, the rest after: FSDP2 replaces the
+    parameters by shards, so the optimizer is built on the wrapped model)."""
+    if checkpoint is not None:
+        _checkpoint_part(checkpoint, lambda: _load_weights(model, checkpoint))
+    model = par.wrap(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
+    scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
+    state = load_checkpoint(checkpoint, model, optimizer, scheduler, par) if checkpoint is not None else _State()
+    return model, params, optimizer, scheduler, state
 
 
 def setup_model(
@@ -414,22 +426,29 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[A
     return contextlib.nullcontext()
 
 
-def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: _State, keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: _State, keep: int, par: Parallel | None = None
+) -> Path:
     """Write checkpoints/step-N atomically (weights, optimizer, scheduler, RNG, progress); keep the newest `keep`.
 
-    The folder is written under a temporary name and renamed when complete: a run killed while saving leaves
-    the previous checkpoints intact and nothing that --resume would mistake for a checkpoint.
+    Every process calls it (a sharded model's state is gathered from all of them); the main one writes. The folder
+    is written under a temporary name and renamed when complete: a run killed while saving leaves the previous
+    checkpoints intact and nothing that --resume would mistake for a checkpoint.
     """
+    par = par or Parallel()
     root = run_dir / "checkpoints"
+    final = root / f"step-{state.step}"
+    weights, optimizer_state = par.full_state(model), par.optimizer_state(model, optimizer)
+    if not par.main:
+        return final
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+        {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
         tmp / "training_state.pt",
     )
     atomic_write_json(tmp / "trainer_state.json", {**state.to_json(), "python_rng": list(random.getstate()[1])})
-    final = root / f"step-{state.step}"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in _checkpoints(run_dir)[:-keep]:
@@ -450,23 +469,31 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> _State:
-    """Restore weights, optimizer, scheduler and RNG from a checkpoint; returns the progress it recorded."""
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, par: Parallel | None = None) -> _State:
+    """Restore optimizer, scheduler and RNG from a checkpoint (the weights are loaded before the model is wrapped);
+    returns the progress it recorded."""
 
-    try:
-        _load_weights(model, path)
+    def read() -> tuple[dict[str, Any], dict[str, Any]]:
         saved = torch.load(path / "training_state.pt", weights_only=True)
-        info = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        return saved, json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+
+    saved, info = _checkpoint_part(path, read)
+    (par or Parallel()).load_optimizer_state(model, optimizer, saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    random.setstate((3, tuple(info.pop("python_rng")), None))
+    return _State.from_json(info)
+
+
+def _checkpoint_part(path: Path, read: Callable[[], Any]) -> Any:
+    """read() a part of a checkpoint; a damaged checkpoint becomes a TrainingError that says what to do."""
+    try:
+        return read()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise TrainingError(
             f"checkpoint {path} cannot be loaded: {str(exc).splitlines()[0]}",
             "delete this checkpoint folder to resume from the one before, or train without --resume",
         ) from None
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
-    random.setstate((3, tuple(info.pop("python_rng")), None))
-    return _State.from_json(info)
 
 
 def _load_weights(model: Any, path: Path) -> None:
@@ -502,12 +529,14 @@ def _trim_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-def save_model(run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig) -> Path:
+def save_model(
+    run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig, state_dict: dict[str, Any] | None = None
+) -> Path:
     """Write the final adapter (PEFT) or whole model (full, freeze), safetensors, with tokenizer and chat template,
-    to runs/<name>/model atomically."""
+    to runs/<name>/model atomically (`state_dict`: a sharded model's gathered weights)."""
     final = run_dir / MODEL_DIR
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(
         tmp / RUN_INFO,

@@ -120,7 +120,7 @@ def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
             "train.method=freeze with nothing to train",
             "set train.trainable_layers (e.g. 2: the last two layers) and/or train.trainable_modules (e.g. [lm_head])",
         )
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     n_layers = len(layers)
     if cfg.trainable_layers > n_layers:
         raise ConfigError(
@@ -163,7 +163,7 @@ LAYER_PATHS = (
 )
 
 
-def _decoder_layers(model: Any) -> Any:
+def decoder_layers(model: Any) -> Any:
     """The list of transformer blocks (model.model.layers for Llama-style models, bert.encoder.layer for BERT)."""
     for path in LAYER_PATHS:
         node = model

@@ -149,10 +149,13 @@ def group_losses(
 
 
 def unwrap(model: Any) -> tuple[Any, bool]:
-    """The model inside a DistributedDataParallel wrapper (whose forward must run to sync gradients), and whether
-    it was wrapped."""
-    wrapped = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    return (model.module if wrapped else model), wrapped
+    """The model inside a DistributedDataParallel wrapper, and whether the engine's own forward must run (DDP's
+    syncs the gradients; an FSDP2-sharded model gathers its weights in the hooks of its top-level forward)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.module, True
+    return model, isinstance(model, FSDPModule)
 
 
 from tuneforge.train import classify, dpo, lm, multitask  # noqa: E402,F401  (each registers its tasks)
