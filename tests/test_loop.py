@@ -86,7 +86,7 @@ def test_deterministic_mode_reruns_bit_identically(tiny_config) -> None:
 def test_a_diverging_loss_stops_with_a_clear_message(tiny_config, monkeypatch) -> None:
     from dataclasses import replace
 
-    from tuneforge.train.loop import TrainingError
+    from tuneforge.errors import TrainingError
     from tuneforge.train.tasks import TASKS
 
     real, calls = TASKS["sft"].loss, []

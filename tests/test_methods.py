@@ -142,8 +142,8 @@ def test_freeze_settings_are_checked(settings: list[str], message: str, tiny_con
 
 
 def test_training_that_cannot_fit_is_refused_before_the_first_step(tiny_config, monkeypatch) -> None:
+    from tuneforge.errors import TrainingError
     from tuneforge.train import estimate
-    from tuneforge.train.loop import TrainingError
 
     cfg = tiny_config("data.estimate=false")
     prepare(cfg)

@@ -16,7 +16,7 @@ from tuneforge.cli import app
 from tuneforge.data import prepare
 from tuneforge.rundir import load_run
 from tuneforge.train import train
-from tuneforge.train.loop import latest_checkpoint
+from tuneforge.train.checkpoint import latest_checkpoint
 
 SETTINGS = ["train.epochs=12", "train.batch_size=4", "train.save_steps=10", "train.threads=1", "data.estimate=false"]
 

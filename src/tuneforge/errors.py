@@ -32,3 +32,7 @@ class ModelError(TuneforgeError):
 
 class RunError(TuneforgeError):
     """A run directory is missing, incomplete or from another model."""
+
+
+class TrainingError(TuneforgeError):
+    """Training cannot go on (for example the loss became NaN, or a checkpoint is damaged)."""

@@ -32,7 +32,7 @@ from tuneforge.data.report import Findings, render, token_stats
 from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL, assign, order_key
 from tuneforge.data.tokenize import count_tokens
 from tuneforge.data.validate import check_count, check_labels, check_length, check_privacy
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.errors import ConfigError, DataError, TrainingError
 from tuneforge.models import load_tokenizer
 from tuneforge.rundir import atomic_open, atomic_write_json, save_config
 
@@ -443,7 +443,6 @@ def _estimate(cfg: RunConfig, scan: _Scan, codes: np.ndarray) -> dict[str, Any]:
             f"(here: {scan.kind} data, train.task={cfg.train.task})"
         }
     from tuneforge.train.estimate import estimate_training
-    from tuneforge.train.loop import TrainingError
 
     tokens = np.asarray(scan.tokens, dtype=np.int64)
     train = np.flatnonzero(codes == TRAIN)

@@ -18,8 +18,8 @@ from tuneforge.evaluation.metrics import json_extraction, perplexity
 from tuneforge.generation import SamplingParams, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
+from tuneforge.train.checkpoint import MODEL_DIR
 from tuneforge.train.classify import class_labels
-from tuneforge.train.loop import MODEL_DIR
 from tuneforge.train.tasks import TASKS, group_losses
 
 TUNED = "tuned"

@@ -13,7 +13,7 @@ from typing import Any
 from tuneforge.errors import RunError
 from tuneforge.generation import Completion, Messages, SamplingParams, generate, stream, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
-from tuneforge.train.loop import MODEL_DIR, RUN_INFO
+from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
 
 
 @dataclass(frozen=True)

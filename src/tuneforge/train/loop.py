@@ -7,8 +7,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,28 +23,33 @@ from transformers import (
 
 from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
-from tuneforge.errors import ConfigError, TuneforgeError
+from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models import load_model, load_tokenizer, pick_device
-from tuneforge.rundir import atomic_write_json, atomic_write_text, require, save_config
+from tuneforge.rundir import atomic_write_text, require, save_config
 from tuneforge.train.auto import Hyper, resolve, resolve_batch
+from tuneforge.train.checkpoint import (
+    BEST,
+    MODEL_DIR,
+    Progress,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    restore_weights,
+    save_checkpoint,
+    save_model,
+    save_weights,
+)
 from tuneforge.train.classify import class_labels
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.parallel import Parallel, detect
 from tuneforge.train.tasks import TASKS, Batch, Task, collate_step, group_losses, step_groups
 from tuneforge.train.tracking import Trackers
 
-MODEL_DIR = "model"
-BEST = Path("checkpoints") / "best"  # weights of the best validation loss so far (with early stopping)
 SCHEDULES: dict[str, Callable[[Any, int, int], Any]] = {
     "cosine": get_cosine_schedule_with_warmup,
     "linear": get_linear_schedule_with_warmup,
     "constant": lambda optimizer, warmup, total: get_constant_schedule_with_warmup(optimizer, warmup),
 }
-RUN_INFO = "tuneforge.json"
-
-
-class TrainingError(TuneforgeError):
-    """Training cannot go on (for example the loss became NaN)."""
 
 
 @dataclass
@@ -154,7 +157,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     model = par.unwrap(model)
     if cfg.train.early_stopping_patience and state.best_step != state.step:
         par.barrier()
-        _load_weights(model, run_dir / BEST)
+        load_weights(model, run_dir / BEST)
         log(f"keeping the best model: step {state.best_step}, val_loss {state.best_val}")
         state.val_loss = state.best_val
     whole = par.full_state(model)  # a sharded model's weights, gathered by every process
@@ -166,17 +169,17 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
 
 def _optimization(
     model: Any, cfg: RunConfig, hp: Hyper, total_steps: int, checkpoint: Path | None, par: Parallel
-) -> tuple[Any, list[Any], Any, Any, _State]:
+) -> tuple[Any, list[Any], Any, Any, Progress]:
     """The model as the engine runs it, its trainable parameters, AdamW, the schedule and the progress, restored
     from `checkpoint` when resuming (weights before the engine wraps the model, the rest after: FSDP2 replaces the
     parameters by shards, so the optimizer is built on the wrapped model)."""
     if checkpoint is not None:
-        _checkpoint_part(checkpoint, lambda: _load_weights(model, checkpoint))
+        restore_weights(checkpoint, model)
     model = par.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
-    state = load_checkpoint(checkpoint, model, optimizer, scheduler, par) if checkpoint is not None else _State()
+    state = load_checkpoint(checkpoint, model, optimizer, scheduler, par) if checkpoint is not None else Progress()
     return model, params, optimizer, scheduler, state
 
 
@@ -261,53 +264,10 @@ def _silent(*args: Any) -> None:
     """The log of processes other than the main one."""
 
 
-class _State:
-    """Progress of one training run: steps, examples and tokens seen, latest losses (saved with checkpoints)."""
-
-    def __init__(self) -> None:
-        self.step = 0
-        self.examples = 0
-        self.tokens = 0
-        self.last_loss = float("nan")
-        self.val_loss: float | None = None
-        self.elapsed = 0.0
-        self.best_val: float | None = None
-        self.best_step = 0
-        self.bad_evals = 0  # evaluations since val_loss last improved
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> _State:
-        state = cls()
-        for key, value in data.items():
-            if hasattr(state, key):
-                setattr(state, key, value)
-        return state
-
-    def record(self, loss: float, examples: int, tokens: int) -> None:
-        self.step += 1
-        self.examples += examples
-        self.tokens += tokens
-        self.last_loss = loss
-
-    def row(self, lr: float, n_train: int, elapsed: float) -> dict[str, Any]:
-        """The metrics.jsonl line of the latest step."""
-        return {
-            "step": self.step,
-            "epoch": round(self.examples / n_train, 4),
-            "loss": round(self.last_loss, 5),
-            "lr": lr,
-            "tokens_per_s": round(self.tokens / elapsed, 1),
-            "elapsed_s": round(elapsed, 2),
-        }
-
-
 def _validate(
     model: Any,
     val_set: list[Any],
-    state: _State,
+    state: Progress,
     cfg: RunConfig,
     batch_size: int,
     device: str,
@@ -323,28 +283,10 @@ def _validate(
     if state.best_val is None or state.val_loss < state.best_val - cfg.train.early_stopping_min_delta:
         state.best_val, state.best_step, state.bad_evals = state.val_loss, state.step, 0
         if cfg.train.early_stopping_patience and par.main:
-            _save_weights(model, cfg.run_dir / BEST)
+            save_weights(model, cfg.run_dir / BEST)
     else:
         state.bad_evals += 1
     return {"val_loss": state.val_loss, **{f"val_loss_{g}": round(v, 5) for g, v in sorted(losses.items())}}
-
-
-def _save_weights(model: Any, target: Path) -> None:
-    """The trainable weights (adapter or whole model) to `target`, replaced atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".best-", dir=target.parent))
-    model.save_pretrained(tmp)
-    _swap_in(tmp, target)
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Put the finished folder `tmp` in the place of `final` (the old one goes only after the new one is in)."""
-    old = final.with_name(f".{final.name}-old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _endless_steps(
@@ -426,96 +368,6 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[A
     return contextlib.nullcontext()
 
 
-def save_checkpoint(
-    run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: _State, keep: int, par: Parallel | None = None
-) -> Path:
-    """Write checkpoints/step-N atomically (weights, optimizer, scheduler, RNG, progress); keep the newest `keep`.
-
-    Every process calls it (a sharded model's state is gathered from all of them); the main one writes. The folder
-    is written under a temporary name and renamed when complete: a run killed while saving leaves the previous
-    checkpoints intact and nothing that --resume would mistake for a checkpoint.
-    """
-    par = par or Parallel()
-    root = run_dir / "checkpoints"
-    final = root / f"step-{state.step}"
-    weights, optimizer_state = par.full_state(model), par.optimizer_state(model, optimizer)
-    if not par.main:
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
-    model.save_pretrained(tmp, state_dict=weights)
-    torch.save(
-        {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
-        tmp / "training_state.pt",
-    )
-    atomic_write_json(tmp / "trainer_state.json", {**state.to_json(), "python_rng": list(random.getstate()[1])})
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in _checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """Finished checkpoints, oldest first."""
-    root = run_dir / "checkpoints"
-    done = [p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()] if root.is_dir() else []
-    return sorted(done, key=lambda p: int(p.name[5:]))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest finished checkpoint of a run, or None."""
-    done = _checkpoints(run_dir)
-    return done[-1] if done else None
-
-
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, par: Parallel | None = None) -> _State:
-    """Restore optimizer, scheduler and RNG from a checkpoint (the weights are loaded before the model is wrapped);
-    returns the progress it recorded."""
-
-    def read() -> tuple[dict[str, Any], dict[str, Any]]:
-        saved = torch.load(path / "training_state.pt", weights_only=True)
-        return saved, json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-
-    saved, info = _checkpoint_part(path, read)
-    (par or Parallel()).load_optimizer_state(model, optimizer, saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
-    random.setstate((3, tuple(info.pop("python_rng")), None))
-    return _State.from_json(info)
-
-
-def _checkpoint_part(path: Path, read: Callable[[], Any]) -> Any:
-    """read() a part of a checkpoint; a damaged checkpoint becomes a TrainingError that says what to do."""
-    try:
-        return read()
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise TrainingError(
-            f"checkpoint {path} cannot be loaded: {str(exc).splitlines()[0]}",
-            "delete this checkpoint folder to resume from the one before, or train without --resume",
-        ) from None
-
-
-def _load_weights(model: Any, path: Path) -> None:
-    """Load saved weights into `model`: a PEFT adapter, or a whole model's safetensors (one file or shards)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    if (path / "adapter_model.safetensors").is_file():
-        set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
-        return
-    index = path / "model.safetensors.index.json"
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
-    )
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        state.update(load_file(path / name))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:  # a tied head is saved once
-        raise ValueError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-
 def _trim_metrics(path: Path, step: int) -> None:
     """Keep the metrics of steps up to `step` (all gone for a fresh run): a resumed run appends after them."""
     if step == 0 or not path.is_file():
@@ -527,27 +379,3 @@ def _trim_metrics(path: Path, step: int) -> None:
             if json.loads(line)["step"] <= step:
                 kept.append(line)
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-def save_model(
-    run_dir: Path, model: Any, tokenizer: Any, cfg: RunConfig, state_dict: dict[str, Any] | None = None
-) -> Path:
-    """Write the final adapter (PEFT) or whole model (full, freeze), safetensors, with tokenizer and chat template,
-    to runs/<name>/model atomically (`state_dict`: a sharded model's gathered weights)."""
-    final = run_dir / MODEL_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run_dir))
-    model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(
-        tmp / RUN_INFO,
-        {
-            "base_model": cfg.model.name,
-            "revision": cfg.model.revision,
-            "method": cfg.train.method,
-            "adapter": METHODS[cfg.train.method].adapter,
-            "task": cfg.train.task,
-            "run": cfg.name,
-        },
-    )
-    _swap_in(tmp, final)
-    return final
