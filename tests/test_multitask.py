@@ -78,6 +78,9 @@ def test_multitask_prepares_trains_and_scores_per_task(tiny_config, task_files: 
     assert sum(mixed.values()) == len(examples)
     expected = 3 * natural["greet"] / (3 * natural["greet"] + natural["colour"])
     assert mixed["greet"] / len(examples) == pytest.approx(expected, abs=0.02)  # weight 3 triples its share
+    hot = cfg.model_copy(update={"train": cfg.train.model_copy(update={"mixture_temperature": 1000.0})})
+    evened = Counter(e.task for e in mix(examples, hot))
+    assert evened["greet"] / len(examples) == pytest.approx(0.75, abs=0.02)  # sizes evened out, weight 3 of 4 left
 
     train(cfg, **QUIET)
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -143,7 +143,7 @@ def load_model(
         }
     auto: Any = AutoModelForSequenceClassification if head == "classifier" else AutoModelForCausalLM
     try:
-        with _quiet_new_head():
+        with _quiet_new_head() if head == "classifier" else contextlib.nullcontext():
             model: Any = auto.from_pretrained(
                 source.location, revision=source.revision, dtype=dtype, use_safetensors=True, **extra
             )

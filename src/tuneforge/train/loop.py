@@ -102,7 +102,9 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         )
     pad_id = int(tokenizer.pad_token_id)
     lengths = [task.length(e) for e in train_set]
-    model, hp = setup_model(cfg, device, precision, log, lengths, _loss_share(task, train_set, pad_id))
+    # the output layer's share of the tokens matters only to the auto batch size: counted only then
+    share = _loss_share(task, train_set, pad_id) if cfg.train.batch_size == "auto" else 0.5
+    model, hp = setup_model(cfg, device, precision, log, lengths, share)
     _check_memory(model, task, train_set, hp.batch_size, device, precision, log)
     if task.setup is not None:
         task.setup(model, {"train": train_set, "val": val_set}, cfg, device, pad_id, checkpoint is None, log)
