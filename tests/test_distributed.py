@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,18 +42,26 @@ def _torchrun(run_dir, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp"])
-def test_two_processes_train_like_one_with_the_same_global_batch(tiny_config, sharding: str) -> None:
+ENGINES = {"none": "a whole model in each", "fsdp": "sharded (FSDP2)", "zero2": "ZeRO stage 2", "zero3": "ZeRO stage 3"}
+
+
+@pytest.mark.parametrize(
+    ("sharding", "batch", "accum"), [("none", 4, 1), ("fsdp", 4, 1), ("zero2", 2, 2), ("zero3", 4, 1)]
+)
+def test_two_processes_train_like_one_with_the_same_global_batch(
+    tiny_config, sharding: str, batch: int, accum: int
+) -> None:
     single = tiny_config(*COMMON, "train.batch_size=8", "name=single")
     prepare(single)
     alone = train(single, log=lambda *a: None)
 
-    # 4 per process x 2 processes = 8
-    pair = tiny_config(*COMMON, "train.batch_size=4", "name=pair", f"train.sharding={sharding}")
+    # batch x accum per process x 2 processes = 8
+    options = [f"train.batch_size={batch}", f"train.grad_accum={accum}", f"train.sharding={sharding}"]
+    pair = tiny_config(*COMMON, *options, "name=pair")
     prepare(pair)
     done = _torchrun(pair.run_dir)
-    assert "data parallel: 2 processes, 4 examples per process" in done.stdout
-    assert ("sharded (FSDP2)" in done.stdout) == (sharding == "fsdp")
+    assert f"data parallel: 2 processes, {batch} examples per process" in done.stdout
+    assert ENGINES[sharding] in done.stdout
 
     one, two = _rows(single), _rows(pair)
     assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, alone.steps + 1))
@@ -68,22 +77,63 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tiny_config, sh
     )
 
 
-@pytest.mark.parametrize(("name", "kind"), [("ddp-gpus.yaml", "MULTI_GPU"), ("fsdp-gpus.yaml", "FSDP")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("ddp-gpus.yaml", "MULTI_GPU"),
+        ("fsdp-gpus.yaml", "FSDP"),
+        ("deepspeed-zero2-gpus.yaml", "DEEPSPEED"),
+        ("deepspeed-zero3-gpus.yaml", "DEEPSPEED"),
+    ],
+)
 def test_the_shipped_accelerate_configs_are_ones_accelerate_reads(name: str, kind: str) -> None:
-    from pathlib import Path
-
     from accelerate.commands.config.config_args import ClusterConfig
 
     config = ClusterConfig.from_yaml_file(Path(__file__).resolve().parents[1] / "configs" / "accelerate" / name)
     assert str(config.distributed_type).endswith(kind) and config.num_processes == 2 and not config.use_cpu
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
+    if kind == "DEEPSPEED":
+        assert f"zero{config.deepspeed_config['zero_stage']}" in name
+        assert config.deepspeed_config["offload_optimizer_device"] == "none"  # offloading is refused
 
 
-def test_a_sharded_run_resumes_from_its_checkpoint(tiny_config) -> None:
-    """FSDP2 checkpoints hold the gathered weights and optimizer state: resuming from an early one repeats the
-    later steps exactly as the uninterrupted sharded run made them."""
-    cfg = tiny_config(*COMMON, "train.batch_size=4", "name=sharded", "train.sharding=fsdp")
+def test_accelerate_launch_with_a_deepspeed_config_trains_with_its_stage(tiny_config, tmp_path) -> None:
+    """`accelerate launch` with a DeepSpeed config (here the CPU twin of the shipped ZeRO-3 one) runs the same
+    training: tuneforge takes DeepSpeed and its stage from the launch, with train.sharding left at none."""
+    import yaml
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "deepspeed-zero3-gpus.yaml"
+    launch = yaml.safe_load(shipped.read_text())
+    launch.update(gpu_ids=None, main_process_port=_free_port())
+    config_file = tmp_path / "deepspeed-cpu.yaml"
+    config_file.write_text(yaml.safe_dump(launch))
+    cfg = tiny_config(*COMMON, "train.batch_size=4", "train.epochs=1", "name=launched")
+    prepare(cfg)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    command += ["-m", "tuneforge", "train", str(cfg.run_dir)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "data parallel: 2 processes, 4 examples per process per micro-batch, DeepSpeed ZeRO stage 3" in done.stdout
+    assert (cfg.run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_sharding_that_contradicts_the_launch_is_refused(monkeypatch) -> None:
+    from tuneforge.errors import ConfigError
+    from tuneforge.train.parallel import detect
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="asks for DeepSpeed") as caught:
+        detect("cpu", "fsdp")
+    assert "fsdp-gpus.yaml" in caught.value.hint
+
+
+@pytest.mark.parametrize("sharding", ["fsdp", "zero2", "zero3"])
+def test_a_sharded_run_resumes_from_its_checkpoint(tiny_config, sharding: str) -> None:
+    """FSDP2 and DeepSpeed checkpoints hold the gathered weights and optimizer state: resuming from an early one
+    repeats the later steps exactly as the uninterrupted sharded run made them."""
+    cfg = tiny_config(*COMMON, "train.batch_size=4", "name=sharded", f"train.sharding={sharding}")
     prepare(cfg)
     _torchrun(cfg.run_dir)
     whole = _rows(cfg)
@@ -95,3 +145,20 @@ def test_a_sharded_run_resumes_from_its_checkpoint(tiny_config) -> None:
     again = _rows(cfg)
     assert [r["step"] for r in again] == [r["step"] for r in whole]
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in whole], rel=1e-5, abs=1e-6)
+
+
+def test_every_process_gets_as_many_micro_batches_even_in_a_short_step() -> None:
+    """Each backward is a collective operation: a process whose share of a short step (the end of an epoch) runs out
+    gets filler batches (loss counted zero) rather than fewer backwards, which would hang the others."""
+    from tuneforge.data.tokenize import Encoded
+    from tuneforge.train.lm import SFT
+    from tuneforge.train.tasks import collate_step
+
+    examples = [Encoded([1, 2, 3][: 1 + i % 3], [-100, 2, 3][: 1 + i % 3]) for i in range(5)]
+    first = collate_step(SFT, examples, 2, 0, rank=0, world=2)
+    second = collate_step(SFT, examples, 2, 0, rank=1, world=2)
+    assert [(b.input_ids.shape[0], b.filler) for b in first] == [(2, False), (1, False)]
+    assert [(b.input_ids.shape[0], b.filler) for b in second] == [(2, False), (1, True)]
+    alone = collate_step(SFT, examples[:1], 2, 0, rank=1, world=2)  # fewer examples than processes
+    assert [b.filler for b in alone] == [True]
+    assert [b.filler for b in collate_step(SFT, examples, 2, 0)] == [False] * 3  # one process: never a filler

@@ -289,19 +289,22 @@ class TrainConfig(_Section):
         "kernels are slower or refuse to run).",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch (default: all cores).")
-    sharding: Literal["none", "fsdp"] = Field(
+    sharding: Literal["none", "fsdp", "zero2", "zero3"] = Field(
         "none",
         description="With several processes (torchrun / accelerate launch): 'none' keeps a whole model per process "
         "(DistributedDataParallel); 'fsdp' shards weights, gradients and optimizer state across them (PyTorch "
-        "FSDP2), for models too large for one device.",
+        "FSDP2), for models too large for one device; 'zero2' / 'zero3' do it with DeepSpeed ZeRO stage 2 "
+        "(gradients and optimizer state) / 3 (weights too), needs tuneforge[deepspeed]. An accelerate config "
+        "with distributed_type FSDP or DEEPSPEED asks for the same.",
     )
 
     @model_validator(mode="after")
     def _sharding_without_early_stopping(self) -> TrainConfig:
-        if self.sharding == "fsdp" and self.early_stopping_patience:
+        if self.sharding != "none" and self.early_stopping_patience:
             raise ValueError(
-                "train.early_stopping_patience with train.sharding=fsdp is not supported yet (the best weights "
-                "are not restored into a sharded model); stop by train.max_steps or epochs, or use sharding none"
+                f"train.early_stopping_patience with train.sharding={self.sharding} is not supported yet (the best "
+                "weights are not restored into a sharded model); stop by train.max_steps or epochs, or use "
+                "sharding none"
             )
         return self
 

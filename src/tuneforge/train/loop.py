@@ -80,6 +80,12 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         )
     device = pick_device()
     par = detect(device, cfg.train.sharding)
+    if par.engine != "ddp" and cfg.train.early_stopping_patience:
+        raise ConfigError(
+            f"train.early_stopping_patience with {par.describe()} is not supported yet (the best weights are not "
+            "restored into a sharded model)",
+            "stop by train.max_steps or train.epochs, or train without sharding",
+        )
     if not par.main:
         log = _silent
     else:
@@ -111,8 +117,10 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum * par.world))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
     if par.world > 1:
-        how = "weights, gradients and optimizer state sharded (FSDP2)" if par.sharded else "a whole model in each"
-        log(f"data parallel: {par.world} processes, {hp.batch_size} examples per process per micro-batch, {how}")
+        log(
+            f"data parallel: {par.world} processes, {hp.batch_size} examples per process per micro-batch, "
+            f"{par.describe()}"
+        )
     model, params, optimizer, scheduler, state = _optimization(model, cfg, hp, total_steps, checkpoint, par)
     if checkpoint is not None:
         log(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
@@ -174,13 +182,15 @@ def _optimization(
 ) -> tuple[Any, list[Any], Any, Any, Progress]:
     """The model as the engine runs it, its trainable parameters, AdamW, the schedule and the progress, restored
     from `checkpoint` when resuming (weights before the engine wraps the model, the rest after: FSDP2 replaces the
-    parameters by shards, so the optimizer is built on the wrapped model)."""
+    parameters by shards, so the optimizer is built on the wrapped model; DeepSpeed wraps model and optimizer
+    together)."""
     if checkpoint is not None:
         restore_weights(checkpoint, model)
     model = par.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
     scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
+    model = par.start(model, optimizer, hp.batch_size, cfg.train.max_grad_norm)  # DeepSpeed's engine, if asked for
     state = load_checkpoint(checkpoint, model, optimizer, scheduler, par) if checkpoint is not None else Progress()
     return model, params, optimizer, scheduler, state
 
@@ -305,7 +315,7 @@ def _endless_steps(
         groups = step_groups(lengths, per_step, seed=cfg.train.seed + epoch)
         for group in groups[done:]:
             examples = [train_set[i] for i in group]
-            mine = collate_step(task, par.shard(examples), batch_size, pad_id)
+            mine = collate_step(task, examples, batch_size, pad_id, par.rank, par.world)
             yield mine, sum(task.units(e) for e in examples), sum(lengths[i] for i in group), len(group)
         done = max(0, done - len(groups))
         epoch += 1
@@ -330,26 +340,24 @@ def optimizer_step(
     # Normalise by all loss units of the step, so accumulation (and data parallelism) equals one big batch.
     n_loss = n_loss if n_loss is not None else sum(b.n_loss for b in group)
     n_loss = n_loss if n_loss > 0 else 1.0
-    world = par.world if par is not None else 1  # the engine averages gradients over processes: undo that
+    par = par or Parallel()
     task = TASKS[cfg.train.task]
     total = 0.0
-    for batch in group:
+    for i, batch in enumerate(group):
         batch = batch.to(device)
         with autocast(device, precision):
-            loss = task.loss(model, batch, cfg) / n_loss
-        (loss * world).backward()
+            loss = task.loss(model, batch, cfg) / n_loss * (0.0 if batch.filler else 1.0)
+        # the engine averages gradients over the processes, while the loss is already the whole step's: undo that
+        par.backward(model, loss * par.world, last=i == len(group) - 1)
         total += float(loss.detach())
-    if par is not None:
-        total = par.total(total)
+    total = par.total(total)
     if not math.isfinite(total):
         raise TrainingError(
             f"the training loss became {total} at step {scheduler.last_epoch + 1}",
             "lower train.learning_rate, or use train.precision=fp32",
         )
-    torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-    optimizer.step()
+    par.step(model, optimizer, params, cfg.train.max_grad_norm)
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     return total
 
 

@@ -9,6 +9,7 @@ whatever the task. `multitask` (multitask.py) mixes the language-modelling tasks
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,8 @@ class Batch:
     """Collated examples: padded tensors, the loss units they carry and their real (non-padding) tokens.
 
     `position_ids` is set for packed rows (several examples in one row, positions restarting at each);
-    `extra` holds what a task's loss needs besides (class weights, reference log-probabilities).
+    `extra` holds what a task's loss needs besides (class weights, reference log-probabilities). A `filler`
+    batch's loss counts zero: it only keeps processes in step (see `collate_step`).
     """
 
     input_ids: torch.Tensor
@@ -37,6 +39,7 @@ class Batch:
     n_tokens: int
     position_ids: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    filler: bool = False
 
     def to(self, device: str) -> Batch:
         """The same batch with its tensors on `device`."""
@@ -113,9 +116,20 @@ def step_groups(lengths: list[int], per_step: int, seed: int) -> list[list[int]]
     return groups
 
 
-def collate_step(task: Task, examples: list[Any], batch_size: int, pad_id: int) -> list[Batch]:
-    """The micro-batches of one optimizer step."""
-    return [task.collate(examples[j : j + batch_size], pad_id) for j in range(0, len(examples), batch_size)]
+def collate_step(
+    task: Task, examples: list[Any], batch_size: int, pad_id: int, rank: int = 0, world: int = 1
+) -> list[Batch]:
+    """The micro-batches of process `rank` (of `world`) in one optimizer step over `examples`.
+
+    Its share is every world-th example. Every process gets as many micro-batches as the largest share needs,
+    since each backward is a collective operation of the engine: a share that runs short (the last, smaller step
+    of an epoch) is topped up with filler batches, whose loss counts zero.
+    """
+    mine = examples[rank::world]
+    batches = [task.collate(mine[j : j + batch_size], pad_id) for j in range(0, len(mine), batch_size)]
+    needed = math.ceil(math.ceil(len(examples) / world) / batch_size)
+    filler = replace(task.collate(examples[:1], pad_id), filler=True)
+    return batches + [filler] * (needed - len(batches))
 
 
 def mean_loss(
@@ -149,11 +163,14 @@ def group_losses(
 
 
 def unwrap(model: Any) -> tuple[Any, bool]:
-    """The model inside a DistributedDataParallel wrapper, and whether the engine's own forward must run (DDP's
-    syncs the gradients; an FSDP2-sharded model gathers its weights in the hooks of its top-level forward)."""
+    """The model inside a DistributedDataParallel or DeepSpeed wrapper, and whether the engine's own forward must
+    run (DDP's syncs the gradients, DeepSpeed's keeps its bookkeeping; an FSDP2-sharded model gathers its weights
+    in the hooks of its top-level forward)."""
     from torch.distributed.fsdp import FSDPModule
 
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+    from tuneforge.train.parallel import is_deepspeed_engine
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or is_deepspeed_engine(model):
         return model.module, True
     return model, isinstance(model, FSDPModule)
 
