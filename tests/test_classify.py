@@ -60,6 +60,18 @@ def test_classify_learns_the_reviews(
     report = evaluate(cfg, **QUIET)
     assert report.scores["tuned"]["accuracy"] >= 0.9, report.scores
     assert report.scores["majority"]["accuracy"] <= 0.6  # the baseline it must beat
+    saved = json.loads((cfg.run_dir / "eval.json").read_text())
+    matrix = saved["details"]["tuned"]["confusion_matrix"]
+    assert matrix["labels"] == ["neg", "pos"] and sum(map(sum, matrix["rows"])) == report.n
+    right = sum(matrix["rows"][i][i] for i in range(2)) / report.n
+    assert right == pytest.approx(report.scores["tuned"]["accuracy"], abs=1e-4)
+    assert {c: v["support"] for c, v in saved["details"]["tuned"]["per_class"].items()} == {
+        c: sum(row) for c, row in zip(matrix["labels"], matrix["rows"], strict=True)
+    }
+    assert set(report.scores["tuned"]) == {"accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall", "ece"}
+    assert 0 <= report.scores["tuned"]["ece"] <= 1
+    assert saved["comparison"]["baseline"] == "majority"
+    assert saved["comparison"]["metrics"]["accuracy"]["delta"] > 0.3
     predictions = read_jsonl(cfg.run_dir / "predictions.jsonl")
     assert len(predictions) == report.n
     for p in predictions:

@@ -1,7 +1,9 @@
 """Data-parallel training for real: two CPU processes (torchrun, gloo) match one process with the same batch."""
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,9 +39,22 @@ def _torchrun(run_dir, *args: str) -> subprocess.CompletedProcess:
     """`tuneforge train` in two CPU processes (gloo)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
     command += ["-m", "tuneforge", "train", str(run_dir), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return _run(command)
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a launcher; on a timeout kill its whole process group (a hung worker must not outlive the test)."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"{command[2:6]} timed out after 300 s:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 ENGINES = {"none": "a whole model in each", "fsdp": "sharded (FSDP2)", "zero2": "ZeRO stage 2", "zero3": "ZeRO stage 3"}
@@ -112,8 +127,7 @@ def test_accelerate_launch_with_a_deepspeed_config_trains_with_its_stage(tiny_co
     prepare(cfg)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
     command += ["-m", "tuneforge", "train", str(cfg.run_dir)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run(command)
     assert "data parallel: 2 processes, 4 examples per process per micro-batch, DeepSpeed ZeRO stage 3" in done.stdout
     assert (cfg.run_dir / "model" / "adapter_model.safetensors").is_file()
 

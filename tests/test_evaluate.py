@@ -21,7 +21,7 @@ def test_json_extraction_scores_validity_fields_and_exact_match() -> None:
     ]
     scores = json_extraction(preds, refs)
     assert scores["json_valid"] == 0.75
-    assert scores["exact_match"] == 0.25
+    assert scores["json_exact_match"] == 0.25
     assert scores["field_accuracy"] == {"a": 0.75, "n": 0.5, "f": 0.75}
     assert scores["mean_field_accuracy"] == pytest.approx((0.75 + 0.5 + 0.75) / 3)
 
@@ -48,17 +48,30 @@ def test_evaluate_scores_base_and_tuned_side_by_side(trained_run: Path, tmp_path
     assert report.scores["tuned"]["json_valid"] >= report.scores["base"]["json_valid"]
     predictions = read_jsonl(run / "predictions.jsonl")
     assert len(predictions) == 6 and {"source", "reference", "base", "tuned"} <= set(predictions[0])
-    names = [name for name, _ in summary_rows(report)]
-    assert names[:7] == [
+    rows = dict(summary_rows(report))
+    assert list(rows)[:8] == [
         "val_loss",
         "val_perplexity",
         "test_loss",
         "test_perplexity",
         "json_valid",
-        "exact_match",
-        "mean_field_accuracy",
+        "json_exact_match",
+        "field_accuracy",
+        "token_f1",
     ]
-    assert "  colour" in names
+    assert "  colour" in rows
+    # every metric of the answers has its 95% interval per model and a tuned-minus-base difference with a verdict
+    for name in ("json_valid", "json_exact_match", "field_accuracy", "token_f1"):
+        for variant in ("base", "tuned"):
+            low, high = saved["intervals"][variant][name]
+            assert low <= saved["models"][variant][name] <= high
+        comparison = saved["comparison"]["metrics"][name]
+        assert comparison["delta"] == pytest.approx(
+            saved["models"]["tuned"][name] - saved["models"]["base"][name], abs=1e-3
+        )
+        assert isinstance(comparison["significant"], bool) and 0 <= comparison["p_value"] <= 1
+    assert saved["comparison"]["baseline"] == "base"
+    assert "[" in rows["token_f1"][0] and rows["token_f1"][2].startswith(("+", "-"))
 
 
 def test_evaluate_errors_name_the_missing_piece(trained_run: Path, tmp_path: Path, tiny_config) -> None:

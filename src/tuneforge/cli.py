@@ -225,17 +225,23 @@ def _read_line(prompt: str) -> str:
 
 
 def _print_eval(report: object) -> None:
-    from tuneforge.evaluation.evaluate import EvalReport, summary_rows
+    from tuneforge.evaluation.evaluate import EvalReport, summary_columns, summary_rows
 
     assert isinstance(report, EvalReport)
     table = Table(
         "metric",
-        *report.scores,
+        *summary_columns(report),
         title=f"{' vs '.join(report.scores)}; scored on the {report.split} split ({report.n} examples)",
     )
     for name, values in summary_rows(report):
         table.add_row(name, *values)
     out.print(table)
+    if report.comparison:
+        out.print(
+            f"score [95% interval] from {report.resamples} bootstrap resamples of the {report.split} split; * the "
+            f"difference is significant (paired bootstrap, p < 0.05; p-values in eval.json)",
+            markup=False,
+        )
 
 
 def main() -> None:

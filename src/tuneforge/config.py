@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tuneforge.errors import ConfigError
 
@@ -322,7 +331,8 @@ class EvalConfig(_Section):
     split: Literal["val", "test"] = Field("test", description="Held-out split to score.")
     task: Literal["chat", "json"] = Field(
         "json",
-        description="'json': also score JSON validity and per-field exact match of the answers; 'chat': loss only.",
+        description="What the answers are, for the default evaluate.metrics: 'json' (extraction: validity, "
+        "whole-object and per-field matches) or 'chat' (free text: exact match, word F1, chrF, ROUGE-L).",
     )
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
@@ -332,6 +342,36 @@ class EvalConfig(_Section):
         description="Score only the first N examples of each split (a quick look; the full split is the real score).",
     )
     compare_base: bool = Field(True, description="Also score the base model (adapter off) on the same split.")
+    metrics: list[str] | None = Field(
+        None,
+        description="Metrics of generated answers (exact_match, token_f1, bleu, chrf, rouge1, rouge2, rougeL, "
+        "json_valid, json_exact_match, field_accuracy, or your own module:function / file.py:function taking "
+        "(prediction, reference) -> float) or of a classifier (accuracy, macro_f1, micro_f1, weighted_f1, "
+        "macro_precision, macro_recall, ece); null = the defaults of evaluate.task (json: json_valid, "
+        "json_exact_match, field_accuracy, token_f1; chat: exact_match, token_f1, chrf, rougeL) or of "
+        "classification (accuracy, macro_f1, micro_f1, macro_precision, macro_recall, ece).",
+    )
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        description="Bootstrap resamples of the test set for 95% intervals and the tuned-vs-baseline significance "
+        "test (paired); 0 = scores only.",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        from tuneforge.evaluation.metrics import METRICS
+
+        unknown = [n for n in names or [] if n not in METRICS and ":" not in n]
+        if unknown:
+            raise ValueError(
+                f"unknown metric(s) {unknown}: choose from {', '.join(METRICS)}, or name your own as "
+                "module:function or path/to/file.py:function"
+            )
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError("evaluate.metrics names a metric twice")
+        return names
 
 
 class ServeConfig(_Section):

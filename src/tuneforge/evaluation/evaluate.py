@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,18 @@ import numpy as np
 from tqdm import tqdm
 
 from tuneforge.config import RunConfig
-from tuneforge.errors import RunError
-from tuneforge.evaluation.metrics import json_extraction, perplexity
+from tuneforge.errors import ConfigError, RunError
+from tuneforge.evaluation.metrics import (
+    DEFAULTS,
+    METRICS,
+    Metric,
+    confusion,
+    json_extraction,
+    per_class,
+    perplexity,
+    resolve,
+)
+from tuneforge.evaluation.stats import compare, interval, resample_indices, resampled_scores
 from tuneforge.generation import SamplingParams, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
@@ -27,15 +37,63 @@ TUNED = "tuned"
 
 @dataclass
 class EvalReport:
-    """Scores per model ('base', 'tuned') on one split."""
+    """Scores per model ('base', 'tuned') on one split, their 95% bootstrap intervals, the comparison of the
+    tuned model with its baseline (base, or the majority class) and per-model details (per class, confusion)."""
 
     split: str
     n: int
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    intervals: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    comparison: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baseline: str | None = None
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resamples: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"split": self.split, "n": self.n, "models": self.scores, "seconds": round(self.seconds, 2)}
+        out: dict[str, Any] = {"split": self.split, "n": self.n, "models": self.scores}
+        if self.intervals:
+            out["intervals"] = self.intervals
+        if self.comparison:
+            out["comparison"] = {
+                "baseline": self.baseline,
+                "model": TUNED,
+                "resamples": self.resamples,
+                "metrics": self.comparison,
+            }
+        if self.details:
+            out["details"] = self.details
+        return {**out, "seconds": round(self.seconds, 2)}
+
+    def score(
+        self,
+        metrics: dict[str, Metric],
+        outputs: Mapping[str, Sequence[Any]],
+        references: Sequence[Any],
+        resamples: int,
+    ) -> None:
+        """Score every model's outputs with every metric, with bootstrap intervals (`resamples` > 0) on shared
+        resamples, and compare the tuned model with the first model (its baseline)."""
+        indices = resample_indices(len(references), resamples) if resamples and len(references) else None
+        self.resamples = resamples if indices is not None else 0
+        samples: dict[tuple[str, str], Any] = {}
+        raw: dict[tuple[str, str], float] = {}
+        for variant, predictions in outputs.items():
+            scores = self.scores.setdefault(variant, {})
+            for name, metric in metrics.items():
+                raw[variant, name] = metric.score(predictions, references)
+                scores[name] = round(raw[variant, name], 4)
+                if indices is not None:
+                    samples[variant, name] = resampled_scores(metric, predictions, references, indices)
+                    low, high = interval(samples[variant, name])
+                    self.intervals.setdefault(variant, {})[name] = [round(low, 4), round(high, 4)]
+        baseline = next(iter(outputs))
+        if indices is None or baseline == TUNED or TUNED not in outputs:
+            return
+        self.baseline = baseline
+        for name in metrics:
+            observed = raw[TUNED, name] - raw[baseline, name]
+            self.comparison[name] = compare(samples[baseline, name], samples[TUNED, name], observed).to_json()
 
 
 def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
@@ -46,6 +104,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     rows = read_jsonl(split_path)[: cfg.evaluate.limit]
     if not rows:
         raise RunError(f"{split_path} holds no examples", f"prepare the data with data.{cfg.evaluate.split}_size > 0")
+    chosen_metrics(cfg)  # an unknown or unloadable metric fails before any model loads
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     models = _models(cfg, model_dir)
     start = time.perf_counter()
@@ -55,9 +114,35 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     return report
 
 
+def chosen_metrics(cfg: RunConfig) -> dict[str, Metric]:
+    """The metrics evaluate.metrics names (default: those of evaluate.task, or of classification), checked against
+    what the run's task produces (generated text, or class probabilities)."""
+    task = TASKS[cfg.train.task]
+    kind = "class" if task.head == "classifier" else "text"
+    if cfg.train.task == "dpo" or (kind == "text" and not task.generative):
+        if cfg.evaluate.metrics:
+            raise ConfigError(
+                f"train.task={cfg.train.task} is scored by its own measures (losses, preference accuracy), not by "
+                f"evaluate.metrics",
+                "remove evaluate.metrics",
+            )
+        return {}
+    names = cfg.evaluate.metrics or DEFAULTS["class" if kind == "class" else cfg.evaluate.task]
+    metrics = {name: resolve(name) for name in names}
+    wrong = [name for name, metric in metrics.items() if metric.kind != kind]
+    if wrong:
+        fitting = ", ".join(n for n, m in METRICS.items() if m.kind == kind)
+        what = "class probabilities" if kind == "class" else "generated text"
+        raise ConfigError(
+            f"evaluate.metrics {wrong} cannot score train.task={cfg.train.task}, which produces {what}",
+            f"choose from {fitting}" + (" or your own module:function" if kind == "text" else ""),
+        )
+    return metrics
+
+
 def _language_model(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> EvalReport:
     """sft, pretrain, multitask: losses and perplexities (per task for multitask) and, for chat tasks, generated
-    answers (with JSON extraction scores when evaluate.task=json)."""
+    answers scored by evaluate.metrics, with bootstrap intervals and tuned-vs-base significance."""
     task = TASKS[cfg.train.task]
     generative = task.generative
     prompts = [_prompt(r["messages"]) for r in rows] if generative else []
@@ -78,10 +163,14 @@ def _language_model(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str,
                     name = f"{split}_{group}" if group else split
                     scores[f"{name}_loss"], scores[f"{name}_perplexity"] = round(loss, 4), round(perplexity(loss), 3)
             outputs[variant] = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, variant)
-        if cfg.evaluate.task == "json" and generative:
-            scores.update(json_extraction(outputs[variant], references))
         report.scores[variant] = scores
     if generative:
+        metrics = chosen_metrics(cfg)
+        report.score(metrics, outputs, references, cfg.evaluate.bootstrap)
+        if any(name.startswith(("json", "field")) for name in metrics):
+            for variant in variants:
+                per_field = json_extraction(outputs[variant], references)["field_accuracy"]
+                report.details[variant] = {"field_accuracy": {k: round(v, 4) for k, v in per_field.items()}}
         write_jsonl(
             cfg.run_dir / "predictions.jsonl",
             [
@@ -98,11 +187,10 @@ def _language_model(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str,
 
 
 def _classifier(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> EvalReport:
-    """classify: accuracy and macro F1 from the head's probabilities, beside always answering the most frequent
-    training class (the base model has no trained head to compare with); probabilities go to predictions.jsonl."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    from tuneforge.train.classify import class_labels, probabilities
+    """classify: evaluate.metrics (default accuracy, F1, precision, recall, ECE) from the head's probabilities,
+    beside always answering the most frequent training class (the base model has no trained head to compare
+    with), per-class scores and the confusion matrix; probabilities go to predictions.jsonl."""
+    from tuneforge.train.classify import probabilities
 
     labels = class_labels(cfg)
     examples = TASKS["classify"].load(cfg.run_dir / "data" / f"{cfg.evaluate.split}.jsonl", tokenizer, cfg)
@@ -113,13 +201,14 @@ def _classifier(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any
     truth = [e.label for e in examples]
     predicted = probs.argmax(1).tolist()
     train_counts = Counter(str(r["label"]) for r in read_jsonl(cfg.run_dir / "data" / "train.jsonl"))
-    majority = labels.index(max(labels, key=lambda label: train_counts[label]))
+    majority = np.eye(len(labels))[[labels.index(max(labels, key=lambda label: train_counts[label]))] * len(truth)]
     report = EvalReport(cfg.evaluate.split, len(rows))
-    every = list(range(len(labels)))
-    for name, guess in (("majority", [majority] * len(truth)), (TUNED, predicted)):
-        report.scores[name] = {
-            "accuracy": round(float(accuracy_score(truth, guess)), 4),
-            "macro_f1": round(float(f1_score(truth, guess, labels=every, average="macro", zero_division=0)), 4),
+    outputs = {"majority": list(majority), TUNED: list(probs)}
+    report.score(chosen_metrics(cfg), outputs, truth, cfg.evaluate.bootstrap)
+    for name, rows_of_probs in outputs.items():
+        report.details[name] = {
+            "per_class": per_class(rows_of_probs, truth, labels),
+            "confusion_matrix": {"labels": labels, "rows": confusion(rows_of_probs, truth, len(labels))},
         }
     write_jsonl(
         cfg.run_dir / "predictions.jsonl",
@@ -220,19 +309,46 @@ def _predict(
     return texts
 
 
+def summary_columns(report: EvalReport) -> list[str]:
+    """The columns of `summary_rows`: the models, then the tuned model's difference to its baseline."""
+    columns = list(report.scores)
+    return columns + ([f"{TUNED}-{report.baseline}"] if report.comparison else [])
+
+
 def summary_rows(report: EvalReport) -> list[tuple[str, list[str]]]:
-    """(metric, [value per model]) rows for a side-by-side table, in a stable order."""
+    """(metric, [value per model, difference]) rows for a side-by-side table: every score with its 95% interval,
+    the difference with its interval and whether it is significant, then per-field and per-class details."""
     models = list(report.scores)
-    losses = [k for k in report.scores[models[-1]] if k.endswith(("_loss", "_perplexity"))]
-    keys = losses + ["json_valid", "exact_match", "mean_field_accuracy", "accuracy", "macro_f1"]
-    keys += ["pair_accuracy", "mean_margin", "reward_accuracy", "dpo_loss"]
-    rows = [(k, [_fmt(report.scores[m].get(k)) for m in models]) for k in keys if k in report.scores[models[-1]]]
-    fields = report.scores[models[-1]].get("field_accuracy", {})
-    rows += [(f"  {f}", [_fmt(report.scores[m]["field_accuracy"].get(f)) for m in models]) for f in fields]
+    rows = []
+    for key, value in report.scores[models[-1]].items():
+        if not isinstance(value, int | float):
+            continue
+        cells = [_fmt(report.scores[m].get(key), report.intervals.get(m, {}).get(key)) for m in models]
+        if report.comparison:
+            cells.append(_difference(report.comparison.get(key)))
+        rows.append((key, cells))
+    pad = [""] if report.comparison else []
+    fields = report.details.get(models[-1], {}).get("field_accuracy", {})
+    for name in fields:
+        values = [_fmt(report.details.get(m, {}).get("field_accuracy", {}).get(name)) for m in models]
+        rows.append((f"  {name}", values + pad))
+    classes = report.details.get(models[-1], {}).get("per_class", {})
+    for name in classes:
+        values = [_fmt(report.details[m]["per_class"][name]["f1"]) for m in models]
+        rows.append((f"  f1 {name} ({classes[name]['support']})", values + pad))
     return rows
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, bounds: list[float] | None = None) -> str:
+    """A score, with its 95% interval when it has one: 0.396 [0.25,0.54]."""
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{text} [{bounds[0]:.2f},{bounds[1]:.2f}]" if bounds else text
+
+
+def _difference(comparison: dict[str, Any] | None) -> str:
+    """The difference, with * when it is significant (its interval and p-value are in eval.json)."""
+    if comparison is None:
+        return "-"
+    return f"{comparison['delta']:+.3f}" + (" *" if comparison["significant"] else "")
