@@ -104,3 +104,34 @@ def test_an_adapter_on_the_wrong_base_model_is_refused(trained_run: Path, tmp_pa
 
 def _base_dir(run: Path) -> Path:
     return Path(json.loads((run / "model" / "tuneforge.json").read_text())["base_model"])
+
+
+def test_answers_are_reused_until_something_that_decides_them_changes(
+    trained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import importlib
+
+    module = importlib.import_module("tuneforge.evaluation.evaluate")  # the package's `evaluate` is the function
+    run = tmp_path / "toy"
+    shutil.copytree(trained_run, run)
+    first = evaluate(load_run(run, ["evaluate.limit=4"]), log=lambda *a: None)
+    real, calls = module._predict, []
+
+    def counted(model, tokenizer, prompts, params, batch_size, label):
+        calls.append(label)
+        return real(model, tokenizer, prompts, params, batch_size, label)
+
+    monkeypatch.setattr(module, "_predict", counted)
+    lines: list[str] = []
+    again = evaluate(load_run(run, ["evaluate.limit=4"]), log=lines.append)
+    assert calls == [] and again.scores == first.scores and again.intervals == first.intervals
+    assert "tuned: reusing its 4 saved answers (same model, prompts and settings)" in lines
+    evaluate(load_run(run, ["evaluate.limit=4", "evaluate.max_new_tokens=8"]), log=lambda *a: None)
+    assert calls == ["base", "tuned"]  # another generation setting: both answer again
+    adapter = run / "model" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes())  # the adapter rewritten, as by training again
+    evaluate(load_run(run, ["evaluate.limit=4", "evaluate.max_new_tokens=8"]), log=lambda *a: None)
+    assert calls == ["base", "tuned", "tuned"]  # the base model's answers still stand
+    (run / "generations.json").write_text("{not json")  # a damaged cache is regenerated, not an error
+    evaluate(load_run(run, ["evaluate.limit=4", "evaluate.max_new_tokens=8"]), log=lambda *a: None)
+    assert calls[3:] == ["base", "tuned"]

@@ -335,6 +335,10 @@ class EvalConfig(_Section):
         "whole-object and per-field matches) or 'chat' (free text: exact match, word F1, chrF, ROUGE-L).",
     )
     max_new_tokens: int = Field(128, ge=1, description="Longest generated answer.")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="0 = greedy answers (the default); above 0 samples, seeded by train.seed."
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling share when temperature > 0.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
     limit: int | None = Field(
         None,

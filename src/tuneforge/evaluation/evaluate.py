@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +110,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     models = _models(cfg, model_dir)
     start = time.perf_counter()
-    report = EVALUATORS.get(cfg.train.task, _language_model)(cfg, models, rows, tokenizer)
+    report = EVALUATORS.get(cfg.train.task, _language_model)(cfg, models, rows, tokenizer, log)
     report.seconds = time.perf_counter() - start
     atomic_write_json(run_dir / "eval.json", report.to_json())
     return report
@@ -140,7 +142,9 @@ def chosen_metrics(cfg: RunConfig) -> dict[str, Metric]:
     return metrics
 
 
-def _language_model(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> EvalReport:
+def _language_model(
+    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, log: Any = print
+) -> EvalReport:
     """sft, pretrain, multitask: losses and perplexities (per task for multitask) and, for chat tasks, generated
     answers scored by evaluate.metrics, with bootstrap intervals and tuned-vs-base significance."""
     task = TASKS[cfg.train.task]
@@ -148,7 +152,13 @@ def _language_model(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str,
     prompts = [_prompt(r["messages"]) for r in rows] if generative else []
     references = [r["messages"][-1]["content"] for r in rows] if generative else []
     loss_sets = _loss_sets(cfg, tokenizer)
-    params = SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens)
+    params = SamplingParams(
+        max_new_tokens=cfg.evaluate.max_new_tokens,
+        temperature=cfg.evaluate.temperature,
+        top_p=cfg.evaluate.top_p,
+        seed=cfg.train.seed if cfg.evaluate.temperature > 0 else None,
+    )
+    cache = _Generations(cfg.run_dir / GENERATIONS)
     report = EvalReport(cfg.evaluate.split, len(rows))
     outputs: dict[str, list[str]] = {}
     variants = [v for v in ("base", TUNED) if v in models]
@@ -162,7 +172,15 @@ def _language_model(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str,
                 for group, loss in sorted(losses.items()):
                     name = f"{split}_{group}" if group else split
                     scores[f"{name}_loss"], scores[f"{name}_perplexity"] = round(loss, 4), round(perplexity(loss), 3)
-            outputs[variant] = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, variant)
+            if generative:
+                key = _generation_key(cfg, variant, prompts, params)
+                saved = cache.get(variant, key, len(prompts))
+                if saved is None:
+                    outputs[variant] = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, variant)
+                    cache.put(variant, key, outputs[variant])
+                else:
+                    outputs[variant] = saved
+                    log(f"{variant}: reusing its {len(prompts)} saved answers (same model, prompts and settings)")
         report.scores[variant] = scores
     if generative:
         metrics = chosen_metrics(cfg)
@@ -186,7 +204,9 @@ def _language_model(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str,
     return report
 
 
-def _classifier(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> EvalReport:
+def _classifier(
+    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, log: Any = print
+) -> EvalReport:
     """classify: evaluate.metrics (default accuracy, F1, precision, recall, ECE) from the head's probabilities,
     beside always answering the most frequent training class (the base model has no trained head to compare
     with), per-class scores and the confusion matrix; probabilities go to predictions.jsonl."""
@@ -226,7 +246,9 @@ def _classifier(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any
     return report
 
 
-def _preference(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any) -> EvalReport:
+def _preference(
+    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, log: Any = print
+) -> EvalReport:
     """dpo: how often each model gives the chosen answer a higher log-probability per token than the rejected one
     (per token: a longer answer is not penalised for its length), the mean margin per token, and (tuned against
     base as the reference) the DPO loss and reward accuracy."""
@@ -257,7 +279,7 @@ def _preference(cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any
     return report
 
 
-EVALUATORS: dict[str, Callable[[RunConfig, dict[str, Any], list[dict[str, Any]], Any], EvalReport]] = {
+EVALUATORS: dict[str, Callable[[RunConfig, dict[str, Any], list[dict[str, Any]], Any, Any], EvalReport]] = {
     "classify": _classifier,
     "dpo": _preference,
 }
@@ -298,6 +320,46 @@ def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The conversation up to (not including) its last assistant answer."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last]
+
+
+GENERATIONS = "generations.json"
+
+
+class _Generations:
+    """Answers generated by earlier evaluations (runs/<name>/generations.json), each under a key of everything
+    that decides them: reused when the key matches, replaced when it does not."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.saved: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, ValueError):
+            self.saved = {}  # a damaged cache is only a cache: generate again
+
+    def get(self, variant: str, key: str, n: int) -> list[str] | None:
+        entry = self.saved.get(variant)
+        if not isinstance(entry, dict) or entry.get("key") != key or len(entry.get("outputs", [])) != n:
+            return None
+        return [str(o) for o in entry["outputs"]]
+
+    def put(self, variant: str, key: str, outputs: list[str]) -> None:
+        self.saved[variant] = {"key": key, "outputs": outputs}
+        atomic_write_json(self.path, self.saved)
+
+
+def _generation_key(cfg: RunConfig, variant: str, prompts: list[Any], params: SamplingParams) -> str:
+    """A hash of what decides a variant's answers: its weights, the prompts, the sampling settings and the batch
+    size (padding changes greedy answers in the last decimals of the logits)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([cfg.model.name, cfg.model.revision, asdict(params), cfg.evaluate.batch_size]).encode())
+    digest.update(json.dumps(prompts, sort_keys=True).encode())
+    folders = [Path(cfg.model.name)] + ([cfg.run_dir / MODEL_DIR] if variant == TUNED else [])
+    for folder in folders:
+        for file in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if file.is_file():
+                stat = file.stat()
+                digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
 
 
 def _predict(
