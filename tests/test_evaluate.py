@@ -131,7 +131,8 @@ def test_answers_are_reused_until_something_that_decides_them_changes(
     adapter = run / "model" / "adapter_model.safetensors"
     adapter.write_bytes(adapter.read_bytes())  # the adapter rewritten, as by training again
     evaluate(load_run(run, ["evaluate.limit=4", "evaluate.max_new_tokens=8"]), log=lambda *a: None)
-    assert calls == ["base", "tuned", "tuned"]  # the base model's answers still stand
+    # the base model's answers still stand (and the forgetting probe's: its answer length is its own)
+    assert calls == ["base", "tuned", "tuned", "probe-tuned"]
     (run / "generations.json").write_text("{not json")  # a damaged cache is regenerated, not an error
     evaluate(load_run(run, ["evaluate.limit=4", "evaluate.max_new_tokens=8"]), log=lambda *a: None)
-    assert calls[3:] == ["base", "tuned"]
+    assert calls[4:] == ["base", "tuned", "probe-base", "probe-tuned"]

@@ -226,6 +226,7 @@ def _read_line(prompt: str) -> str:
 
 def _print_eval(report: object) -> None:
     from tuneforge.evaluation.evaluate import EvalReport, summary_columns, summary_rows
+    from tuneforge.evaluation.forgetting import forgetting_summary
 
     assert isinstance(report, EvalReport)
     table = Table(
@@ -242,6 +243,8 @@ def _print_eval(report: object) -> None:
             f"difference is significant (paired bootstrap, p < 0.05; p-values in eval.json)",
             markup=False,
         )
+    if report.forgetting:
+        out.print(forgetting_summary(report.forgetting), markup=False)
 
 
 def main() -> None:

@@ -346,6 +346,17 @@ class EvalConfig(_Section):
         description="Score only the first N examples of each split (a quick look; the full split is the real score).",
     )
     compare_base: bool = Field(True, description="Also score the base model (adapter off) on the same split.")
+    forgetting: bool = Field(
+        True,
+        description="Score tuneforge's general-ability probe (general questions and prose, English and German) for "
+        "the base and the tuned model: the forgetting check (needs compare_base; not for classifiers).",
+    )
+    forgetting_threshold: float = Field(
+        0.1,
+        ge=0.0,
+        description="Warn (and suggest replay) when the probe's perplexity rises by more than this share, or its "
+        "share of questions answered right falls by more than this.",
+    )
     metrics: list[str] | None = Field(
         None,
         description="Metrics of generated answers (exact_match, token_f1, bleu, chrf, rouge1, rouge2, rougeL, "

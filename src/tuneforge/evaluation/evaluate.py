@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError, RunError
+from tuneforge.evaluation.forgetting import forgetting_check
 from tuneforge.evaluation.metrics import (
     DEFAULTS,
     METRICS,
@@ -51,6 +52,7 @@ class EvalReport:
     baseline: str | None = None
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     resamples: int = 0
+    forgetting: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"split": self.split, "n": self.n, "models": self.scores}
@@ -65,6 +67,8 @@ class EvalReport:
             }
         if self.details:
             out["details"] = self.details
+        if self.forgetting:
+            out["forgetting"] = self.forgetting
         return {**out, "seconds": round(self.seconds, 2)}
 
     def score(
@@ -158,7 +162,7 @@ def _language_model(
         top_p=cfg.evaluate.top_p,
         seed=cfg.train.seed if cfg.evaluate.temperature > 0 else None,
     )
-    cache = _Generations(cfg.run_dir / GENERATIONS)
+    answer = _answerer(cfg, tokenizer, log)
     report = EvalReport(cfg.evaluate.split, len(rows))
     outputs: dict[str, list[str]] = {}
     variants = [v for v in ("base", TUNED) if v in models]
@@ -173,14 +177,7 @@ def _language_model(
                     name = f"{split}_{group}" if group else split
                     scores[f"{name}_loss"], scores[f"{name}_perplexity"] = round(loss, 4), round(perplexity(loss), 3)
             if generative:
-                key = _generation_key(cfg, variant, prompts, params)
-                saved = cache.get(variant, key, len(prompts))
-                if saved is None:
-                    outputs[variant] = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, variant)
-                    cache.put(variant, key, outputs[variant])
-                else:
-                    outputs[variant] = saved
-                    log(f"{variant}: reusing its {len(prompts)} saved answers (same model, prompts and settings)")
+                outputs[variant] = answer(variant, model, prompts, params)
         report.scores[variant] = scores
     if generative:
         metrics = chosen_metrics(cfg)
@@ -201,6 +198,7 @@ def _language_model(
                 for i, (r, ref) in enumerate(zip(rows, references, strict=True))
             ],
         )
+    report.forgetting = forgetting_check(cfg, models, tokenizer, answer)
     return report
 
 
@@ -276,6 +274,7 @@ def _preference(
         gap = rewards[:, 0] - rewards[:, 1]
         report.scores[TUNED]["reward_accuracy"] = round(float((gap > 0).mean()), 4)
         report.scores[TUNED]["dpo_loss"] = round(float(np.logaddexp(0, -gap).mean()), 4)
+    report.forgetting = forgetting_check(cfg, models, tokenizer, _answerer(cfg, tokenizer, log))
     return report
 
 
@@ -347,13 +346,31 @@ class _Generations:
         atomic_write_json(self.path, self.saved)
 
 
+def _answerer(cfg: RunConfig, tokenizer: Any, log: Any) -> Callable[[str, Any, list[Any], SamplingParams], list[str]]:
+    """answer(name, model, prompts, params): the model's answers, reused from generations.json when nothing that
+    decides them changed (`name`: base, tuned, probe-base, probe-tuned)."""
+    cache = _Generations(cfg.run_dir / GENERATIONS)
+
+    def answer(name: str, model: Any, prompts: list[Any], params: SamplingParams) -> list[str]:
+        key = _generation_key(cfg, name, prompts, params)
+        saved = cache.get(name, key, len(prompts))
+        if saved is not None:
+            log(f"{name}: reusing its {len(prompts)} saved answers (same model, prompts and settings)")
+            return saved
+        outputs = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, name)
+        cache.put(name, key, outputs)
+        return outputs
+
+    return answer
+
+
 def _generation_key(cfg: RunConfig, variant: str, prompts: list[Any], params: SamplingParams) -> str:
     """A hash of what decides a variant's answers: its weights, the prompts, the sampling settings and the batch
     size (padding changes greedy answers in the last decimals of the logits)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([cfg.model.name, cfg.model.revision, asdict(params), cfg.evaluate.batch_size]).encode())
     digest.update(json.dumps(prompts, sort_keys=True).encode())
-    folders = [Path(cfg.model.name)] + ([cfg.run_dir / MODEL_DIR] if variant == TUNED else [])
+    folders = [Path(cfg.model.name)] + ([cfg.run_dir / MODEL_DIR] if variant.endswith(TUNED) else [])
     for folder in folders:
         for file in sorted(folder.glob("*")) if folder.is_dir() else []:
             if file.is_file():
