@@ -396,7 +396,7 @@ def summary_columns(report: EvalReport) -> list[str]:
 
 def summary_rows(report: EvalReport) -> list[tuple[str, list[str]]]:
     """(metric, [value per model, difference]) rows for a side-by-side table: every score with its 95% interval,
-    the difference with its interval and whether it is significant, then per-field and per-class details."""
+    the tuned model's difference to its baseline (* when significant), then per-field and per-class details."""
     models = list(report.scores)
     rows = []
     for key, value in report.scores[models[-1]].items():

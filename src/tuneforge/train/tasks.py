@@ -127,9 +127,8 @@ def collate_step(
     """
     mine = examples[rank::world]
     batches = [task.collate(mine[j : j + batch_size], pad_id) for j in range(0, len(mine), batch_size)]
-    needed = math.ceil(math.ceil(len(examples) / world) / batch_size)
-    filler = replace(task.collate(examples[:1], pad_id), filler=True)
-    return batches + [filler] * (needed - len(batches))
+    missing = math.ceil(math.ceil(len(examples) / world) / batch_size) - len(batches)
+    return batches + [replace(task.collate(examples[:1], pad_id), filler=True)] * missing if missing else batches
 
 
 def mean_loss(
