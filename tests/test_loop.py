@@ -103,3 +103,28 @@ def test_a_diverging_loss_stops_with_a_clear_message(tiny_config, monkeypatch) -
         train(cfg, **QUIET)
     assert "lower train.learning_rate" in err.value.hint
     assert not (cfg.run_dir / "model").exists()  # nothing half-trained is saved as the result
+
+
+def test_generated_answers_are_scored_at_each_validation(tiny_config, monkeypatch) -> None:
+    """train.eval_generate: the metrics of evaluate.metrics on answers to the first N validation examples, logged
+    as val_<metric> beside val_loss, from the model as it is at that step (in eval mode, then training again)."""
+    from tuneforge.generation import generate as real_generate
+
+    seen: list[tuple[bool, int]] = []
+
+    def watched(model, tokenizer, prompts, params):
+        seen.append((model.training, len(prompts)))
+        return real_generate(model, tokenizer, prompts, params)
+
+    monkeypatch.setattr("tuneforge.generation.generate", watched)
+    cfg = tiny_config("train.epochs=2", "train.eval_generate=3", "evaluate.metrics=[json_valid,token_f1]")
+    prepare(cfg)
+    train(cfg, log=lambda *a: None)
+    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "val_loss" in r]
+    assert len(scored) == 2 and all("val_json_valid" not in r for r in rows if "val_loss" not in r)
+    for row in scored:
+        assert 0 <= row["val_json_valid"] <= 1 and 0 <= row["val_token_f1"] <= 1
+    assert seen == [(False, 3), (False, 3)]  # eval mode while generating; 3 answers each time
+    with pytest.raises(ConfigError, match="train.eval_generate scores generated answers"):
+        tiny_config("train.task=pretrain", "train.eval_generate=3")

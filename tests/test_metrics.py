@@ -197,3 +197,17 @@ def test_unknown_metrics_fail_when_the_config_loads(tiny_config) -> None:
         tiny_config("evaluate.metrics=[rouge]")
     assert tiny_config("evaluate.metrics=[bleu,my.module:score]").evaluate.metrics == ["bleu", "my.module:score"]
     assert math.isfinite(METRICS["chrf"].score(["a"], ["a"]))
+
+
+def test_a_metric_that_does_not_fit_the_task_is_refused_before_models_load(tiny_config) -> None:
+    from tuneforge.evaluation.evaluate import chosen_metrics
+
+    with pytest.raises(ConfigError, match=r"\['bleu'\] cannot score train.task=classify") as caught:
+        chosen_metrics(tiny_config("train.task=classify", "evaluate.metrics=[accuracy,bleu]"))
+    assert "macro_f1" in caught.value.hint and "bleu" not in caught.value.hint
+    with pytest.raises(ConfigError, match=r"\['accuracy'\] cannot score train.task=sft"):
+        chosen_metrics(tiny_config("evaluate.metrics=[accuracy]"))
+    with pytest.raises(ConfigError, match="scored by its own measures"):
+        chosen_metrics(tiny_config("train.task=dpo", "evaluate.metrics=[bleu]"))
+    assert list(chosen_metrics(tiny_config("evaluate.task=chat"))) == ["exact_match", "token_f1", "chrf", "rougeL"]
+    assert list(chosen_metrics(tiny_config("train.task=classify")))[:2] == ["accuracy", "macro_f1"]

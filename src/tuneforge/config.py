@@ -267,6 +267,12 @@ class TrainConfig(_Section):
     eval_steps: int | None = Field(
         None, ge=1, description="Score the validation split every N optimizer steps (default: at each epoch end)."
     )
+    eval_generate: int = Field(
+        0,
+        ge=0,
+        description="At each validation, also generate answers for the first N validation examples and score them "
+        "with evaluate.metrics (val_<metric> in metrics.jsonl); 0 = losses only. Chat tasks (sft, multitask).",
+    )
     early_stopping_patience: int | None = Field(
         None,
         ge=1,
@@ -315,6 +321,16 @@ class TrainConfig(_Section):
                 "weights are not restored into a sharded model); stop by train.max_steps or epochs, or use "
                 "sharding none"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _generation_needs_chat(self) -> TrainConfig:
+        if self.eval_generate and self.task not in ("sft", "multitask"):
+            raise ValueError(
+                f"train.eval_generate scores generated answers (task sft or multitask), not task {self.task}"
+            )
+        if self.eval_generate and self.sharding != "none":
+            raise ValueError("train.eval_generate is not supported with train.sharding yet; set one of them off")
         return self
 
     @model_validator(mode="after")

@@ -153,8 +153,7 @@ def _language_model(
     answers scored by evaluate.metrics, with bootstrap intervals and tuned-vs-base significance."""
     task = TASKS[cfg.train.task]
     generative = task.generative
-    prompts = [_prompt(r["messages"]) for r in rows] if generative else []
-    references = [r["messages"][-1]["content"] for r in rows] if generative else []
+    prompts, references = chat_prompts(rows) if generative else ([], [])
     loss_sets = _loss_sets(cfg, tokenizer)
     params = SamplingParams(
         max_new_tokens=cfg.evaluate.max_new_tokens,
@@ -315,10 +314,15 @@ def _loss_sets(cfg: RunConfig, tokenizer: Any) -> dict[str, list[Any]]:
     }
 
 
-def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The conversation up to (not including) its last assistant answer."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last]
+def chat_prompts(rows: list[dict[str, Any]]) -> tuple[list[list[dict[str, str]]], list[str]]:
+    """Each chat record's conversation up to (not including) its last assistant answer, and that answer."""
+    prompts, references = [], []
+    for row in rows:
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompts.append(messages[:last])
+        references.append(messages[last]["content"])
+    return prompts, references
 
 
 GENERATIONS = "generations.json"

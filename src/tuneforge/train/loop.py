@@ -128,6 +128,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     if par.main:
         _trim_metrics(metrics_path, state.step)
     trackers = Trackers(cfg, active=par.main)
+    answers_scored = _answer_scorer(cfg, data_dir, tokenizer) if cfg.train.eval_generate and val_set else None
     model.train()
     start = time.perf_counter() - state.elapsed
     bar = tqdm(
@@ -144,6 +145,8 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
             if val_set and (state.step % every == 0 or state.step == total_steps):
                 inner = par.unwrap(model)
                 row.update(_validate(inner, val_set, state, cfg, hp.batch_size, device, precision, pad_id, par))
+                if answers_scored is not None:
+                    row.update(answers_scored(inner))
                 bar.write(f"step {state.step}: val_loss {state.val_loss}")
             if metrics is not None:
                 metrics.write(json.dumps(row) + "\n")
@@ -299,6 +302,29 @@ def _validate(
     else:
         state.bad_evals += 1
     return {"val_loss": state.val_loss, **{f"val_loss_{g}": round(v, 5) for g, v in sorted(losses.items())}}
+
+
+def _answer_scorer(cfg: RunConfig, data_dir: Path, tokenizer: Any) -> Callable[[Any], dict[str, float]]:
+    """score(model): evaluate.metrics of the model's greedy answers to the first train.eval_generate validation
+    examples, as val_<metric> fields (the model is put in eval mode for it and back in training mode)."""
+    from tuneforge.evaluation.evaluate import chat_prompts, chosen_metrics
+    from tuneforge.generation import SamplingParams, generate
+    from tuneforge.rundir import read_jsonl
+
+    prompts, references = chat_prompts(read_jsonl(data_dir / "val.jsonl")[: cfg.train.eval_generate])
+    metrics = chosen_metrics(cfg)
+    params = SamplingParams(max_new_tokens=cfg.evaluate.max_new_tokens)
+    size = cfg.evaluate.batch_size
+
+    def score(model: Any) -> dict[str, float]:
+        model.eval()
+        answers = []
+        for start in range(0, len(prompts), size):
+            answers += [c.text for c in generate(model, tokenizer, prompts[start : start + size], params)]
+        model.train()
+        return {f"val_{name}": round(metric.score(answers, references), 4) for name, metric in metrics.items()}
+
+    return score
 
 
 def _endless_steps(
