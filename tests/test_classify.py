@@ -98,7 +98,7 @@ def test_a_saved_classifier_reloads_and_merges_to_the_same_logits(
     tokenizer = load_tokenizer(str(tiny_bert_dir))
     examples = CLASSIFY.load(cfg.run_dir / "data" / "test.jsonl", tokenizer, cfg)
     batch = collate(examples, int(tokenizer.pad_token_id))
-    first, second = _models(cfg, cfg.run_dir / "model")["tuned"], _models(cfg, cfg.run_dir / "model")["tuned"]
+    first, second = (_models(cfg, cfg.run_dir / "model")[0]["tuned"] for _ in range(2))
     with torch.no_grad():
         a = first(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         b = second(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

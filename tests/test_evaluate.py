@@ -136,3 +136,19 @@ def test_answers_are_reused_until_something_that_decides_them_changes(
     (run / "generations.json").write_text("{not json")  # a damaged cache is regenerated, not an error
     evaluate(load_run(run, ["evaluate.limit=4", "evaluate.max_new_tokens=8"]), log=lambda *a: None)
     assert calls[4:] == ["base", "tuned", "probe-base", "probe-tuned"]
+
+
+def test_other_runs_answer_the_same_split_beside_base_and_tuned(trained_run: Path, tmp_path: Path) -> None:
+    run, other = tmp_path / "toy", tmp_path / "other"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(trained_run, other)  # the same adapter in another run: it must score exactly as tuned
+    cfg = load_run(run, ["evaluate.limit=4", f"evaluate.compare=[{other}]", "evaluate.forgetting=false"])
+    report = evaluate(cfg, log=lambda *a: None)
+    assert list(report.scores) == ["base", "tuned", "other"]
+    assert report.scores["other"] == report.scores["tuned"]
+    assert report.intervals["other"] == report.intervals["tuned"]
+    predictions = read_jsonl(run / "predictions.jsonl")
+    assert all(p["other"] == p["tuned"] for p in predictions)
+    with pytest.raises(RunError, match="holds no trained model") as caught:
+        evaluate(load_run(run, [f"evaluate.compare=[{tmp_path / 'nothing'}]"]), log=lambda *a: None)
+    assert "runs/<name>" in caught.value.hint

@@ -88,7 +88,7 @@ def test_method_learns_moves_what_it_trains_and_reloads(
 
     info = json.loads((cfg.run_dir / "model" / "tuneforge.json").read_text())
     assert info["method"] == method and info["adapter"] == METHODS[method].adapter and info["task"] == task
-    saved = _models(cfg, cfg.run_dir / "model")["tuned"]
+    saved = _models(cfg, cfg.run_dir / "model")[0]["tuned"]
     tokenizer = load_tokenizer(str(tiny_model_dir))
     # the saved model scores the validation split exactly as the model did at the end of training
     assert _validation_loss(cfg, saved, tokenizer) == pytest.approx(result.val_loss, abs=1e-4)

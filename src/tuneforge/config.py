@@ -362,6 +362,11 @@ class EvalConfig(_Section):
         description="Score only the first N examples of each split (a quick look; the full split is the real score).",
     )
     compare_base: bool = Field(True, description="Also score the base model (adapter off) on the same split.")
+    compare: list[str] = Field(
+        [],
+        description="Other run directories (or model folders) whose models answer the same split beside base and "
+        "tuned, named after their folder; adapters must fit this run's base model.",
+    )
     forgetting: bool = Field(
         True,
         description="Score tuneforge's general-ability probe (general questions and prose, English and German) for "

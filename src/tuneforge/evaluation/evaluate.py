@@ -110,11 +110,13 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     rows = read_jsonl(split_path)[: cfg.evaluate.limit]
     if not rows:
         raise RunError(f"{split_path} holds no examples", f"prepare the data with data.{cfg.evaluate.split}_size > 0")
-    chosen_metrics(cfg)  # an unknown or unloadable metric fails before any model loads
+    chosen_metrics(cfg)  # an unknown or unloadable metric, or a missing model to compare, fails before any loads
+    compared_folders(cfg)
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
-    models = _models(cfg, model_dir)
+    models, folders = _models(cfg, model_dir)
     start = time.perf_counter()
-    report = EVALUATORS.get(cfg.train.task, _language_model)(cfg, models, rows, tokenizer, log)
+    answer = _answerer(cfg, tokenizer, folders, log)
+    report = EVALUATORS.get(cfg.train.task, _language_model)(cfg, models, rows, tokenizer, answer)
     report.seconds = time.perf_counter() - start
     atomic_write_json(run_dir / "eval.json", report.to_json())
     return report
@@ -147,7 +149,7 @@ def chosen_metrics(cfg: RunConfig) -> dict[str, Metric]:
 
 
 def _language_model(
-    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, log: Any = print
+    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, answer: Answerer
 ) -> EvalReport:
     """sft, pretrain, multitask: losses and perplexities (per task for multitask) and, for chat tasks, generated
     answers scored by evaluate.metrics, with bootstrap intervals and tuned-vs-base significance."""
@@ -161,15 +163,14 @@ def _language_model(
         top_p=cfg.evaluate.top_p,
         seed=cfg.train.seed if cfg.evaluate.temperature > 0 else None,
     )
-    answer = _answerer(cfg, tokenizer, log)
     report = EvalReport(cfg.evaluate.split, len(rows))
     outputs: dict[str, list[str]] = {}
-    variants = [v for v in ("base", TUNED) if v in models]
+    variants = list(models)
     pad_id = int(tokenizer.pad_token_id)
     for variant in variants:
         scores: dict[str, Any] = {}
         model = models[variant]
-        with use_adapter(model, None if variant == "base" else TUNED, merge=True):
+        with use_adapter(model, None if variant == "base" else variant, merge=True):
             for split, encoded in loss_sets.items():
                 losses = group_losses(model, task, encoded, cfg, cfg.evaluate.batch_size, pad_id, _device(model))
                 for group, loss in sorted(losses.items()):
@@ -202,7 +203,7 @@ def _language_model(
 
 
 def _classifier(
-    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, log: Any = print
+    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, answer: Answerer
 ) -> EvalReport:
     """classify: evaluate.metrics (default accuracy, F1, precision, recall, ECE) from the head's probabilities,
     beside always answering the most frequent training class (the base model has no trained head to compare
@@ -244,7 +245,7 @@ def _classifier(
 
 
 def _preference(
-    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, log: Any = print
+    cfg: RunConfig, models: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, answer: Answerer
 ) -> EvalReport:
     """dpo: how often each model gives the chosen answer a higher log-probability per token than the rejected one
     (per token: a longer answer is not penalised for its length), the mean margin per token, and (tuned against
@@ -273,7 +274,7 @@ def _preference(
         gap = rewards[:, 0] - rewards[:, 1]
         report.scores[TUNED]["reward_accuracy"] = round(float((gap > 0).mean()), 4)
         report.scores[TUNED]["dpo_loss"] = round(float(np.logaddexp(0, -gap).mean()), 4)
-    report.forgetting = forgetting_check(cfg, models, tokenizer, _answerer(cfg, tokenizer, log))
+    report.forgetting = forgetting_check(cfg, models, tokenizer, answer)
     return report
 
 
@@ -287,21 +288,52 @@ def _device(model: Any) -> str:
     return str(next(model.parameters()).device.type)
 
 
-def _models(cfg: RunConfig, model_dir: Path) -> dict[str, Any]:
-    """The model behind each variant: one base model with the adapter switched on and off, or (after full or
-    freeze training) the base model and the saved whole model. A classifier has no base variant (no head)."""
+def compared_folders(cfg: RunConfig) -> dict[str, Path]:
+    """The model folders evaluate.compare names (a run directory means its model/), under unique variant names."""
+    if cfg.evaluate.compare and cfg.train.task in ("classify", "dpo"):
+        raise ConfigError(
+            f"evaluate.compare scores generated answers; train.task={cfg.train.task} is scored by its own measures",
+            "remove evaluate.compare, or evaluate each run on its own",
+        )
+    folders: dict[str, Path] = {}
+    for named in cfg.evaluate.compare:
+        path = Path(named)
+        folder = path / MODEL_DIR if (path / MODEL_DIR).is_dir() else path
+        if not ((folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()):
+            raise RunError(
+                f"evaluate.compare names {named}, which holds no trained model (no adapter_config.json or config.json)",
+                "name a run directory with a trained model (runs/<name>) or a model folder",
+            )
+        name = folder.parent.name if folder.name == MODEL_DIR else folder.name
+        while name in ("base", TUNED, "majority") or name in folders:
+            name += "+"
+        folders[name] = folder
+    return folders
+
+
+def _models(cfg: RunConfig, model_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The model behind each variant and the folder of its trained weights: one base model with the adapters
+    switched on and off, or (after full or freeze training) the base model and the saved whole model; then every
+    model of evaluate.compare. A classifier has no base variant (no head)."""
     device = pick_device()
     task = TASKS[cfg.train.task]
     labels = class_labels(cfg) if task.head == "classifier" else None
     compare = cfg.evaluate.compare_base and labels is None
-    if (model_dir / "adapter_config.json").is_file():
-        base = load_model(cfg.model.name, cfg.model.revision, device=device, labels=labels)
-        model = load_adapter(base, model_dir, TUNED).eval()
-        return {"base": model, TUNED: model} if compare else {TUNED: model}
-    models = {TUNED: load_model(str(model_dir), device=device, head=task.head).eval()}
+    folders = {TUNED: model_dir, **compared_folders(cfg)}
+    models: dict[str, Any] = {}
+    shared = None  # the base model that carries the adapters
+    for name, folder in folders.items():
+        if (folder / "adapter_config.json").is_file():
+            if shared is None:
+                shared = load_model(cfg.model.name, cfg.model.revision, device=device, labels=labels)
+            shared = load_adapter(shared, folder, name).eval()
+            models[name] = shared
+        else:
+            models[name] = load_model(str(folder), device=device, head=task.head).eval()
     if compare:
-        models["base"] = load_model(cfg.model.name, cfg.model.revision, device=device).eval()
-    return models
+        base = shared if shared is not None else load_model(cfg.model.name, cfg.model.revision, device=device)
+        models = {"base": base.eval(), **models}
+    return models, folders
 
 
 def _loss_sets(cfg: RunConfig, tokenizer: Any) -> dict[str, list[Any]]:
@@ -350,13 +382,16 @@ class _Generations:
         atomic_write_json(self.path, self.saved)
 
 
-def _answerer(cfg: RunConfig, tokenizer: Any, log: Any) -> Callable[[str, Any, list[Any], SamplingParams], list[str]]:
+Answerer = Callable[[str, Any, list[Any], SamplingParams], list[str]]
+
+
+def _answerer(cfg: RunConfig, tokenizer: Any, folders: dict[str, Path], log: Any) -> Answerer:
     """answer(name, model, prompts, params): the model's answers, reused from generations.json when nothing that
-    decides them changed (`name`: base, tuned, probe-base, probe-tuned)."""
+    decides them changed (`name`: a variant, or probe-<variant>; `folders`: each variant's trained weights)."""
     cache = _Generations(cfg.run_dir / GENERATIONS)
 
     def answer(name: str, model: Any, prompts: list[Any], params: SamplingParams) -> list[str]:
-        key = _generation_key(cfg, name, prompts, params)
+        key = _generation_key(cfg, folders.get(name.removeprefix("probe-")), prompts, params)
         saved = cache.get(name, key, len(prompts))
         if saved is not None:
             log(f"{name}: reusing its {len(prompts)} saved answers (same model, prompts and settings)")
@@ -368,14 +403,15 @@ def _answerer(cfg: RunConfig, tokenizer: Any, log: Any) -> Callable[[str, Any, l
     return answer
 
 
-def _generation_key(cfg: RunConfig, variant: str, prompts: list[Any], params: SamplingParams) -> str:
-    """A hash of what decides a variant's answers: its weights, the prompts, the sampling settings and the batch
-    size (padding changes greedy answers in the last decimals of the logits)."""
+def _generation_key(cfg: RunConfig, trained: Path | None, prompts: list[Any], params: SamplingParams) -> str:
+    """A hash of what decides a variant's answers: the base model and the `trained` weights on it (their files'
+    names, sizes and times), the prompts, the sampling settings and the batch size (padding changes greedy answers
+    in the last decimals of the logits)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([cfg.model.name, cfg.model.revision, asdict(params), cfg.evaluate.batch_size]).encode())
     digest.update(json.dumps(prompts, sort_keys=True).encode())
-    folders = [Path(cfg.model.name)] + ([cfg.run_dir / MODEL_DIR] if variant.endswith(TUNED) else [])
-    for folder in folders:
+    digest.update(str(trained.resolve() if trained else None).encode())
+    for folder in [Path(cfg.model.name)] + ([trained] if trained else []):
         for file in sorted(folder.glob("*")) if folder.is_dir() else []:
             if file.is_file():
                 stat = file.stat()

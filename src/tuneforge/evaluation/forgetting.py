@@ -107,7 +107,7 @@ def forgetting_check(cfg: RunConfig, models: dict[str, Any], tokenizer: Any, ans
     scores: dict[str, dict[str, Any]] = {}
     for variant in ("base", "tuned"):
         model = models[variant]
-        with use_adapter(model, None if variant == "base" else "tuned", merge=True):
+        with use_adapter(model, None if variant == "base" else variant, merge=True):
             ppl = perplexities(model, tokenizer, probe["texts"], cfg.data.max_seq_len)
             answers = answer(f"probe-{variant}", model, prompts(probe), params)
         scores[variant] = {"perplexity": ppl, "accuracy": accuracies(answers, probe)}
