@@ -74,6 +74,7 @@ def test_classify_learns_the_reviews(
     assert saved["comparison"]["metrics"]["accuracy"]["delta"] > 0.3
     predictions = read_jsonl(cfg.run_dir / "predictions.jsonl")
     assert len(predictions) == report.n
+    assert report.page is not None and 'id="confusion-matrix"' in report.page.read_text(encoding="utf-8")
     for p in predictions:
         assert set(p["probabilities"]) == {"neg", "pos"}
         assert sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-4)

@@ -72,6 +72,13 @@ def test_evaluate_scores_base_and_tuned_side_by_side(trained_run: Path, tmp_path
         assert isinstance(comparison["significant"], bool) and 0 <= comparison["p_value"] <= 1
     assert saved["comparison"]["baseline"] == "base"
     assert "[" in rows["token_f1"][0] and rows["token_f1"][2].startswith(("+", "-"))
+    # each answer's own scores (the mean metrics) are saved beside it and average to the reported score
+    for variant in ("base", "tuned"):
+        mean = sum(p["scores"][variant]["token_f1"] for p in predictions) / len(predictions)
+        assert mean == pytest.approx(report.scores[variant]["token_f1"], abs=1e-3)
+    assert report.page == run / "report.html"
+    html = report.page.read_text(encoding="utf-8")
+    assert 'id="examples"' in html and f"{report.scores['tuned']['token_f1']:.3f}" in html
 
 
 def test_evaluate_errors_name_the_missing_piece(trained_run: Path, tmp_path: Path, tiny_config) -> None:

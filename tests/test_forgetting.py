@@ -12,6 +12,7 @@ from tuneforge.evaluation import evaluate
 from tuneforge.evaluation.forgetting import (
     accuracies,
     answered,
+    changed_answers,
     forgetting_summary,
     load_probe,
     perplexities,
@@ -72,6 +73,16 @@ def test_the_verdict_warns_above_the_threshold_and_suggests_replay() -> None:
     assert severe["accuracy_change"] == pytest.approx(-0.3)
 
 
+def test_the_changed_answers_put_the_tuned_models_losses_first() -> None:
+    probe = {"questions": [{"question": f"q{i}", "accept": ["yes"]} for i in range(4)]}
+    base = ["yes", "no", "yes", "yes"]
+    tuned = ["yes", "yes indeed", "{}", "no"]
+    rows = changed_answers(probe, base, tuned)
+    assert [r["question"] for r in rows] == ["q2", "q3", "q1"]  # both losses (in probe order), then the gain
+    assert rows[0] == {"question": "q2", "base": "yes", "tuned": "{}", "base_right": True, "tuned_right": False}
+    assert len(changed_answers(probe, base, tuned, limit=1)) == 1
+
+
 def test_evaluate_reports_the_forgetting_check(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "toy"
     shutil.copytree(trained_run, run)
@@ -88,6 +99,7 @@ def test_evaluate_reports_the_forgetting_check(trained_run: Path, tmp_path: Path
     )
     worse = check["perplexity_change"] > 0 or check["accuracy_change"] < 0
     assert (check["warning"] is not None) == worse  # threshold 0: any worsening warns
+    assert len(check["examples"]) <= 6 and all(e["base_right"] != e["tuned_right"] for e in check["examples"])
     assert forgetting_summary(check).startswith("forgetting check (30 general questions, 4 texts")
     off = evaluate(load_run(run, ["evaluate.limit=2", "evaluate.forgetting=false"]), log=lambda *a: None)
     assert off.forgetting is None and "forgetting" not in json.loads((run / "eval.json").read_text())

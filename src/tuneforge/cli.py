@@ -137,6 +137,20 @@ def evaluate(target: Target, overrides: Overrides = None) -> None:
         _print_eval(evaluate_run(resolve_target(target, overrides), log=log))
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="An evaluated run directory (runs/<name>, with eval.json).")],
+) -> None:
+    """Render runs/<name>/report.html again from the run's saved files (evaluate writes it too): scores with
+    intervals, confusion matrix, examples side by side, forgetting check, training curves, data and config. One
+    self-contained file: open it in any browser, offline, or send it on."""
+    from tuneforge.evaluation.report import write_report
+
+    with user_errors():
+        load_run(run_dir)  # a folder that is not a run gets the usual clear error
+        out.print(f"report: {write_report(run_dir)}", markup=False)
+
+
 @app.command(epilog=FIELDS_HELP)
 def tune(target: Target, overrides: Overrides = None) -> None:
     """Search hyperparameters (tune.*) with Optuna on the prepared data, scored by validation loss; writes
@@ -245,6 +259,8 @@ def _print_eval(report: object) -> None:
         )
     if report.forgetting:
         out.print(forgetting_summary(report.forgetting), markup=False)
+    if report.page:
+        out.print(f"report: {report.page} (open it in a browser: scores, examples, forgetting, curves)", markup=False)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from tuneforge.evaluation.metrics import (
     perplexity,
     resolve,
 )
+from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.stats import compare, interval, resample_indices, resampled_scores
 from tuneforge.generation import SamplingParams, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
@@ -53,6 +54,7 @@ class EvalReport:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     resamples: int = 0
     forgetting: dict[str, Any] | None = None
+    page: Path | None = None  # report.html
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"split": self.split, "n": self.n, "models": self.scores}
@@ -119,6 +121,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     report = EVALUATORS.get(cfg.train.task, _language_model)(cfg, models, rows, tokenizer, answer)
     report.seconds = time.perf_counter() - start
     atomic_write_json(run_dir / "eval.json", report.to_json())
+    report.page = write_report(run_dir)
     return report
 
 
@@ -186,6 +189,7 @@ def _language_model(
             for variant in variants:
                 per_field = json_extraction(outputs[variant], references)["field_accuracy"]
                 report.details[variant] = {"field_accuracy": {k: round(v, 4) for k, v in per_field.items()}}
+        per_example = {name: m.per_example for name, m in metrics.items() if m.per_example is not None}
         write_jsonl(
             cfg.run_dir / "predictions.jsonl",
             [
@@ -194,6 +198,10 @@ def _language_model(
                     **({"task": r["task"]} if "task" in r else {}),
                     "reference": ref,
                     **{v: outputs[v][i] for v in variants},
+                    "scores": {
+                        v: {name: round(score(outputs[v][i], ref), 4) for name, score in per_example.items()}
+                        for v in variants
+                    },
                 }
                 for i, (r, ref) in enumerate(zip(rows, references, strict=True))
             ],

@@ -105,18 +105,38 @@ def forgetting_check(cfg: RunConfig, models: dict[str, Any], tokenizer: Any, ans
     probe = load_probe()
     params = SamplingParams(max_new_tokens=ANSWER_TOKENS)
     scores: dict[str, dict[str, Any]] = {}
+    answers: dict[str, list[str]] = {}
     for variant in ("base", "tuned"):
         model = models[variant]
         with use_adapter(model, None if variant == "base" else variant, merge=True):
             ppl = perplexities(model, tokenizer, probe["texts"], cfg.data.max_seq_len)
-            answers = answer(f"probe-{variant}", model, prompts(probe), params)
-        scores[variant] = {"perplexity": ppl, "accuracy": accuracies(answers, probe)}
-    result = {
+            answers[variant] = answer(f"probe-{variant}", model, prompts(probe), params)
+        scores[variant] = {"perplexity": ppl, "accuracy": accuracies(answers[variant], probe)}
+    return {
         "probe": {"questions": len(probe["questions"]), "texts": len(probe["texts"])},
         "models": scores,
         **verdict(scores, cfg.evaluate.forgetting_threshold),
+        "examples": changed_answers(probe, answers["base"], answers["tuned"]),
     }
-    return result
+
+
+def changed_answers(probe: dict[str, Any], base: list[str], tuned: list[str], limit: int = 6) -> list[dict[str, Any]]:
+    """Probe questions one model answered right and the other did not: the tuned model's losses first."""
+    rows = []
+    for q, before, after in zip(probe["questions"], base, tuned, strict=True):
+        right = answered(before, q["accept"]), answered(after, q["accept"])
+        if right[0] != right[1]:
+            rows.append(
+                {
+                    "question": q["question"],
+                    "base": before,
+                    "tuned": after,
+                    "base_right": right[0],
+                    "tuned_right": right[1],
+                }
+            )
+    rows.sort(key=lambda r: r["tuned_right"])  # stable: losses first, each group in probe order
+    return rows[:limit]
 
 
 def forgetting_summary(check: dict[str, Any]) -> str:
