@@ -70,6 +70,11 @@ def main(html: str, png: str) -> None:
         full_page_screenshot(driver, Path(png))
     finally:
         driver.quit()
+    from PIL import Image
+
+    with Image.open(png) as image:  # 256 colours: a third of the bytes, and the page has few colours anyway
+        small = image.convert("RGB").quantize(256)
+    small.save(png, optimize=True)
     print(f"wrote {png}")
 
 

@@ -260,7 +260,7 @@ def _print_eval(report: object) -> None:
     if report.forgetting:
         out.print(forgetting_summary(report.forgetting), markup=False)
     if report.page:
-        out.print(f"report: {report.page} (open it in a browser: scores, examples, forgetting, curves)", markup=False)
+        out.print(f"report: {report.page} (one self-contained page: open it in any browser)", markup=False)
 
 
 def main() -> None:
