@@ -104,6 +104,13 @@ def test_dpo_prefers_the_chosen_answers(tiny_config, pairs_file: Path, method: s
     assert tuned["pair_accuracy"] >= 0.9 and tuned["pair_accuracy"] > base["pair_accuracy"] + 0.3, report.scores
     assert tuned["mean_margin"] > base["mean_margin"]
     assert tuned["reward_accuracy"] >= 0.9 and tuned["dpo_loss"] < 0.5
+    for name in ("pair_accuracy", "mean_margin"):  # bootstrap intervals and the tuned-vs-base test, as for any metric
+        for variant in ("base", "tuned"):
+            low, high = report.intervals[variant][name]
+            assert low <= report.scores[variant][name] <= high
+        assert report.comparison[name]["delta"] == pytest.approx(tuned[name] - base[name], abs=1e-3)
+    assert report.baseline == "base" and report.comparison["mean_margin"]["significant"]
+    assert report.page is not None and "pair_accuracy" in report.page.read_text(encoding="utf-8")
 
 
 def test_a_resumed_run_reads_the_reference_back(tiny_config, tiny_model_dir: Path, pairs_file: Path) -> None:

@@ -52,7 +52,7 @@ def _write_run(root: Path, task: str) -> Path:
     )
     if task == "classify":
         _classifier_eval(run)
-    else:
+    elif task == "sft":
         _extraction_eval(run)
     return run
 
@@ -269,6 +269,16 @@ def test_a_classifier_report_shows_the_confusion_matrix_and_its_mistakes(tmp_pat
     # ECE is lower-is-better: its significant fall is an improvement (green), accuracy's zero change is unclear.
     assert 'class="num good">-0.150' in html and 'class="num muted">+0.000' in html
     assert "ece (lower is better)" in html
+
+
+def test_a_run_with_only_losses_and_no_training_log_still_gets_its_page(tmp_path: Path) -> None:
+    run = _write_run(tmp_path, "pretrain")
+    for name in ("metrics.jsonl", "data/data_report.json"):
+        (run / name).unlink()
+    atomic_write_json(run / "eval.json", {"split": "test", "n": 3, "models": {"tuned": {"test_loss": 2.0}}})
+    page = _Page(write_report(run).read_text(encoding="utf-8"))
+    assert page.cells["metrics"] == ["metric", "tuned", "test_loss", "2.000"]
+    assert {"scores", "config"} <= page.ids and not {"examples", "training", "data", "forgetting"} & page.ids
 
 
 def test_report_errors_and_the_cli(tmp_path: Path) -> None:

@@ -270,13 +270,12 @@ def _preference(
             logps[variant] = np.array(answer_logps(model, pairs, cfg.evaluate.batch_size, pad_id, _device(model)))
     report = EvalReport(cfg.evaluate.split, len(rows))
     lengths = np.array([[max(loss_tokens(p.chosen), 1), max(loss_tokens(p.rejected), 1)] for p in pairs])
-    for variant, values in logps.items():
-        per_token = values / lengths
-        margin = per_token[:, 0] - per_token[:, 1]
-        report.scores[variant] = {
-            "pair_accuracy": round(float((margin > 0).mean()), 4),
-            "mean_margin": round(float(margin.mean()), 4),
-        }
+    margins = {
+        variant: list(values[:, 0] / lengths[:, 0] - values[:, 1] / lengths[:, 1]) for variant, values in logps.items()
+    }
+    # Both measures are means over pairs of their per-token margin: intervals and the tuned-vs-base test come
+    # from the same bootstrap as every other metric.
+    report.score(PREFERENCE_METRICS, margins, [0.0] * len(pairs), cfg.evaluate.bootstrap)
     if "base" in logps:
         rewards = (logps[TUNED] - logps["base"]) * cfg.train.dpo_beta
         gap = rewards[:, 0] - rewards[:, 1]
@@ -284,6 +283,20 @@ def _preference(
         report.scores[TUNED]["dpo_loss"] = round(float(np.logaddexp(0, -gap).mean()), 4)
     report.forgetting = forgetting_check(cfg, models, tokenizer, answer)
     return report
+
+
+def _won(margin: float, _: Any) -> float:
+    return float(margin > 0)
+
+
+def _margin(margin: float, _: Any) -> float:
+    return float(margin)
+
+
+PREFERENCE_METRICS = {
+    "pair_accuracy": Metric("text", lambda m, r: float(np.mean([x > 0 for x in m])) if len(m) else 0.0, _won),
+    "mean_margin": Metric("text", lambda m, r: float(np.mean(m)) if len(m) else 0.0, _margin),
+}
 
 
 EVALUATORS: dict[str, Callable[[RunConfig, dict[str, Any], list[dict[str, Any]], Any, Any], EvalReport]] = {

@@ -44,7 +44,18 @@ KEY_SETTINGS = [
 def write_report(run_dir: Path) -> Path:
     """Render runs/<name>/report.html from the run's saved files and return its path."""
     run_dir = Path(run_dir)
-    evaluation = _read_json(require(run_dir, "eval.json", "evaluate"))
+    # Older runs, and tasks scored without answers (pretrain) or without a base (compare_base: false), lack parts.
+    optional: dict[str, Any] = {
+        "split": "test",
+        "n": 0,
+        "models": {},
+        "comparison": None,
+        "intervals": {},
+        "details": {},
+    }
+    evaluation = (
+        optional | {"forgetting": None, "seconds": None} | _read_json(require(run_dir, "eval.json", "evaluate"))
+    )
     config_path = require(run_dir, CONFIG_FILE, "prepare")
     config_text = config_path.read_text(encoding="utf-8")
     config = yaml.safe_load(config_text) or {}
