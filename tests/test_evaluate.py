@@ -76,6 +76,11 @@ def test_evaluate_scores_base_and_tuned_side_by_side(trained_run: Path, tmp_path
     for variant in ("base", "tuned"):
         mean = sum(p["scores"][variant]["token_f1"] for p in predictions) / len(predictions)
         assert mean == pytest.approx(report.scores[variant]["token_f1"], abs=1e-3)
+    # losses are scores too: per-example (loss, tokens) rows pooled, with intervals and the tuned-vs-base test
+    for split in ("val", "test"):
+        low, high = saved["intervals"]["tuned"][f"{split}_loss"]
+        assert low <= report.scores["tuned"][f"{split}_loss"] <= high
+        assert saved["comparison"]["metrics"][f"{split}_perplexity"]["delta"] < 0  # tuned is better: lower
     assert report.page == run / "report.html"
     html = report.page.read_text(encoding="utf-8")
     assert 'id="examples"' in html and f"{report.scores['tuned']['token_f1']:.3f}" in html
@@ -159,3 +164,18 @@ def test_other_runs_answer_the_same_split_beside_base_and_tuned(trained_run: Pat
     with pytest.raises(RunError, match="holds no trained model") as caught:
         evaluate(load_run(run, [f"evaluate.compare=[{tmp_path / 'nothing'}]"]), log=lambda *a: None)
     assert "runs/<name>" in caught.value.hint
+
+
+def test_per_example_losses_pool_to_the_batched_loss(trained_run: Path) -> None:
+    from tuneforge.evaluation.evaluate import example_losses
+    from tuneforge.models import load_model, load_tokenizer
+    from tuneforge.train.tasks import TASKS, group_losses
+
+    cfg = load_run(trained_run)
+    tokenizer, model = load_tokenizer(cfg.model.name), load_model(cfg.model.name)
+    examples = TASKS["sft"].load(trained_run / "data" / "val.jsonl", tokenizer, cfg)
+    pad = int(tokenizer.pad_token_id)
+    rows = example_losses(model, TASKS["sft"], examples, 3, pad, "cpu")
+    assert rows.shape == (len(examples), 2) and (rows[:, 1] > 0).all() and (rows[:, 0] > 0).all()
+    pooled = rows[:, 0].sum() / rows[:, 1].sum()  # batches of 3 here, of 4 there: padding changes nothing
+    assert pooled == pytest.approx(group_losses(model, TASKS["sft"], examples, cfg, 4, pad, "cpu")[""], rel=1e-5)

@@ -211,3 +211,14 @@ def test_a_metric_that_does_not_fit_the_task_is_refused_before_models_load(tiny_
         chosen_metrics(tiny_config("train.task=dpo", "evaluate.metrics=[bleu]"))
     assert list(chosen_metrics(tiny_config("evaluate.task=chat"))) == ["exact_match", "token_f1", "chrf", "rougeL"]
     assert list(chosen_metrics(tiny_config("train.task=classify")))[:2] == ["accuracy", "macro_f1"]
+
+
+def test_a_splits_loss_pools_its_examples_by_tokens() -> None:
+    from tuneforge.evaluation.metrics import LOSS_METRICS, lower_is_better
+
+    # (summed loss, tokens) rows: 6 over 4 tokens is 1.5, not the mean of the examples' own 3.0 and 1.0
+    assert LOSS_METRICS["loss"].score([[3.0, 1.0], [3.0, 3.0]], [None, None]) == 1.5
+    rows = [[2.0, 1.0], [6.0, 3.0]]
+    assert LOSS_METRICS["perplexity"].score(rows, [None, None]) == pytest.approx(math.exp(2.0))
+    assert lower_is_better("test_loss") and lower_is_better("val_colour_perplexity") and lower_is_better("ece")
+    assert not lower_is_better("accuracy") and not lower_is_better("token_f1")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from tuneforge.config import RunConfig
@@ -19,12 +20,12 @@ from tuneforge.errors import ConfigError, RunError
 from tuneforge.evaluation.forgetting import forgetting_check
 from tuneforge.evaluation.metrics import (
     DEFAULTS,
+    LOSS_METRICS,
     METRICS,
     Metric,
     confusion,
     json_extraction,
     per_class,
-    perplexity,
     resolve,
 )
 from tuneforge.evaluation.report import write_report
@@ -34,7 +35,7 @@ from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_devi
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
 from tuneforge.train.checkpoint import MODEL_DIR
 from tuneforge.train.classify import class_labels
-from tuneforge.train.tasks import TASKS, group_losses
+from tuneforge.train.tasks import TASKS
 
 TUNED = "tuned"
 
@@ -168,20 +169,24 @@ def _language_model(
     )
     report = EvalReport(cfg.evaluate.split, len(rows))
     outputs: dict[str, list[str]] = {}
+    losses: dict[str, dict[str, np.ndarray]] = {}  # split (or split_group) -> variant -> (summed loss, tokens) rows
     variants = list(models)
     pad_id = int(tokenizer.pad_token_id)
     for variant in variants:
-        scores: dict[str, Any] = {}
         model = models[variant]
         with use_adapter(model, None if variant == "base" else variant, merge=True):
             for split, encoded in loss_sets.items():
-                losses = group_losses(model, task, encoded, cfg, cfg.evaluate.batch_size, pad_id, _device(model))
-                for group, loss in sorted(losses.items()):
+                split_rows = example_losses(model, task, encoded, cfg.evaluate.batch_size, pad_id, _device(model))
+                groups = np.array([task.group(e) if task.group else "" for e in encoded])
+                for group in [""] + sorted(set(groups) - {""}):
                     name = f"{split}_{group}" if group else split
-                    scores[f"{name}_loss"], scores[f"{name}_perplexity"] = round(loss, 4), round(perplexity(loss), 3)
+                    losses.setdefault(name, {})[variant] = split_rows[groups == group] if group else split_rows
             if generative:
                 outputs[variant] = answer(variant, model, prompts, params)
-        report.scores[variant] = scores
+    for name in sorted(losses, key=lambda n: (not n.startswith("val"), n)):  # val before the scored split
+        per_split = {f"{name}_{measure}": metric for measure, metric in LOSS_METRICS.items()}
+        rows_of = {variant: list(split_rows) for variant, split_rows in losses[name].items()}
+        report.score(per_split, rows_of, [None] * len(next(iter(rows_of.values()))), cfg.evaluate.bootstrap)
     if generative:
         metrics = chosen_metrics(cfg)
         report.score(metrics, outputs, references, cfg.evaluate.bootstrap)
@@ -208,6 +213,23 @@ def _language_model(
         )
     report.forgetting = forgetting_check(cfg, models, tokenizer, answer)
     return report
+
+
+@torch.no_grad()
+def example_losses(model: Any, task: Any, examples: list[Any], batch_size: int, pad_id: int, device: str) -> np.ndarray:
+    """(summed loss, loss tokens) of each example of a language-model task, in order: a split's loss is the ratio of
+    their sums (what `group_losses` computes in batches), and resampling the rows gives its interval."""
+    from tuneforge.train.lm import IGNORE_INDEX, token_logps
+
+    was_training = model.training
+    model.eval()
+    rows: list[tuple[float, float]] = []
+    for start in range(0, len(examples), batch_size):
+        batch = task.collate(examples[start : start + batch_size], pad_id).to(device)
+        tokens = (batch.labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+        rows += zip((-token_logps(model, batch)).tolist(), tokens.tolist(), strict=True)
+    model.train(was_training)
+    return np.array(rows, dtype=float).reshape(-1, 2)
 
 
 def _classifier(

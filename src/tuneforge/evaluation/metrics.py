@@ -274,6 +274,25 @@ DEFAULTS: dict[str, list[str]] = {
 LOWER_IS_BETTER = {"ece"}
 
 
+def lower_is_better(name: str) -> bool:
+    """Whether a smaller score is the better one: ECE, and every loss and perplexity (val_loss, test_perplexity)."""
+    return name in LOWER_IS_BETTER or name.endswith(("_loss", "_perplexity"))
+
+
+def _pooled_loss(rows: Sequence[Any], _: Sequence[Any]) -> float:
+    """The token-weighted mean loss of (summed loss, loss tokens) rows: their ratio, as the split's loss is."""
+    sums = np.asarray(rows, dtype=float).reshape(-1, 2).sum(axis=0)
+    return float(sums[0] / sums[1]) if sums[1] else 0.0
+
+
+# A split's loss and perplexity as metrics of per-example (summed loss, tokens) rows, so that they get bootstrap
+# intervals and the tuned-vs-base test like every other score (resampling examples, not tokens).
+LOSS_METRICS = {
+    "loss": Metric("text", _pooled_loss, None, "token-weighted cross-entropy of the reference answers"),
+    "perplexity": Metric("text", lambda r, _: perplexity(_pooled_loss(r, _)), None, "exp(loss)"),
+}
+
+
 def resolve(name: str, base: Path | None = None) -> Metric:
     """The metric called `name`: a registered one, or a user's "module:function" / "file.py:function"."""
     if name in METRICS:

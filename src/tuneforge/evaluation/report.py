@@ -20,7 +20,7 @@ import yaml
 from tuneforge import __version__
 from tuneforge.errors import RunError
 from tuneforge.evaluation.charts import COLOURS, curve, score_bars
-from tuneforge.evaluation.metrics import LOWER_IS_BETTER
+from tuneforge.evaluation.metrics import lower_is_better
 from tuneforge.rundir import CONFIG_FILE, atomic_write_text, read_jsonl, require
 
 REPORT = "report.html"
@@ -150,7 +150,7 @@ def _judged(metric: str, result: dict[str, Any]) -> dict[str, Any]:
     """A comparison with its verdict for the page: "better", "worse" (significant either way) or "unclear"."""
     if not result.get("significant"):
         return {**result, "verdict": "unclear"}
-    better = result["delta"] < 0 if metric in LOWER_IS_BETTER else result["delta"] > 0
+    better = result["delta"] < 0 if lower_is_better(metric) else result["delta"] > 0
     return {**result, "verdict": "better" if better else "worse"}
 
 
@@ -195,7 +195,7 @@ def _bars(evaluation: dict[str, Any]) -> str | None:
         for name in (evaluation.get("comparison") or {}).get("metrics", {})
         if all(0.0 <= float(s.get(name, 0.0)) <= 1.0 for s in scores.values())
     ]
-    labels = {m: f"{m} (lower is better)" if m in LOWER_IS_BETTER else m for m in metrics}
+    labels = {m: f"{m} (lower is better)" if lower_is_better(m) else m for m in metrics}
     return score_bars(metrics, list(scores), scores, intervals, labels) if metrics else None
 
 
