@@ -91,7 +91,11 @@ def _extraction_eval(run: Path) -> None:
                 "baseline": "base",
                 "model": "tuned",
                 "resamples": 1000,
-                "metrics": {"exact_match": significant, "bleu": {**significant, "delta": 50.0, "interval": [30, 70]}},
+                "metrics": {  # losses come first, as evaluate writes them
+                    "test_loss": {**significant, "delta": -2.1, "interval": [-2.5, -1.7]},
+                    "exact_match": significant,
+                    "bleu": {**significant, "delta": 50.0, "interval": [30, 70]},
+                },
             },
             "details": {"base": {"field_accuracy": {"term": 0.25}}, "tuned": {"field_accuracy": {"term": 0.75}}},
             "forgetting": {
@@ -233,6 +237,9 @@ def test_an_extraction_report_shows_every_section_escaped_and_self_contained(tmp
         "<0.002",
     ]
     assert "bleu" in metrics and "60.000" in metrics  # 0-100 scores are in the table, not in the 0-1 bar chart
+    # the task's metrics lead the headline, losses follow; a fall of the loss is good news, and no bar
+    assert html.index("exact_match (base → tuned)") < html.index("bleu (base → tuned)") < html.index("test_loss (base")
+    assert 'class="num good">-2.100' in html and "test_loss (lower is better)" not in html
     assert html.count("<svg") == 1 + 4  # scores; loss, validation metric, learning rate, throughput
     # Examples: the models' answers differ on 3 of 4; the tuned model's regression comes first.
     assert "3 of 4 test examples got different answers" in html

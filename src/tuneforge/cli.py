@@ -253,7 +253,7 @@ def _print_eval(report: object) -> None:
     out.print(table)
     if report.comparison:
         out.print(
-            f"score [95% interval] from {report.resamples} bootstrap resamples of the {report.split} split; * the "
+            f"score [95% interval] from {report.resamples} bootstrap resamples of each split's examples; * the "
             f"difference is significant (paired bootstrap, p < 0.05; p-values in eval.json)",
             markup=False,
         )

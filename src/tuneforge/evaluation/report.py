@@ -138,12 +138,18 @@ def headline(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     baseline, model = comparison.get("baseline"), comparison.get("model")
     scores = evaluation.get("models", {})
     cards: list[dict[str, Any]] = []
-    for name, result in comparison.get("metrics", {}).items():
+    compared = comparison.get("metrics", {})
+    # the task's own metrics first; losses only where there is room (they lead for pretrain, which has nothing else)
+    for name, result in sorted(compared.items(), key=lambda item: _is_loss(item[0])):
         before, after = scores[baseline].get(name), scores[model].get(name)
         if len(cards) == 4 or any((c["before"], c["after"]) == (before, after) for c in cards):
             continue  # micro F1 repeats accuracy for single-label classifiers
         cards.append({"metric": name, "baseline": baseline, "before": before, "after": after, **_judged(name, result)})
     return cards
+
+
+def _is_loss(metric: str) -> bool:
+    return metric.endswith(("_loss", "_perplexity"))
 
 
 def _judged(metric: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -187,13 +193,14 @@ def detail_rows(evaluation: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bars(evaluation: dict[str, Any]) -> str | None:
-    """The bar chart of the compared scores that lie on a 0-1 scale (not BLEU/chrF's 0-100, not losses)."""
+    """The bar chart of the compared scores that lie on a 0-1 scale (not BLEU/chrF's 0-100, not losses: a loss
+    below 1 is not a share)."""
     scores = evaluation.get("models", {})
     intervals = evaluation.get("intervals", {})
     metrics = [
         name
         for name in (evaluation.get("comparison") or {}).get("metrics", {})
-        if all(0.0 <= float(s.get(name, 0.0)) <= 1.0 for s in scores.values())
+        if not _is_loss(name) and all(0.0 <= float(s.get(name, 0.0)) <= 1.0 for s in scores.values())
     ]
     labels = {m: f"{m} (lower is better)" if lower_is_better(m) else m for m in metrics}
     return score_bars(metrics, list(scores), scores, intervals, labels) if metrics else None
