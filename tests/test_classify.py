@@ -1,6 +1,7 @@
 """The classify task: a classification head on a BERT-style encoder and on a decoder, class weights, probabilities."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,19 @@ def test_classify_learns_the_reviews(
         assert sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-4)
         assert p["prediction"] == max(p["probabilities"], key=p["probabilities"].get)
     info = json.loads((result.model_dir / "tuneforge.json").read_text())
-    assert info["task"] == "classify"
+    assert info["task"] == "classify" and info["labels"] == ["neg", "pos"]
+    if encoder:  # another classifier run answers beside it: an adapter (lora) or a whole model (full)
+        twin = cfg.run_dir.parent / "twin"
+        shutil.copytree(cfg.run_dir, twin)
+        both = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"compare": [str(twin)]})})
+        compared = evaluate(both, **QUIET)
+        assert list(compared.scores) == ["majority", "tuned", "twin"]
+        assert compared.scores["twin"] == compared.scores["tuned"] == report.scores["tuned"]
+        assert all(p["twin"] == p["prediction"] for p in read_jsonl(cfg.run_dir / "predictions.jsonl"))
+        info["labels"] = ["pos", "neg"]  # same head size, other classes: it must not be scored as if it matched
+        (twin / "model" / "tuneforge.json").write_text(json.dumps(info))
+        with pytest.raises(RunError, match=r"classes \['pos', 'neg'\]; this run's are \['neg', 'pos'\]"):
+            evaluate(both, **QUIET)
     if method == "freeze":  # the head and the last layer trained, the first layer and embeddings did not
         saved = load_file(result.model_dir / "model.safetensors")
         base = load_model(str(model_dir), labels=["neg", "pos"]).state_dict()

@@ -222,3 +222,16 @@ def test_a_splits_loss_pools_its_examples_by_tokens() -> None:
     assert LOSS_METRICS["perplexity"].score(rows, [None, None]) == pytest.approx(math.exp(2.0))
     assert lower_is_better("test_loss") and lower_is_better("val_colour_perplexity") and lower_is_better("ece")
     assert not lower_is_better("accuracy") and not lower_is_better("token_f1")
+
+
+@pytest.mark.parametrize(("n", "n_classes"), [(80, 3), (7, 4), (30, 2)])
+def test_class_scores_on_every_resample_at_once_equal_the_score_of_each(n: int, n_classes: int) -> None:
+    rng = np.random.default_rng(n)
+    probabilities = list(rng.dirichlet(np.ones(n_classes), size=n))
+    labels = list(rng.integers(0, max(n_classes - 1, 2), n))  # with 4 classes, one never true
+    indices = resample_indices(n, 200, seed=1)
+    for name, metric in METRICS.items():
+        if metric.kind != "class" or name == "ece":
+            continue
+        one_by_one = [metric.score([probabilities[i] for i in row], [labels[i] for i in row]) for row in indices]
+        assert resampled_scores(metric, probabilities, labels, indices) == pytest.approx(one_by_one, abs=1e-12), name

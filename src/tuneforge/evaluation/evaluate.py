@@ -33,7 +33,7 @@ from tuneforge.evaluation.stats import compare, interval, resample_indices, resa
 from tuneforge.generation import SamplingParams, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
-from tuneforge.train.checkpoint import MODEL_DIR
+from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
 from tuneforge.train.classify import class_labels
 from tuneforge.train.tasks import TASKS
 
@@ -243,15 +243,18 @@ def _classifier(
     labels = class_labels(cfg)
     examples = TASKS["classify"].load(cfg.run_dir / "data" / f"{cfg.evaluate.split}.jsonl", tokenizer, cfg)
     examples = examples[: len(rows)]
-    model = models[TUNED]
-    with use_adapter(model, TUNED, merge=True):
-        probs = probabilities(model, examples, cfg.evaluate.batch_size, int(tokenizer.pad_token_id), _device(model))
     truth = [e.label for e in examples]
-    predicted = probs.argmax(1).tolist()
     train_counts = Counter(str(r["label"]) for r in read_jsonl(cfg.run_dir / "data" / "train.jsonl"))
     majority = np.eye(len(labels))[[labels.index(max(labels, key=lambda label: train_counts[label]))] * len(truth)]
+    outputs: dict[str, Any] = {"majority": list(majority)}
+    for variant, model in models.items():  # the tuned model, then those of evaluate.compare
+        with use_adapter(model, variant, merge=True):
+            pad_id = int(tokenizer.pad_token_id)
+            outputs[variant] = list(probabilities(model, examples, cfg.evaluate.batch_size, pad_id, _device(model)))
+    compared = [v for v in models if v != TUNED]
+    probs = np.array(outputs[TUNED])
+    predicted = probs.argmax(1).tolist()
     report = EvalReport(cfg.evaluate.split, len(rows))
-    outputs = {"majority": list(majority), TUNED: list(probs)}
     report.score(chosen_metrics(cfg), outputs, truth, cfg.evaluate.bootstrap)
     for name, rows_of_probs in outputs.items():
         report.details[name] = {
@@ -267,8 +270,9 @@ def _classifier(
                 "reference": labels[t],
                 "prediction": labels[g],
                 "probabilities": {label: round(float(p), 5) for label, p in zip(labels, row, strict=True)},
+                **{v: labels[int(np.argmax(outputs[v][i]))] for v in compared},  # the compared models' answers
             }
-            for r, t, g, row in zip(rows, truth, predicted, probs, strict=True)
+            for i, (r, t, g, row) in enumerate(zip(rows, truth, predicted, probs, strict=True))
         ],
     )
     return report
@@ -333,9 +337,9 @@ def _device(model: Any) -> str:
 
 def compared_folders(cfg: RunConfig) -> dict[str, Path]:
     """The model folders evaluate.compare names (a run directory means its model/), under unique variant names."""
-    if cfg.evaluate.compare and cfg.train.task in ("classify", "dpo"):
+    if cfg.evaluate.compare and cfg.train.task == "dpo":
         raise ConfigError(
-            f"evaluate.compare scores generated answers; train.task={cfg.train.task} is scored by its own measures",
+            "evaluate.compare scores answers or class probabilities; train.task=dpo is scored by its own measures",
             "remove evaluate.compare, or evaluate each run on its own",
         )
     folders: dict[str, Path] = {}
@@ -347,11 +351,38 @@ def compared_folders(cfg: RunConfig) -> dict[str, Path]:
                 f"evaluate.compare names {named}, which holds no trained model (no adapter_config.json or config.json)",
                 "name a run directory with a trained model (runs/<name>) or a model folder",
             )
+        if cfg.train.task == "classify":
+            _check_classifier(cfg, named, folder)
         name = folder.parent.name if folder.name == MODEL_DIR else folder.name
         while name in ("base", TUNED, "majority") or name in folders:
             name += "+"
         folders[name] = folder
     return folders
+
+
+def _check_classifier(cfg: RunConfig, named: str, folder: Path) -> None:
+    """A model compared with a classifier must be one with the same classes in the same order (a head of another
+    size fails to load anyway; one of the same size with other classes would be scored silently wrong)."""
+    try:
+        info = json.loads((folder / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    config = folder / "config.json"
+    labels = info.get("labels")
+    if labels is None and config.is_file():  # a whole model: its config names the classes
+        id2label = json.loads(config.read_text(encoding="utf-8")).get("id2label") or {}
+        labels = [id2label[k] for k in sorted(id2label, key=int)] if info.get("task") == "classify" else None
+    if info.get("task", "classify") != "classify":
+        raise RunError(
+            f"evaluate.compare names {named}, a train.task={info['task']} model; a classifier is compared only with "
+            f"classifiers",
+            "name classifier runs of the same classes",
+        )
+    if labels is not None and labels != class_labels(cfg):
+        raise RunError(
+            f"evaluate.compare names {named}, a classifier of the classes {labels}; this run's are {class_labels(cfg)}",
+            "name classifier runs trained on the same classes (data.labels fixes their order)",
+        )
 
 
 def _models(cfg: RunConfig, model_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:

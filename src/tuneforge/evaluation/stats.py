@@ -50,6 +50,8 @@ def resampled_scores(
     metric: Metric, predictions: Sequence[Any], references: Sequence[Any], indices: np.ndarray
 ) -> np.ndarray:
     """The metric on each resample (one row of `indices` each)."""
+    if metric.resampled is not None:
+        return metric.resampled(predictions, references, indices)
     if metric.per_example is not None:
         per_example = np.array([metric.per_example(p, r) for p, r in zip(predictions, references, strict=True)])
         return np.asarray(per_example[indices].mean(axis=1))

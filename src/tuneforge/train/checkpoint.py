@@ -202,7 +202,14 @@ def save_model(
             "adapter": METHODS[cfg.train.method].adapter,
             "task": cfg.train.task,
             "run": cfg.name,
+            **({"labels": _labels(cfg)} if cfg.train.task == "classify" else {}),  # the head's classes, in order
         },
     )
     _swap_in(tmp, final)
     return final
+
+
+def _labels(cfg: RunConfig) -> list[str]:
+    from tuneforge.train.classify import class_labels  # classify imports this module
+
+    return class_labels(cfg)
