@@ -247,9 +247,9 @@ def _classifier(
     train_counts = Counter(str(r["label"]) for r in read_jsonl(cfg.run_dir / "data" / "train.jsonl"))
     majority = np.eye(len(labels))[[labels.index(max(labels, key=lambda label: train_counts[label]))] * len(truth)]
     outputs: dict[str, Any] = {"majority": list(majority)}
+    pad_id = int(tokenizer.pad_token_id)
     for variant, model in models.items():  # the tuned model, then those of evaluate.compare
         with use_adapter(model, variant, merge=True):
-            pad_id = int(tokenizer.pad_token_id)
             outputs[variant] = list(probabilities(model, examples, cfg.evaluate.batch_size, pad_id, _device(model)))
     compared = [v for v in models if v != TUNED]
     probs = np.array(outputs[TUNED])
