@@ -1,0 +1,78 @@
+"""Generation speed of tuneforge's serving path against plain `model.generate`, same prompts, same lengths.
+
+    python bench/generate.py                  # embedded model, batch 1 and 8, 64 new tokens, 3 repeats
+    python bench/generate.py --new-tokens 128 --repeats 1
+
+tuneforge's path is `tuneforge.generation.generate` (what evaluation, chat and the server call: chat template,
+left-padded batch, greedy). The baseline is what the transformers docs teach: `apply_chat_template`, a left-padded
+tokenizer call and `model.generate(**inputs, max_new_tokens=N, do_sample=False)`. Both must produce N tokens per
+prompt (`min_new_tokens` on the baseline; EOS is suppressed for tuneforge's run by the same setting through
+`generation_config`), so tokens/s compares equal work. Printed: generated tokens/s per batch size, the first
+repeat excluded (warm-up), and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+QUESTIONS = [
+    "Wie lange ist die Kündigungsfrist in meinem Vertrag?",
+    "What is the capital of France, and why is it famous?",
+    "Erkläre kurz, was ein Mietvertrag ist.",
+    "Give me three tips for writing a good product review.",
+    "Was ist der Unterschied zwischen brutto und netto?",
+    "How do I return a parcel that arrived damaged?",
+    "Nenne drei Vorteile von Solarenergie.",
+    "Summarise the plot of Romeo and Juliet in two sentences.",
+]
+
+
+def plain(model: Any, tokenizer: Any, chats: list[Any], new_tokens: int) -> int:
+    """The transformers docs' way; returns the tokens generated."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    inputs = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    return int(out[:, inputs["input_ids"].shape[1] :].numel())
+
+
+def ours(model: Any, tokenizer: Any, chats: list[Any], new_tokens: int) -> int:
+    from tuneforge.generation import SamplingParams, generate
+
+    model.generation_config.min_new_tokens = new_tokens  # the same work as the baseline: no early EOS
+    done = generate(model, tokenizer, chats, SamplingParams(max_new_tokens=new_tokens))
+    model.generation_config.min_new_tokens = None
+    return sum(c.completion_tokens for c in done)
+
+
+def main() -> None:
+    from tuneforge.models import load_model, load_tokenizer
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="model.name (default: embedded)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case, after one warm-up")
+    args = parser.parse_args()
+    model, tokenizer = load_model(args.model).eval(), load_tokenizer(args.model)
+    print(f"generation, {args.model}, {args.new_tokens} new tokens per prompt, greedy")
+    print(f"{'batch':>5}{'plain generate tok/s':>22}{'tuneforge tok/s':>17}{'ratio':>7}")
+    for batch in (1, 8):
+        chats = [[{"role": "user", "content": q}] for q in QUESTIONS[:batch]]
+        speed = {}
+        for name, fn in (("plain", plain), ("tuneforge", ours)):
+            fn(model, tokenizer, chats, args.new_tokens)  # warm-up
+            tokens, start = 0, time.perf_counter()
+            for _ in range(args.repeats):
+                tokens += fn(model, tokenizer, chats, args.new_tokens)
+            speed[name] = tokens / (time.perf_counter() - start)
+        ratio = speed["tuneforge"] / speed["plain"]
+        print(f"{batch:>5}{speed['plain']:>22.1f}{speed['tuneforge']:>17.1f}{ratio:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
