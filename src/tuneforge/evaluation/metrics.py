@@ -324,9 +324,14 @@ DEFAULTS: dict[str, list[str]] = {
 LOWER_IS_BETTER = {"ece"}
 
 
+def is_loss(name: str) -> bool:
+    """Whether a score is a split's loss or perplexity (val_loss, test_perplexity, test_<task>_loss)."""
+    return name.endswith(("_loss", "_perplexity"))
+
+
 def lower_is_better(name: str) -> bool:
-    """Whether a smaller score is the better one: ECE, and every loss and perplexity (val_loss, test_perplexity)."""
-    return name in LOWER_IS_BETTER or name.endswith(("_loss", "_perplexity"))
+    """Whether a smaller score is the better one: ECE, and every loss and perplexity."""
+    return name in LOWER_IS_BETTER or is_loss(name)
 
 
 def _pooled_loss(rows: Sequence[Any], _: Sequence[Any]) -> float:

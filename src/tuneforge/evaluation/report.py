@@ -20,7 +20,7 @@ import yaml
 from tuneforge import __version__
 from tuneforge.errors import RunError
 from tuneforge.evaluation.charts import COLOURS, curve, score_bars
-from tuneforge.evaluation.metrics import lower_is_better
+from tuneforge.evaluation.metrics import is_loss, lower_is_better
 from tuneforge.rundir import CONFIG_FILE, atomic_write_text, read_jsonl, require
 
 REPORT = "report.html"
@@ -140,16 +140,12 @@ def headline(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
     cards: list[dict[str, Any]] = []
     compared = comparison.get("metrics", {})
     # the task's own metrics first; losses only where there is room (they lead for pretrain, which has nothing else)
-    for name, result in sorted(compared.items(), key=lambda item: _is_loss(item[0])):
+    for name, result in sorted(compared.items(), key=lambda item: is_loss(item[0])):
         before, after = scores[baseline].get(name), scores[model].get(name)
         if len(cards) == 4 or any((c["before"], c["after"]) == (before, after) for c in cards):
             continue  # micro F1 repeats accuracy for single-label classifiers
         cards.append({"metric": name, "baseline": baseline, "before": before, "after": after, **_judged(name, result)})
     return cards
-
-
-def _is_loss(metric: str) -> bool:
-    return metric.endswith(("_loss", "_perplexity"))
 
 
 def _judged(metric: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +196,7 @@ def _bars(evaluation: dict[str, Any]) -> str | None:
     metrics = [
         name
         for name in (evaluation.get("comparison") or {}).get("metrics", {})
-        if not _is_loss(name) and all(0.0 <= float(s.get(name, 0.0)) <= 1.0 for s in scores.values())
+        if not is_loss(name) and all(0.0 <= float(s.get(name, 0.0)) <= 1.0 for s in scores.values())
     ]
     labels = {m: f"{m} (lower is better)" if lower_is_better(m) else m for m in metrics}
     return score_bars(metrics, list(scores), scores, intervals, labels) if metrics else None
