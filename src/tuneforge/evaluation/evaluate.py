@@ -29,7 +29,7 @@ from tuneforge.evaluation.metrics import (
     resolve,
 )
 from tuneforge.evaluation.report import write_report
-from tuneforge.evaluation.stats import compare, interval, resample_indices, resampled_scores
+from tuneforge.evaluation.stats import compare, interval, per_example_scores, resample_indices, resampled_scores
 from tuneforge.generation import SamplingParams, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
@@ -56,6 +56,8 @@ class EvalReport:
     resamples: int = 0
     forgetting: dict[str, Any] | None = None
     page: Path | None = None  # report.html
+    # each example's own score per model and mean metric (for predictions.jsonl; not in eval.json)
+    per_example: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"split": self.split, "n": self.n, "models": self.scores}
@@ -92,8 +94,11 @@ class EvalReport:
             for name, metric in metrics.items():
                 raw[variant, name] = metric.score(predictions, references)
                 scores[name] = round(raw[variant, name], 4)
+                values = per_example_scores(metric, predictions, references)
+                if values is not None:
+                    self.per_example.setdefault(variant, {})[name] = values
                 if indices is not None:
-                    samples[variant, name] = resampled_scores(metric, predictions, references, indices)
+                    samples[variant, name] = resampled_scores(metric, predictions, references, indices, values)
                     low, high = interval(samples[variant, name])
                     self.intervals.setdefault(variant, {})[name] = [round(low, 4), round(high, 4)]
         baseline = next(iter(outputs))
@@ -194,7 +199,6 @@ def _language_model(
             for variant in variants:
                 per_field = json_extraction(outputs[variant], references)["field_accuracy"]
                 report.details[variant] = {"field_accuracy": {k: round(v, 4) for k, v in per_field.items()}}
-        per_example = {name: m.per_example for name, m in metrics.items() if m.per_example is not None}
         write_jsonl(
             cfg.run_dir / "predictions.jsonl",
             [
@@ -204,7 +208,7 @@ def _language_model(
                     "reference": ref,
                     **{v: outputs[v][i] for v in variants},
                     "scores": {
-                        v: {name: round(score(outputs[v][i], ref), 4) for name, score in per_example.items()}
+                        v: {name: round(float(values[i]), 4) for name, values in report.per_example.get(v, {}).items()}
                         for v in variants
                     },
                 }

@@ -46,14 +46,27 @@ def resample_indices(n: int, resamples: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def per_example_scores(metric: Metric, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray | None:
+    """Each example's own score, for a metric that is their mean (None for one that is not)."""
+    if metric.per_example is None:
+        return None
+    return np.array([metric.per_example(p, r) for p, r in zip(predictions, references, strict=True)], dtype=float)
+
+
 def resampled_scores(
-    metric: Metric, predictions: Sequence[Any], references: Sequence[Any], indices: np.ndarray
+    metric: Metric,
+    predictions: Sequence[Any],
+    references: Sequence[Any],
+    indices: np.ndarray,
+    per_example: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The metric on each resample (one row of `indices` each)."""
+    """The metric on each resample (one row of `indices` each); `per_example`: the examples' own scores when the
+    caller has them already."""
     if metric.resampled is not None:
         return metric.resampled(predictions, references, indices)
-    if metric.per_example is not None:
-        per_example = np.array([metric.per_example(p, r) for p, r in zip(predictions, references, strict=True)])
+    if per_example is None:
+        per_example = per_example_scores(metric, predictions, references)
+    if per_example is not None:
         return np.asarray(per_example[indices].mean(axis=1))
     preds, refs = list(predictions), list(references)
     return np.array([metric.score([preds[i] for i in row], [refs[i] for i in row]) for row in indices])
