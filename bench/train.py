@@ -2,11 +2,12 @@
 
     python bench/train.py                    # LoRA and full, 8 timed steps each after 1 warm-up step (~20 min)
     python bench/train.py --steps 3 --only lora
+    python bench/train.py --only lora --tools tuneforge --set train.micro_batch_tokens=null   # one lever, measured
 
 The data is a fixed, seeded chat set (`--examples` 300; German and English words from faker's lorem lists, each
 example 30-400 tokens with the model's chat template). Every variant trains max_seq_len 512, effective batch 8,
 the same number of optimizer steps, in its own process (so its peak RSS is its own):
-  tuneforge  - `tuneforge train` as configured below (its defaults otherwise);
+  tuneforge  - `tuneforge train` as configured below (its defaults otherwise; `--set key=value` changes one);
   TRL        - `SFTTrainer(model, SFTConfig(...), peft_config=LoraConfig(...))` with the settings a user would set
                (batch, steps, learning rate, max_length) and TRL's defaults for everything else.
 Printed per variant: real tokens/s (non-padding tokens the optimizer steps saw, after warm-up), wall time of the
@@ -70,7 +71,9 @@ def held_out_loss(model: Any, model_dir: str, data: Path) -> float:
     return float(mean_loss(model, SFT, examples, cfg, BATCH, int(tokenizer.pad_token_id)))
 
 
-def run_tuneforge(method: str, data: Path, held: Path, steps: int, warmup: int, out: Path) -> dict[str, Any]:
+def run_tuneforge(
+    method: str, data: Path, held: Path, steps: int, warmup: int, out: Path, overrides: list[str]
+) -> dict[str, Any]:
     from tuneforge.config import load_config
     from tuneforge.data import prepare
     from tuneforge.models import load_model
@@ -95,6 +98,7 @@ def run_tuneforge(method: str, data: Path, held: Path, steps: int, warmup: int, 
             f"train.max_steps={warmup + steps}",
             "train.save_steps=100000",
             "train.seed=0",
+            *overrides,
         ],
     )
     prepare(cfg)
@@ -113,7 +117,9 @@ def _with_adapter(cfg: Any, adapter_dir: Path) -> Any:
     return load_adapter(load_model(cfg.model.name), adapter_dir, "bench").eval()
 
 
-def run_trl(method: str, data: Path, held: Path, steps: int, warmup: int, out: Path) -> dict[str, Any]:
+def run_trl(
+    method: str, data: Path, held: Path, steps: int, warmup: int, out: Path, overrides: list[str]
+) -> dict[str, Any]:
     import datasets
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -189,6 +195,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--examples", type=int, default=300, help="training examples (+40 held out)")
     parser.add_argument("--only", choices=["lora", "full"], help="run one method only")
+    parser.add_argument("--tools", default="trl,tuneforge", help="which to run, comma-separated (default both)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a tuneforge config override (repeatable)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -196,7 +206,8 @@ def main() -> None:
         tool, method = args.variant.split("-")
         work = Path(args.workdir)
         runner = run_tuneforge if tool == "tuneforge" else run_trl
-        result = runner(method, work / "train.jsonl", work / "held.jsonl", args.steps, args.warmup, work / tool)
+        held, out = work / "held.jsonl", work / tool
+        result = runner(method, work / "train.jsonl", held, args.steps, args.warmup, out, args.set)
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -214,9 +225,10 @@ def main() -> None:
         methods = [args.only] if args.only else ["lora", "full"]
         for method in methods:
             results = {}
-            for tool in ("trl", "tuneforge"):
+            for tool in args.tools.split(","):
                 cmd = [sys.executable, __file__, "--variant", f"{tool}-{method}", "--workdir", tmp]
                 cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+                cmd += [f"--set={o}" for o in args.set]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{tool}-{method} failed:\n{done.stderr[-3000:]}")
@@ -234,6 +246,8 @@ def report(method: str, results: dict[str, dict[str, Any]], n_params: int, peak:
             f"{tool:<11}{speed:>11.1f}{r['seconds']:>8.1f}{r['peak_rss_mib']:>14.0f}{r['held_out_loss']:>15.4f}"
             f"{100 * speed * per_token / peak:>6.1f}%"
         )
+    if len(results) < 2:
+        return
     ours, theirs = results["tuneforge"], results["trl"]
     speedup = (ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"])
     print(

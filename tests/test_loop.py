@@ -96,7 +96,7 @@ def test_a_diverging_loss_stops_with_a_clear_message(tiny_config, monkeypatch) -
         loss = real(model, batch, cfg)
         return loss * float("inf") if len(calls) == 3 else loss
 
-    cfg = tiny_config("train.max_steps=6", "data.estimate=false")
+    cfg = tiny_config("train.max_steps=6", "data.estimate=false", "train.micro_batch_tokens=null")  # 1 per step
     prepare(cfg)
     monkeypatch.setitem(TASKS, "sft", replace(TASKS["sft"], loss=diverging))
     with pytest.raises(TrainingError, match=r"the training loss became inf at step 3") as err:

@@ -63,9 +63,16 @@ def resolve(cfg: RunConfig, n_train: int, n_params: int) -> tuple[Hyper, list[st
 
 
 def resolve_batch(
-    hp: Hyper, model: Any, lengths: list[int], loss_share: float, precision: str, available: int
+    hp: Hyper,
+    model: Any,
+    lengths: list[int],
+    loss_share: float,
+    precision: str,
+    available: int,
+    max_tokens: int | None = None,
 ) -> tuple[Hyper, list[str]]:
-    """`hp` with an auto batch size (0) replaced; `lengths` are the training examples' token counts."""
+    """`hp` with an auto batch size (0) replaced; `lengths` are the training examples' token counts, `max_tokens`
+    the micro-batch token limit (the memory peak is the longest examples' micro-batch)."""
     if hp.batch_size:
         return hp, []
     from tuneforge.train.estimate import memory_need
@@ -74,8 +81,9 @@ def resolve_batch(
     for candidate in (16, 8, 4, 2):
         if candidate > max(1, len(ordered) // 10):
             continue
-        batch = ordered[-candidate:]
-        need = memory_need(model, candidate, batch[-1], int(sum(batch) * loss_share), precision)["total"]
+        rows = min(candidate, max(1, max_tokens // ordered[-1])) if max_tokens else candidate
+        batch = ordered[-rows:]
+        need = memory_need(model, rows, batch[-1], int(sum(batch) * loss_share), precision)["total"]
         if need <= 0.8 * available:
             size = candidate
             break

@@ -24,8 +24,10 @@ from tuneforge.config import RunConfig
 from tuneforge.data.records import Record
 from tuneforge.data.tokenize import Encoded, encode_chat
 from tuneforge.models import load_tokenizer, pick_device
-from tuneforge.train.lm import collate, loss_sum
-from tuneforge.train.loop import autocast, optimizer_step, resolve_precision, setup_model
+from tuneforge.train.linear_ce import CHUNK_ELEMENTS
+from tuneforge.train.lm import PLAIN_HEAD, collate, loss_sum
+from tuneforge.train.loop import autocast, micro_batch_tokens, optimizer_step, resolve_precision, setup_model
+from tuneforge.train.tasks import micro_batches
 
 PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
 
@@ -49,11 +51,15 @@ def estimate_training(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     model.train()
 
+    max_tokens = micro_batch_tokens(cfg, device)
+
     def run(batch_ids: list[int]) -> tuple[float, int]:
-        batch = collate([_encode(tokenizer, fetch(k)) for k in batch_ids], pad_id)
+        examples = [_encode(tokenizer, fetch(k)) for k in batch_ids]
+        parts = micro_batches([len(e.input_ids) for e in examples], len(examples), max_tokens)
+        group = [collate([examples[i] for i in part], pad_id) for part in parts]
         start = time.perf_counter()
-        optimizer_step(model, [batch], optimizer, scheduler, params, cfg, device, precision)
-        return time.perf_counter() - start, batch.n_tokens
+        optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
+        return time.perf_counter() - start, sum(b.n_tokens for b in group)
 
     longest, typical = probe_batches(lengths, hp.batch_size, cfg.train.seed)
     with _peak_memory(device) as peak:
@@ -68,7 +74,8 @@ def estimate_training(
     evals = math.ceil(epochs)  # the loop scores validation at every epoch end and at the last step
     train_s = per_token * float(lengths.sum()) * epochs
     eval_s = eval_per_token * float(val_lengths.sum()) * evals
-    parts = memory_need(model, len(longest), int(lengths.max()), 0, precision)
+    rows = len(micro_batches(sorted(lengths[longest].tolist()), len(longest), max_tokens)[-1])
+    parts = memory_need(model, rows, int(lengths.max()), 0, precision)
     return {
         "device": device,
         "precision": precision,
@@ -160,8 +167,8 @@ def memory_need(model: Any, batch_size: int, longest: int, loss_tokens: int, pre
     Activations follow a Llama-style block: per token and layer about 11 x hidden (norm inputs, q/k/v before and
     after the rotary embedding, attention output, residuals) + 4 x intermediate values are kept for the backward
     pass, plus attention statistics (heads x sequence length); the output layer keeps logits, their softmax and
-    gradient for the loss tokens only. A slow test checks it against the probe's measured peak on the embedded
-    model (README: within 10%).
+    gradient for the loss tokens only (for one chunk of them where the loss is chunked: linear_ce). A slow test
+    checks it against the probe's measured peak on the embedded model (README: within 10%).
     """
     base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
@@ -170,12 +177,15 @@ def memory_need(model: Any, batch_size: int, longest: int, loss_tokens: int, pre
     layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
     width = 6 if precision == "bf16" else 4  # autocast keeps bf16 copies beside fp32 tensors
     tokens = batch_size * longest
+    vocab = int(config.vocab_size)
+    chunked = config.model_type in PLAIN_HEAD
+    logit_rows = min(loss_tokens, max(1, CHUNK_ELEMENTS // vocab)) if chunked else loss_tokens
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     parts = {
         "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
         "gradients_and_optimizer": trainable * 12,  # fp32 gradient + AdamW's two moments
         "activations": tokens * layers * ((11 * hidden + 4 * inter) * width + heads * longest * 8),
-        "logits": loss_tokens * int(config.vocab_size) * 12,
+        "logits": logit_rows * vocab * 12,
         "runtime": RUNTIME_BYTES,
     }
     return {**parts, "total": sum(parts.values())}

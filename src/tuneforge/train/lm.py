@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_chat
+from tuneforge.train.linear_ce import linear_cross_entropy
 from tuneforge.train.tasks import Batch, Task, register, rows_with, unwrap
 
 
@@ -120,9 +121,44 @@ PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3",
 
 
 def loss_sum(model: torch.nn.Module, batch: Batch, cfg: RunConfig | None = None) -> torch.Tensor:
-    """Summed next-token cross-entropy over the loss tokens of a batch."""
+    """Summed next-token cross-entropy over the loss tokens of a batch.
+
+    For plain-head architectures the output layer and the loss run in chunks (`linear_ce`): the logits of all
+    loss tokens never exist at once. Otherwise the labelled logits are computed whole."""
+    found = labelled_hidden(model, batch)
+    if found is not None:
+        hidden, head, targets = found
+        return linear_cross_entropy(hidden, head.weight, targets)
     logits, targets, _ = labelled_logits(model, batch)
     return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def labelled_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
+    """The final hidden states at the positions followed by a loss token, the output layer and those tokens; None
+    where the logits are not simply the output layer of the hidden states (another head, a bias, an engine's
+    wrapper whose own forward must run, a weight that DeepSpeed ZeRO-3 gathers only inside the layer's call)."""
+    inner, wrapped = unwrap(model)
+    causal: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    head = causal.get_output_embeddings()
+    if (
+        wrapped
+        or causal.config.model_type not in PLAIN_HEAD
+        or type(head) is not torch.nn.Linear
+        or head.bias is not None
+        or hasattr(head.weight, "ds_id")  # a ZeRO-3 partition
+    ):
+        return None
+    targets = batch.labels[:, 1:]
+    wanted = targets != IGNORE_INDEX
+    hidden = causal.base_model(**_inputs(batch)).last_hidden_state
+    return hidden[:, :-1][wanted], head, targets[wanted]
+
+
+def _inputs(batch: Batch) -> dict[str, Any]:
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+    if batch.position_ids is not None:
+        inputs["position_ids"] = batch.position_ids
+    return inputs
 
 
 def token_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -145,9 +181,7 @@ def labelled_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor,
     rows = wanted.nonzero()[:, 0]
     inner, wrapped = unwrap(model)
     causal: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    if batch.position_ids is not None:
-        inputs["position_ids"] = batch.position_ids
+    inputs = _inputs(batch)
     if causal.config.model_type in PLAIN_HEAD and not wrapped:  # DDP's own forward must run to sync gradients
         hidden = causal.base_model(**inputs).last_hidden_state
         return causal.get_output_embeddings()(hidden[:, :-1][wanted]).float(), targets[wanted], rows

@@ -42,8 +42,13 @@ from tuneforge.train.checkpoint import (
 from tuneforge.train.classify import class_labels
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.parallel import Parallel, detect
-from tuneforge.train.tasks import TASKS, Batch, Task, collate_step, group_losses, step_groups
+from tuneforge.train.tasks import TASKS, Batch, Task, collate_step, group_losses, micro_batches, step_groups
 from tuneforge.train.tracking import Trackers
+
+# Micro-batch token limit on CPU. bench/train.py's LoRA run (batches of 8 examples of 25-426 tokens), limits 512 /
+# 1024 / 2048 / none: 213 / 227 / 181 / 136 real tokens/s at 2817 / 4134 / 6033 / 8693 MiB peak RSS. Small
+# micro-batches also spare the allocator's page faults (a third of a whole-batch step's time went to the kernel).
+CPU_MICRO_BATCH_TOKENS = 512
 
 SCHEDULES: dict[str, Callable[[Any, int, int], Any]] = {
     "cosine": get_cosine_schedule_with_warmup,
@@ -98,6 +103,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     precision = resolve_precision(cfg.train.precision, device)
+    log(precision_note(cfg.train.precision, device, precision))
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
     task = TASKS[cfg.train.task]
     train_set, val_set = _load_splits(data_dir, tokenizer, cfg)
@@ -111,7 +117,8 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     # the output layer's share of the tokens matters only to the auto batch size: counted only then
     share = _loss_share(task, train_set, pad_id) if cfg.train.batch_size == "auto" else 0.5
     model, hp = setup_model(cfg, device, precision, log, lengths, share)
-    _check_memory(model, task, train_set, hp.batch_size, device, precision, log)
+    max_tokens = micro_batch_tokens(cfg, device)
+    _check_memory(model, task, train_set, hp.batch_size, max_tokens, device, precision, log)
     if task.setup is not None:
         task.setup(model, {"train": train_set, "val": val_set}, cfg, device, pad_id, checkpoint is None, log)
     per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum * par.world))
@@ -134,7 +141,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     bar = tqdm(
         total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=not par.main
     )
-    stream = _endless_steps(task, train_set, cfg, hp.batch_size, pad_id, state.step, par)
+    stream = _endless_steps(task, train_set, cfg, hp.batch_size, max_tokens, pad_id, state.step, par)
     with metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
             group, n_loss, n_tokens, n_examples = next(stream)
@@ -217,7 +224,8 @@ def setup_model(
         inner.config.use_cache = False
     from tuneforge.train.estimate import available_memory
 
-    hp, batch_notes = resolve_batch(hp, model, lengths, loss_share, precision, available_memory(device))
+    max_tokens = micro_batch_tokens(cfg, device)
+    hp, batch_notes = resolve_batch(hp, model, lengths, loss_share, precision, available_memory(device), max_tokens)
     for note in notes + batch_notes:
         log(note)
     trainable, total = count_parameters(model)
@@ -228,14 +236,30 @@ def setup_model(
     return model, hp
 
 
+def micro_batch_tokens(cfg: RunConfig, device: str) -> int | None:
+    """The token limit of one micro-batch (`train.micro_batch_tokens`; 'auto': 1024 on CPU, none on GPUs)."""
+    chosen = cfg.train.micro_batch_tokens
+    if chosen == "auto":
+        return CPU_MICRO_BATCH_TOKENS if device == "cpu" else None
+    return chosen
+
+
 def _check_memory(
-    model: Any, task: Task, train_set: list[Any], batch_size: int, device: str, precision: str, log: Any
+    model: Any,
+    task: Task,
+    train_set: list[Any],
+    batch_size: int,
+    max_tokens: int | None,
+    device: str,
+    precision: str,
+    log: Any,
 ) -> None:
     """Log the memory training will need at its peak; refuse before the first step when it cannot fit."""
     from tuneforge.train.estimate import available_memory, memory_need
 
     longest = sorted(train_set, key=task.length)[-batch_size:]
-    batch = task.collate(longest, 0)
+    split = micro_batches([task.length(e) for e in longest], batch_size, max_tokens)
+    batch = task.collate([longest[i] for i in split[-1]], 0)  # the longest examples' micro-batch
     rows, width = batch.input_ids.shape
     need = memory_need(model, rows, width, _logit_rows(batch), precision)
     have = available_memory(device)
@@ -328,7 +352,14 @@ def _answer_scorer(cfg: RunConfig, data_dir: Path, tokenizer: Any) -> Callable[[
 
 
 def _endless_steps(
-    task: Task, train_set: list[Any], cfg: RunConfig, batch_size: int, pad_id: int, done: int, par: Parallel
+    task: Task,
+    train_set: list[Any],
+    cfg: RunConfig,
+    batch_size: int,
+    max_tokens: int | None,
+    pad_id: int,
+    done: int,
+    par: Parallel,
 ) -> Iterator[tuple[list[Batch], float, int, int]]:
     """Optimizer steps epoch after epoch (the step budget decides when to stop), the first `done` skipped.
 
@@ -341,7 +372,7 @@ def _endless_steps(
         groups = step_groups(lengths, per_step, seed=cfg.train.seed + epoch)
         for group in groups[done:]:
             examples = [train_set[i] for i in group]
-            mine = collate_step(task, examples, batch_size, pad_id, par.rank, par.world)
+            mine = collate_step(task, examples, batch_size, pad_id, par.rank, par.world, max_tokens)
             yield mine, sum(task.units(e) for e in examples), sum(lengths[i] for i in group), len(group)
         done = max(0, done - len(groups))
         epoch += 1
@@ -393,8 +424,27 @@ def resolve_precision(choice: str, device: str) -> str:
         return choice
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # A CPU without AMX tiles emulates bf16 matmuls: measured 122 vs 172 GFLOP/s for fp32 on an AVX512-BF16 core.
+    # Without AMX tiles a CPU's bf16 matmuls are slower than fp32's, even with AVX512-BF16: measured 145 vs 233
+    # GFLOP/s (2 cores, 2048x2048); bench/train.py: bf16 autocast training at 0.xx the tokens/s of fp32.
     return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
+
+
+def precision_note(choice: str, device: str, precision: str) -> str:
+    """The log line that says which precision path training takes, and why."""
+    if choice != "auto":
+        return f"precision {precision} on {device}: as train.precision asks"
+    if device == "cuda":
+        why = "the GPU supports bf16" if precision == "bf16" else "the GPU lacks bf16"
+    else:
+        amx = precision == "bf16"
+        why = (
+            "this CPU has AMX tiles"
+            if amx
+            else "this CPU has no AMX tiles, and without them bf16 matmuls run slower than fp32 ones "
+            "(train.precision=bf16 forces bf16 anyway)"
+        )
+    path = "bf16 autocast, the fast path" if precision == "bf16" else "fp32, the fallback"
+    return f"precision {precision} on {device}: {path}, as {why}"
 
 
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:

@@ -9,7 +9,6 @@ whatever the task. `multitask` (multitask.py) mixes the language-modelling tasks
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -116,18 +115,47 @@ def step_groups(lengths: list[int], per_step: int, seed: int) -> list[list[int]]
     return groups
 
 
+def micro_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Positions of `lengths` (one process's examples of a step) grouped into micro-batches: runs of at most
+    `batch_size`, each split further, shortest first, into parts of at most `max_tokens` tokens (rows x the
+    longest's length; a part holds at least one example). The summed loss is the same however a step is split."""
+    parts: list[list[int]] = []
+    for start in range(0, len(lengths), batch_size):
+        run = range(start, min(start + batch_size, len(lengths)))
+        if max_tokens is None:
+            parts.append(list(run))
+            continue
+        part: list[int] = []
+        for i in sorted(run, key=lambda i: lengths[i]):
+            if part and (len(part) + 1) * lengths[i] > max_tokens:
+                parts.append(part)
+                part = []
+            part.append(i)
+        parts.append(part)
+    return parts
+
+
 def collate_step(
-    task: Task, examples: list[Any], batch_size: int, pad_id: int, rank: int = 0, world: int = 1
+    task: Task,
+    examples: list[Any],
+    batch_size: int,
+    pad_id: int,
+    rank: int = 0,
+    world: int = 1,
+    max_tokens: int | None = None,
 ) -> list[Batch]:
     """The micro-batches of process `rank` (of `world`) in one optimizer step over `examples`.
 
-    Its share is every world-th example. Every process gets as many micro-batches as the largest share needs,
-    since each backward is a collective operation of the engine: a share that runs short (the last, smaller step
-    of an epoch) is topped up with filler batches, whose loss counts zero.
+    Its share is every world-th example, cut into `micro_batches`. Every process gets as many micro-batches as
+    the largest share needs, since each backward is a collective operation of the engine: a share that runs short
+    (the last, smaller step of an epoch, or fewer token-limited splits) is topped up with filler batches, whose
+    loss counts zero.
     """
+    lengths = [task.length(e) for e in examples]
+    splits = [micro_batches(lengths[r::world], batch_size, max_tokens) for r in range(world)]
     mine = examples[rank::world]
-    batches = [task.collate(mine[j : j + batch_size], pad_id) for j in range(0, len(mine), batch_size)]
-    missing = math.ceil(math.ceil(len(examples) / world) / batch_size) - len(batches)
+    batches = [task.collate([mine[i] for i in part], pad_id) for part in splits[rank]]
+    missing = max(len(s) for s in splits) - len(batches)
     return batches + [replace(task.collate(examples[:1], pad_id), filler=True)] * missing if missing else batches
 
 
