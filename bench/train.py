@@ -34,6 +34,7 @@ SYSTEM = "Answer briefly."
 LORA = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
 LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
 BATCH, MAX_LEN, HELD_OUT = 8, 512, 40
+ANSWER_ONLY = "trl.answer_only"  # --set trl.answer_only: TRL gets prompt-completion rows (loss on the answers only)
 
 
 def write_data(path: Path, n: int, seed: int = 0) -> None:
@@ -98,7 +99,7 @@ def run_tuneforge(
             f"train.max_steps={warmup + steps}",
             "train.save_steps=100000",
             "train.seed=0",
-            *overrides,
+            *(o for o in overrides if o != ANSWER_ONLY),
         ],
     )
     prepare(cfg)
@@ -129,6 +130,8 @@ def run_trl(
 
     model_dir = str(ensure_embedded())  # the converted safetensors folder of the embedded model
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    if ANSWER_ONLY in overrides:  # prompt-completion rows: TRL then takes the loss on the answers only
+        rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
     args = SFTConfig(
         output_dir=str(out / "trl"),
         per_device_train_batch_size=BATCH,
@@ -197,7 +200,11 @@ def main() -> None:
     parser.add_argument("--only", choices=["lora", "full"], help="run one method only")
     parser.add_argument("--tools", default="trl,tuneforge", help="which to run, comma-separated (default both)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="a tuneforge config override (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a tuneforge config override (repeatable); {ANSWER_ONLY}: TRL's loss on the answers only",
     )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
