@@ -200,3 +200,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     prepare(cfg)
     train(cfg, log=lambda *a: None)
     return cfg.run_dir
+
+
+def full_logits_loss(model, batch):
+    """Summed next-token cross-entropy over the model's whole logits: what tuneforge's faster losses replace."""
+    import torch.nn.functional as F
+
+    from tuneforge.data.tokenize import IGNORE_INDEX
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)),
+        batch.labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )

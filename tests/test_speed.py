@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import full_logits_loss
 
 from tuneforge.data import prepare
-from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
+from tuneforge.data.tokenize import encode_chat
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import linear_ce, train
 from tuneforge.train.linear_ce import linear_cross_entropy
@@ -77,13 +78,7 @@ def test_model_loss_and_gradients_equal_the_full_logits(tiny_model_dir: Path, mo
     fast.backward()
     ours = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    full = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)),
-        batch.labels[:, 1:].reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    full = full_logits_loss(model, batch)
     full.backward()
     assert fast.item() == pytest.approx(full.item(), rel=1e-5)
     for name, param in model.named_parameters():

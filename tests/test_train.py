@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import full_logits_loss
 from safetensors.torch import load_file
 
 from tuneforge.data import prepare
@@ -88,13 +88,7 @@ def test_selective_logits_loss_equals_the_full_cross_entropy(
     batch = collate(examples, int(tokenizer.pad_token_id))
     with torch.no_grad():
         fast = loss_sum(model, batch)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        full = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)),
-            batch.labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        full = full_logits_loss(model, batch)
     assert torch.allclose(fast, full, rtol=1e-5)
     assert batch.n_loss == int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
 
