@@ -149,7 +149,7 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     from tuneforge.train.estimate import memory_need
     from tuneforge.train.lm import load_sft
     from tuneforge.train.loop import micro_batch_tokens, setup_model
-    from tuneforge.train.tasks import micro_batches
+    from tuneforge.train.tasks import largest_micro_batch
 
     settings = [f"output_dir={tmp_path}", "train.precision=fp32", "train.batch_size=4"]
     cfg = load_config(ROOT / "configs" / "contracts.yaml", settings)
@@ -159,9 +159,10 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     model, _ = setup_model(cfg, "cpu", "fp32", lambda *a: None, [len(e.input_ids) for e in examples], 0.5)
     longest = sorted(examples, key=lambda e: len(e.input_ids))[-4:]
     # the probe's peak is the micro-batch of the longest examples under the CPU's token limit
-    part = micro_batches([len(e.input_ids) for e in longest], 4, micro_batch_tokens(cfg, "cpu"))[-1]
+    part = largest_micro_batch([len(e.input_ids) for e in longest], 4, micro_batch_tokens(cfg, "cpu"))
     loss_tokens = sum(sum(1 for t in longest[i].labels if t != IGNORE_INDEX) for i in part)
-    need = memory_need(model, len(part), len(longest[-1].input_ids), loss_tokens, "fp32")["total"]
+    width = max(len(longest[i].input_ids) for i in part)
+    need = memory_need(model, len(part), width, loss_tokens, "fp32")["total"]
     assert 0.7 < need / measured < 1.3, (need / 2**30, measured / 2**30)
 
 

@@ -257,8 +257,8 @@ class TrainConfig(_Section):
         "auto",
         description="Split each batch into micro-batches of at most this many tokens (examples x the longest's "
         "length; one long example alone may exceed it), gradients accumulated: the same update, far less "
-        "activation memory. 'auto': 512 on CPU (faster there too: 1.6x the tokens/s at 0.3x the peak memory of "
-        "whole batches on BENCHMARKS.md's LoRA run), no split on GPUs; null: never split.",
+        "activation memory. 'auto': 512 on CPU (on long batches faster there too: 1.6x the tokens/s at 0.3x the "
+        "peak memory of whole batches on BENCHMARKS.md's LoRA run), no split on GPUs; null: never split.",
     )
     learning_rate: PositiveFloat | Auto = Field(
         3e-4,

@@ -76,14 +76,15 @@ def resolve_batch(
     if hp.batch_size:
         return hp, []
     from tuneforge.train.estimate import memory_need
+    from tuneforge.train.tasks import largest_micro_batch
 
     ordered, size = sorted(lengths), 1
     for candidate in (16, 8, 4, 2):
         if candidate > max(1, len(ordered) // 10):
             continue
-        rows = min(candidate, max(1, max_tokens // ordered[-1])) if max_tokens else candidate
-        batch = ordered[-rows:]
-        need = memory_need(model, rows, batch[-1], int(sum(batch) * loss_share), precision)["total"]
+        longest = ordered[-candidate:]
+        batch = [longest[i] for i in largest_micro_batch(longest, candidate, max_tokens)]
+        need = memory_need(model, len(batch), max(batch), int(sum(batch) * loss_share), precision)["total"]
         if need <= 0.8 * available:
             size = candidate
             break

@@ -27,7 +27,7 @@ from tuneforge.models import load_tokenizer, pick_device
 from tuneforge.train.linear_ce import CHUNK_ELEMENTS
 from tuneforge.train.lm import PLAIN_HEAD, collate, loss_sum
 from tuneforge.train.loop import autocast, micro_batch_tokens, optimizer_step, resolve_precision, setup_model
-from tuneforge.train.tasks import micro_batches
+from tuneforge.train.tasks import largest_micro_batch, micro_batches
 
 PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
 
@@ -74,8 +74,9 @@ def estimate_training(
     evals = math.ceil(epochs)  # the loop scores validation at every epoch end and at the last step
     train_s = per_token * float(lengths.sum()) * epochs
     eval_s = eval_per_token * float(val_lengths.sum()) * evals
-    rows = len(micro_batches(sorted(lengths[longest].tolist()), len(longest), max_tokens)[-1])
-    parts = memory_need(model, rows, int(lengths.max()), 0, precision)
+    peak_lengths = lengths[longest].tolist()
+    part = largest_micro_batch(peak_lengths, len(longest), max_tokens)
+    parts = memory_need(model, len(part), max(peak_lengths[i] for i in part), 0, precision)
     return {
         "device": device,
         "precision": precision,

@@ -55,7 +55,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad = grad.to(dtype)
                 if grad_hidden is not None:
                     grad_hidden[start : start + rows] = grad @ w
-                if grad_weight is not None:
+                if grad_weight is not None and dtype == torch.float32:
+                    grad_weight.addmm_(grad.T, h)
+                elif grad_weight is not None:
                     grad_weight += (grad.T @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype

@@ -135,6 +135,12 @@ def micro_batches(lengths: list[int], batch_size: int, max_tokens: int | None = 
     return parts
 
 
+def largest_micro_batch(lengths: list[int], batch_size: int, max_tokens: int | None) -> list[int]:
+    """Of the micro-batches `lengths` make, the one of most tokens (rows x the longest): the memory peak."""
+    parts = micro_batches(lengths, batch_size, max_tokens)
+    return max(parts, key=lambda part: len(part) * max(lengths[i] for i in part))
+
+
 def collate_step(
     task: Task,
     examples: list[Any],
