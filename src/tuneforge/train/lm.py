@@ -135,14 +135,12 @@ def loss_sum(model: torch.nn.Module, batch: Batch, cfg: RunConfig | None = None)
 
 def labelled_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Any, torch.Tensor] | None:
     """The final hidden states at the positions followed by a loss token, the output layer and those tokens; None
-    where the logits are not simply the output layer of the hidden states (another head, a bias, an engine's
-    wrapper whose own forward must run, a weight that DeepSpeed ZeRO-3 gathers only inside the layer's call)."""
-    inner, wrapped = unwrap(model)
-    causal: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    head = causal.get_output_embeddings()
+    where the chunked loss cannot take the output layer's weight itself (see `_plain_causal`; an adapter or a bias
+    on the layer; a weight that DeepSpeed ZeRO-3 gathers only inside the layer's call)."""
+    causal = _plain_causal(model)
+    head = causal.get_output_embeddings() if causal is not None else None
     if (
-        wrapped
-        or causal.config.model_type not in PLAIN_HEAD
+        causal is None
         or type(head) is not torch.nn.Linear
         or head.bias is not None
         or hasattr(head.weight, "ds_id")  # a ZeRO-3 partition
@@ -152,6 +150,14 @@ def labelled_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor,
     wanted = targets != IGNORE_INDEX
     hidden = causal.base_model(**_inputs(batch)).last_hidden_state
     return hidden[:, :-1][wanted], head, targets[wanted]
+
+
+def _plain_causal(model: torch.nn.Module) -> Any | None:
+    """The causal LM inside `model` when its logits are just its output layer applied to the final hidden states
+    (PLAIN_HEAD) and no engine's own forward must run (DDP's syncs the gradients); else None."""
+    inner, wrapped = unwrap(model)
+    causal: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return None if wrapped or causal.config.model_type not in PLAIN_HEAD else causal
 
 
 def _inputs(batch: Batch) -> dict[str, Any]:
@@ -179,10 +185,9 @@ def labelled_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor,
     targets = batch.labels[:, 1:]
     wanted = targets != IGNORE_INDEX
     rows = wanted.nonzero()[:, 0]
-    inner, wrapped = unwrap(model)
-    causal: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     inputs = _inputs(batch)
-    if causal.config.model_type in PLAIN_HEAD and not wrapped:  # DDP's own forward must run to sync gradients
+    causal = _plain_causal(model)
+    if causal is not None:
         hidden = causal.base_model(**inputs).last_hidden_state
         return causal.get_output_embeddings()(hidden[:, :-1][wanted]).float(), targets[wanted], rows
     keep = wanted.any(dim=0).nonzero().squeeze(1)
