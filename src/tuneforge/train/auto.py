@@ -72,7 +72,7 @@ def resolve_batch(
     max_tokens: int | None = None,
 ) -> tuple[Hyper, list[str]]:
     """`hp` with an auto batch size (0) replaced; `lengths` are the training examples' token counts, `max_tokens`
-    the micro-batch token limit (the memory peak is the longest examples' micro-batch)."""
+    the micro-batch token limit (the memory peak is the micro-batch of most tokens among the longest examples)."""
     if hp.batch_size:
         return hp, []
     from tuneforge.train.estimate import memory_need

@@ -435,12 +435,11 @@ def precision_note(choice: str, device: str, precision: str) -> str:
         return f"precision {precision} on {device}: as train.precision asks"
     if device == "cuda":
         why = "the GPU supports bf16" if precision == "bf16" else "the GPU lacks bf16"
+    elif precision == "bf16":
+        why = "this CPU has AMX tiles"
     else:
-        amx = precision == "bf16"
         why = (
-            "this CPU has AMX tiles"
-            if amx
-            else "this CPU has no AMX tiles, and without them bf16 matmuls run slower than fp32 ones "
+            "this CPU has no AMX tiles, and without them bf16 matmuls run slower than fp32 ones "
             "(train.precision=bf16 forces bf16 anyway)"
         )
     path = "bf16 autocast, the fast path" if precision == "bf16" else "fp32, the fallback"
