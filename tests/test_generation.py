@@ -2,9 +2,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from tuneforge import packed
 from tuneforge.generation import Completion, SamplingParams, generate, stream, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer
+from tuneforge.packed import packed_weights
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Item 1: what colour?"}],
@@ -29,6 +32,49 @@ def test_batched_generation_equals_one_by_one(tuned) -> None:
     alone = [generate(model, tokenizer, [c], params)[0] for c in CONVERSATIONS]
     assert [c.text for c in together] == [c.text for c in alone]
     assert all(c.completion_tokens <= 12 and c.prompt_tokens > 5 for c in together)
+
+
+needs_mkl = pytest.mark.skipif(not packed.available(torch.nn.Linear(2, 2)), reason="this torch has no MKL packed sgemm")
+
+
+@needs_mkl
+def test_packed_weights_give_the_same_answers(tuned, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tokenizer = tuned
+    params = SamplingParams(max_new_tokens=12)
+    with use_adapter(model, "toy"), packed_weights(model) as packs:
+        fast = generate(model, tokenizer, CONVERSATIONS, params)
+        again = generate(model, tokenizer, CONVERSATIONS, params)
+        # every Linear the decode steps ran (2 layers x 7, the output layer, the adapter's A and B) was packed
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert packs.rows == 3 and set(packs.packed) == set(linears) and len(linears) > 15
+    assert not any("forward" in vars(m) for m in model.modules())  # the plain forward is back
+    monkeypatch.setattr(packed, "available", lambda model: False)
+    with use_adapter(model, "toy"):
+        plain = generate(model, tokenizer, CONVERSATIONS, params)
+    assert [c.text for c in fast] == [c.text for c in again] == [c.text for c in plain]
+
+
+@needs_mkl
+def test_a_packed_linear_computes_what_f_linear_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    step, prompt = torch.randn(4, 1, 64), torch.randn(4, 7, 64)
+    with packed_weights(layer) as packs, packs.decode_rows(4):
+        with torch.no_grad():
+            fast = layer(step)
+            assert list(packs.packed) == [layer]
+            slow = layer(prompt)  # not 4 rows: the plain path, nothing new packed
+            assert len(packs.packed) == 1
+        layer(step).sum().backward()  # under autograd the plain, differentiable path
+    torch.testing.assert_close(fast, F.linear(step, layer.weight, layer.bias))
+    assert torch.equal(slow, F.linear(prompt, layer.weight, layer.bias)) and layer.weight.grad is not None
+    with packed_weights(layer) as packs, torch.no_grad():
+        with packs.decode_rows(1):  # one row: gemv already streams at full speed
+            layer(step[:1])
+        monkeypatch.setattr(packed, "MEMORY_SHARE", 0.0)  # no room for the copies
+        with packs.decode_rows(4):
+            layer(step)
+        assert packs.packed == {}
 
 
 def test_stream_yields_the_same_text_as_generate(tuned) -> None:

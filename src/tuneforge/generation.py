@@ -16,6 +16,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from tuneforge.data.records import Messages
 from tuneforge.data.tokenize import encode_prompt
+from tuneforge.packed import packed_weights
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,15 @@ def generate(
     conversations: list[Messages],
     params: SamplingParams = SamplingParams(),
 ) -> list[Completion]:
-    """Answer each conversation; all are generated in one left-padded batch."""
+    """Answer each conversation; all are generated in one left-padded batch (on CPU with packed weights, made for this
+    call unless a `packed_weights` block around it shares them)."""
     prompts = [encode_prompt(tokenizer, c) for c in conversations]
     width = max(len(p) for p in prompts)
     pad = int(tokenizer.pad_token_id)
     device = next(model.parameters()).device
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    with torch.no_grad():
+    with packed_weights(model) as packs, torch.no_grad(), packs.decode_rows(len(prompts)):
         out = model.generate(input_ids=ids, attention_mask=mask, **_generate_kwargs(tokenizer, params))
     eos = _eos_ids(tokenizer)
     results = []

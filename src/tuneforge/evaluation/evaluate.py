@@ -32,6 +32,7 @@ from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.stats import compare, interval, per_example_scores, resample_indices, resampled_scores
 from tuneforge.generation import SamplingParams, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
+from tuneforge.packed import packed_weights
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
 from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
 from tuneforge.train.classify import class_labels
@@ -501,8 +502,10 @@ def _predict(
     model: Any, tokenizer: Any, prompts: list[Any], params: SamplingParams, batch_size: int, label: str
 ) -> list[str]:
     texts: list[str] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=f"generate ({label})", unit="batch", dynamic_ncols=True):
-        texts += [c.text for c in generate(model, tokenizer, prompts[start : start + batch_size], params)]
+    batches = tqdm(range(0, len(prompts), batch_size), desc=f"generate ({label})", unit="batch", dynamic_ncols=True)
+    with packed_weights(model):  # the weights are packed once for all the batches
+        for start in batches:
+            texts += [c.text for c in generate(model, tokenizer, prompts[start : start + batch_size], params)]
     return texts
 
 
