@@ -37,10 +37,10 @@ class Packs:
     def decode_rows(self, rows: int) -> Iterator[None]:
         """Within the block, a Linear called on `rows` rows multiplies by its packed weight (other shapes, such as the
         prompt's forward pass, take the plain path: they are compute-bound)."""
-        linears = [m for m in self.model.modules() if _packable(m)]
+        linears = [m for m in self.model.modules() if _packable(m)] if rows > 1 else []  # 1 row: gemv is as fast
         need = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-        if rows < 2 or not linears or need > MEMORY_SHARE * psutil.virtual_memory().available:
-            yield  # one row already streams at full speed (gemv); no room for the copies
+        if not linears or need > MEMORY_SHARE * psutil.virtual_memory().available:
+            yield  # nothing to pack, or no room for the copies
             return
         if rows != self.rows:
             self.packed.clear()
@@ -95,4 +95,9 @@ def available(model: Any) -> bool:
 
 
 def _packable(module: torch.nn.Module) -> bool:
-    return isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32 and module.weight.is_cpu
+    """A plain fp32 Linear whose whole weight is here (not an FSDP shard or a ZeRO-3 placeholder)."""
+    if not isinstance(module, torch.nn.Linear):
+        return False
+    weight = module.weight.detach()
+    whole = type(weight) is torch.Tensor and weight.shape == (module.out_features, module.in_features)
+    return whole and weight.dtype == torch.float32 and weight.is_cpu
