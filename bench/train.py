@@ -35,6 +35,7 @@ LORA = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
 LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
 BATCH, MAX_LEN, HELD_OUT = 8, 512, 40
 ANSWER_ONLY = "trl.answer_only"  # --set trl.answer_only: TRL gets prompt-completion rows (loss on the answers only)
+TRL_SEED = "trl.seed="  # --set trl.seed=N: TRL's seed (tuneforge's is train.seed)
 
 
 def write_data(path: Path, n: int, seed: int = 0) -> None:
@@ -99,7 +100,7 @@ def run_tuneforge(
             f"train.max_steps={warmup + steps}",
             "train.save_steps=100000",
             "train.seed=0",
-            *(o for o in overrides if o != ANSWER_ONLY),
+            *(o for o in overrides if not o.startswith("trl.")),
         ],
     )
     prepare(cfg)
@@ -141,7 +142,7 @@ def run_trl(
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        seed=0,
+        seed=next((int(o[len(TRL_SEED) :]) for o in overrides if o.startswith(TRL_SEED)), 0),
         use_cpu=True,
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -204,7 +205,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"a tuneforge config override (repeatable); {ANSWER_ONLY}: TRL's loss on the answers only",
+        help=f"a tuneforge config override (repeatable); {ANSWER_ONLY}: TRL's loss on the answers only; "
+        f"{TRL_SEED}N: TRL's seed",
     )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)

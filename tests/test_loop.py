@@ -10,6 +10,7 @@ from tuneforge.errors import ConfigError
 from tuneforge.models import load_adapter, load_model, load_tokenizer
 from tuneforge.train import train
 from tuneforge.train.lm import SFT, load_sft
+from tuneforge.train.loop import lr_multiplier
 from tuneforge.train.tasks import mean_loss
 
 QUIET = {"log": lambda *a: None}
@@ -25,11 +26,19 @@ def test_learning_rate_schedules(schedule: str, tiny_config) -> None:
     prepare(cfg)
     train(cfg, **QUIET)
     lrs = [r["lr"] for r in metrics(cfg)]
-    assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.01)  # warm-up over 2 steps to 0.01
+    # each row: the rate its step ran at; 2 warm-up steps at 1/3 and 2/3 (none at 0), then the peak 0.01
+    assert lrs[:3] == pytest.approx([0.01 / 3, 0.02 / 3, 0.01])
     if schedule == "linear":
-        assert lrs[-1] == pytest.approx(0.0) and lrs[5] == pytest.approx(0.01 * 4 / 8)
+        assert lrs[5] == pytest.approx(0.01 * 5 / 8) and lrs[-1] == pytest.approx(0.01 / 8)  # the last above 0
     else:
         assert lrs[2:] == pytest.approx([0.01] * 8)
+
+
+def test_cosine_schedule_warms_up_from_above_zero_and_ends_above_zero() -> None:
+    rate = [lr_multiplier("cosine", 2, 10)(step) for step in range(10)]
+    assert rate[:3] == pytest.approx([1 / 3, 2 / 3, 1.0]) and rate[6] == pytest.approx(0.5)  # half-way: half
+    assert all(a > b > 0 for a, b in zip(rate[2:], rate[3:], strict=False))
+    assert lr_multiplier("cosine", 0, 4)(0) == 1.0  # no warm-up: the first step at the peak
 
 
 def test_early_stopping_keeps_the_best_model(tiny_config, tiny_model_dir: Path) -> None:

@@ -117,6 +117,11 @@ def test_steps_group_similar_lengths_and_cover_each_example_once(tiny_model_dir:
     assert [b.input_ids.tolist() for s in epoch for b in s] == [
         b.input_ids.tolist() for s in steps(examples, 4, 2, seed=1) for b in s
     ]
+    lengths = [len(e.input_ids) for e in examples]
+    plain = step_groups(lengths, 8, seed=1, by_length=False)  # train.group_by_length=false
+    assert sorted(i for step in plain for i in step) == list(range(64)) and all(len(s) == 8 for s in plain)
+    spread = sum(max(lengths[i] for i in s) - min(lengths[i] for i in s) for s in plain)
+    assert spread > 3 * sum(max(lengths[i] for i in s) - min(lengths[i] for i in s) for s in step_groups(lengths, 8, 1))
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_config) -> None:

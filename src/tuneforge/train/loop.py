@@ -14,12 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
-from transformers import (
-    get_constant_schedule_with_warmup,
-    get_cosine_schedule_with_warmup,
-    get_linear_schedule_with_warmup,
-)
 
 from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
@@ -50,11 +46,24 @@ from tuneforge.train.tracking import Trackers
 # micro-batches also spare the allocator's page faults (a third of a whole-batch step's time went to the kernel).
 CPU_MICRO_BATCH_TOKENS = 512
 
-SCHEDULES: dict[str, Callable[[Any, int, int], Any]] = {
-    "cosine": get_cosine_schedule_with_warmup,
-    "linear": get_linear_schedule_with_warmup,
-    "constant": lambda optimizer, warmup, total: get_constant_schedule_with_warmup(optimizer, warmup),
-}
+
+def lr_multiplier(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """The share of the peak learning rate that optimizer step `step` (from 0) runs at.
+
+    Warm-up step k of w runs at (k + 1) / (w + 1), so no step runs at 0: transformers' schedules start the first step
+    at learning rate 0, a wasted step (on BENCHMARKS.md's 9-step LoRA run ~0.03 of held-out loss). Then cosine or
+    linear decay from the peak towards 0 (the last step still above it), or constant.
+    """
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress if schedule == "linear" else 1.0
+
+    return multiplier
 
 
 @dataclass
@@ -145,9 +154,10 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     with metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
             group, n_loss, n_tokens, n_examples = next(stream)
+            lr = scheduler.get_last_lr()[0]  # the rate this step runs at
             loss = optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision, n_loss, par)
             state.record(loss, n_examples, n_tokens)
-            row = state.row(scheduler.get_last_lr()[0], len(train_set), time.perf_counter() - start)
+            row = state.row(lr, len(train_set), time.perf_counter() - start)
             every = cfg.train.eval_steps or per_epoch
             if val_set and (state.step % every == 0 or state.step == total_steps):
                 inner = par.unwrap(model)
@@ -199,7 +209,8 @@ def _optimization(
     model = par.wrap(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=cfg.train.weight_decay)
-    scheduler = SCHEDULES[cfg.train.lr_scheduler](optimizer, round(cfg.train.warmup_ratio * total_steps), total_steps)
+    warmup = round(cfg.train.warmup_ratio * total_steps)
+    scheduler = LambdaLR(optimizer, lr_multiplier(cfg.train.lr_scheduler, warmup, total_steps))
     model = par.start(model, optimizer, hp.batch_size, cfg.train.max_grad_norm)  # DeepSpeed's engine, if asked for
     state = load_checkpoint(checkpoint, model, optimizer, scheduler, par) if checkpoint is not None else Progress()
     return model, params, optimizer, scheduler, state
@@ -371,7 +382,7 @@ def _endless_steps(
     lengths = [task.length(e) for e in train_set]
     per_step, epoch = batch_size * cfg.train.grad_accum * par.world, 0
     while True:
-        groups = step_groups(lengths, per_step, seed=cfg.train.seed + epoch)
+        groups = step_groups(lengths, per_step, cfg.train.seed + epoch, cfg.train.group_by_length)
         for group in groups[done:]:
             examples = [train_set[i] for i in group]
             mine = collate_step(task, examples, batch_size, pad_id, par.rank, par.world, max_tokens)
