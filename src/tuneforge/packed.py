@@ -38,11 +38,12 @@ class Packs:
         """Within the block, a Linear called on `rows` rows multiplies by its packed weight (other shapes, such as the
         prompt's forward pass, take the plain path: they are compute-bound)."""
         linears = [m for m in self.model.modules() if _packable(m)] if rows > 1 else []  # 1 row: gemv is as fast
-        need = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+        fresh = rows != self.rows  # packs for another row count are dropped first
+        need = sum(m.weight.numel() * m.weight.element_size() for m in linears if fresh or m not in self.packed)
         if not linears or need > MEMORY_SHARE * psutil.virtual_memory().available:
             yield  # nothing to pack, or no room for the copies
             return
-        if rows != self.rows:
+        if fresh:
             self.packed.clear()
             self.rows = rows
         for module in linears:
