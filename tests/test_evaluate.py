@@ -127,13 +127,13 @@ def test_answers_are_reused_until_something_that_decides_them_changes(
     run = tmp_path / "toy"
     shutil.copytree(trained_run, run)
     first = evaluate(load_run(run, ["evaluate.limit=4"]), log=lambda *a: None)
-    real, calls = module._predict, []
+    real, calls = module.generate_texts, []
 
     def counted(model, tokenizer, prompts, params, batch_size, label):
         calls.append(label)
         return real(model, tokenizer, prompts, params, batch_size, label)
 
-    monkeypatch.setattr(module, "_predict", counted)
+    monkeypatch.setattr(module, "generate_texts", counted)
     lines: list[str] = []
     again = evaluate(load_run(run, ["evaluate.limit=4"]), log=lines.append)
     assert calls == [] and again.scores == first.scores and again.intervals == first.intervals

@@ -94,8 +94,8 @@ def test_selective_logits_loss_equals_the_full_cross_entropy(
 
 
 def steps(examples: list, batch_size: int, grad_accum: int, seed: int) -> list:
-    """One epoch of optimizer steps as the loop builds them (pad id 0)."""
-    groups = step_groups([len(e.input_ids) for e in examples], batch_size * grad_accum, seed)
+    """One epoch of length-grouped optimizer steps as the loop builds them (pad id 0)."""
+    groups = step_groups([len(e.input_ids) for e in examples], batch_size * grad_accum, seed, by_length=True)
     return [collate_step(SFT, [examples[i] for i in g], batch_size, 0) for g in groups]
 
 
@@ -120,8 +120,9 @@ def test_steps_group_similar_lengths_and_cover_each_example_once(tiny_model_dir:
     lengths = [len(e.input_ids) for e in examples]
     plain = step_groups(lengths, 8, seed=1, by_length=False)  # train.group_by_length=false
     assert sorted(i for step in plain for i in step) == list(range(64)) and all(len(s) == 8 for s in plain)
+    grouped = step_groups(lengths, 8, 1, by_length=True)
     spread = sum(max(lengths[i] for i in s) - min(lengths[i] for i in s) for s in plain)
-    assert spread > 3 * sum(max(lengths[i] for i in s) - min(lengths[i] for i in s) for s in step_groups(lengths, 8, 1))
+    assert spread > 3 * sum(max(lengths[i] for i in s) - min(lengths[i] for i in s) for s in grouped)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_config) -> None:

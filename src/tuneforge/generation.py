@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -94,6 +95,25 @@ def generate(
             Completion(text if cut < 0 else text[:cut], len(prompt), len(tokens) + (end is not None), finish)
         )
     return results
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[Messages],
+    params: SamplingParams,
+    batch_size: int,
+    label: str | None = None,
+) -> list[str]:
+    """The answers' texts, `batch_size` conversations at a time, the weights packed once for all the batches (a
+    progress bar "generate (label)" when `label` is given)."""
+    texts: list[str] = []
+    starts = range(0, len(conversations), batch_size)
+    bar = tqdm(starts, desc=f"generate ({label})", unit="batch", dynamic_ncols=True, disable=label is None)
+    with packed_weights(model):
+        for start in bar:
+            texts += [c.text for c in generate(model, tokenizer, conversations[start : start + batch_size], params)]
+    return texts
 
 
 def stream(

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import ConfigError, RunError
@@ -30,9 +29,8 @@ from tuneforge.evaluation.metrics import (
 )
 from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.stats import compare, interval, per_example_scores, resample_indices, resampled_scores
-from tuneforge.generation import SamplingParams, generate, use_adapter
+from tuneforge.generation import SamplingParams, generate_texts, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
-from tuneforge.packed import packed_weights
 from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
 from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
 from tuneforge.train.classify import class_labels
@@ -475,7 +473,7 @@ def _answerer(cfg: RunConfig, tokenizer: Any, folders: dict[str, Path], log: Any
         if saved is not None:
             log(f"{name}: reusing its {len(prompts)} saved answers (same model, prompts and settings)")
             return saved
-        outputs = _predict(model, tokenizer, prompts, params, cfg.evaluate.batch_size, name)
+        outputs = generate_texts(model, tokenizer, prompts, params, cfg.evaluate.batch_size, name)
         cache.put(name, key, outputs)
         return outputs
 
@@ -496,17 +494,6 @@ def _generation_key(cfg: RunConfig, trained: Path | None, prompts: list[Any], pa
                 stat = file.stat()
                 digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:20]
-
-
-def _predict(
-    model: Any, tokenizer: Any, prompts: list[Any], params: SamplingParams, batch_size: int, label: str
-) -> list[str]:
-    texts: list[str] = []
-    batches = tqdm(range(0, len(prompts), batch_size), desc=f"generate ({label})", unit="batch", dynamic_ncols=True)
-    with packed_weights(model):  # the weights are packed once for all the batches
-        for start in batches:
-            texts += [c.text for c in generate(model, tokenizer, prompts[start : start + batch_size], params)]
-    return texts
 
 
 def summary_columns(report: EvalReport) -> list[str]:

@@ -343,8 +343,7 @@ def _answer_scorer(cfg: RunConfig, data_dir: Path, tokenizer: Any) -> Callable[[
     """score(model): evaluate.metrics of the model's greedy answers to the first train.eval_generate validation
     examples, as val_<metric> fields (the model is put in eval mode for it and back in training mode)."""
     from tuneforge.evaluation.evaluate import chat_prompts, chosen_metrics
-    from tuneforge.generation import SamplingParams, generate
-    from tuneforge.packed import packed_weights
+    from tuneforge.generation import SamplingParams, generate_texts
     from tuneforge.rundir import read_jsonl
 
     prompts, references = chat_prompts(read_jsonl(data_dir / "val.jsonl")[: cfg.train.eval_generate])
@@ -354,10 +353,7 @@ def _answer_scorer(cfg: RunConfig, data_dir: Path, tokenizer: Any) -> Callable[[
 
     def score(model: Any) -> dict[str, float]:
         model.eval()
-        answers = []
-        with packed_weights(model):
-            for start in range(0, len(prompts), size):
-                answers += [c.text for c in generate(model, tokenizer, prompts[start : start + size], params)]
+        answers = generate_texts(model, tokenizer, prompts, params, size)
         model.train()
         return {f"val_{name}": round(metric.score(answers, references), 4) for name, metric in metrics.items()}
 

@@ -96,7 +96,7 @@ def rows_with(path: Path, key: str, what: str, hint: str) -> list[dict[str, Any]
     return rows
 
 
-def step_groups(lengths: list[int], per_step: int, seed: int, by_length: bool = True) -> list[list[int]]:
+def step_groups(lengths: list[int], per_step: int, seed: int, by_length: bool) -> list[list[int]]:
     """The example indices of each optimizer step of one epoch; depends only on the lengths and `seed`.
 
     In random order, or with `by_length` examples of similar length grouped (sorted inside windows of 32 steps,
