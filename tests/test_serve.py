@@ -1,8 +1,10 @@
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -11,16 +13,19 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from tuneforge.errors import RunError
+from tuneforge.errors import ModelError, RunError
+from tuneforge.generation import SamplingParams
 from tuneforge.serve import ServeSettings, create_app
-from tuneforge.serve.engine import Engine
+from tuneforge.serve.engine import Engine, _Task
 
 ASK = [{"role": "user", "content": "Item 7: what colour?"}]
 
 
 @pytest.fixture(scope="module")
-def engine(trained_run: Path) -> Engine:
-    return Engine([trained_run])
+def engine(trained_run: Path):
+    engine = Engine([trained_run])
+    yield engine
+    engine.close()
 
 
 @pytest.fixture
@@ -100,6 +105,117 @@ def test_api_key_is_required_when_configured(engine: Engine, trained_run: Path) 
     assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/health").status_code == 200
+
+
+QUESTIONS = [[{"role": "user", "content": f"Item {i}: what colour?"}] for i in (1, 7, 12, 30)]
+GREEDY = SamplingParams(max_new_tokens=12)
+
+
+def answer_together(engine: Engine, requests: list[tuple[str, list, SamplingParams]]) -> list:
+    """Queue every request while the model is busy, then let them run: what concurrent clients see."""
+    results: list = [None] * len(requests)
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = engine.complete(*requests[i])
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    busy, gate = threading.Event(), threading.Event()
+    engine._submit(_Task(None, lambda: (busy.set(), gate.wait())))  # the model thread is busy: every request queues
+    assert busy.wait(30)
+    for thread in threads:
+        thread.start()
+    deadline = time.time() + 30
+    while len(engine._queue) < len(requests) and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(engine._queue) == len(requests)
+    gate.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_concurrent_requests_are_answered_in_batches(engine: Engine) -> None:
+    alone = [engine.complete("toy", q, GREEDY) for q in QUESTIONS]
+    before = engine.batch_sizes.copy()
+    seeded = SamplingParams(max_new_tokens=12, temperature=0.8, seed=3)
+    requests = [("toy", q, GREEDY) for q in QUESTIONS] + [(engine.base_id, QUESTIONS[0], GREEDY), ("toy", ASK, seeded)]
+    together = answer_together(engine, requests)
+    # the four greedy "toy" requests share one batch; the base model's and the seeded one each run alone
+    assert engine.batch_sizes - before == {4: 1, 1: 2}
+    assert [c.text for c in together[:4]] == [c.text for c in alone]
+    assert [c.completion_tokens for c in together[:4]] == [c.completion_tokens for c in alone]
+    assert together[4].text == engine.complete(engine.base_id, QUESTIONS[0], GREEDY).text
+    assert together[5].text == engine.complete("toy", ASK, seeded).text  # its seed reproduces it alone
+
+
+def test_max_batch_bounds_a_batch(engine: Engine, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "max_batch", 3)
+    before = engine.batch_sizes.copy()
+    answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS])
+    assert engine.batch_sizes - before == {3: 1, 1: 1}
+    assert client.get("/health").json()["batches"] == {str(k): v for k, v in sorted(engine.batch_sizes.items())}
+
+
+def test_requests_sent_together_to_an_idle_engine_share_a_batch(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuneforge.serve.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "GATHER_S", 2.0)  # generous: threads on a loaded machine start late
+    before = engine.batch_sizes.copy()
+    barrier = threading.Barrier(3)
+    answers: list = []
+    threads = [
+        threading.Thread(target=lambda q=q: (barrier.wait(), answers.append(engine.complete("toy", q, GREEDY))))
+        for q in QUESTIONS[:3]
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(answers) == 3 and engine.batch_sizes - before == {3: 1}
+
+
+def test_a_failing_batch_fails_its_requests_and_the_engine_goes_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuneforge.serve.engine as engine_module
+
+    real = engine_module.generate
+    monkeypatch.setattr(engine_module, "generate", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no room")))
+    failed = answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:3]])
+    assert all(isinstance(r, MemoryError) for r in failed)
+    monkeypatch.setattr(engine_module, "generate", real)
+    assert engine.complete("toy", ASK, GREEDY).completion_tokens > 0
+    assert not engine._queue
+
+
+def test_every_generation_runs_in_the_engine_thread(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request threads only queue work: the model computes in the thread that loaded it (see serve/engine.py)."""
+    threads: list[str] = []
+    real = engine.model.generate
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", recorded)
+    engine.complete("toy", ASK, GREEDY)
+    pieces = list(engine.stream("toy", ASK, GREEDY))
+    answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:2]])
+    assert threads == ["tuneforge-model"] * 3
+    assert pieces[-1].text == engine.complete("toy", ASK, GREEDY).text
+
+
+def test_engine_load_errors_reach_the_caller(tmp_path: Path, trained_run: Path) -> None:
+    run = tmp_path / "broken"
+    (run / "model").mkdir(parents=True)
+    shutil.copy(trained_run / "model" / "tuneforge.json", run / "model" / "tuneforge.json")  # no adapter beside it
+    with pytest.raises(ModelError, match="holds no adapter"):
+        Engine([run])
 
 
 def test_engine_refuses_a_folder_without_a_trained_model(tmp_path: Path) -> None:

@@ -179,6 +179,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help=_serve_help("port"))] = None,
     api_key_env: Annotated[str | None, typer.Option(help=_serve_help("api_key_env"))] = None,
     max_tokens: Annotated[int | None, typer.Option(help=_serve_help("max_new_tokens"))] = None,
+    max_batch: Annotated[int | None, typer.Option(min=1, help=_serve_help("max_batch"))] = None,
 ) -> None:
     """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
     import uvicorn
@@ -190,11 +191,15 @@ def serve(
         env = api_key_env or defaults.api_key_env
         key = os.environ.get(env) or None
         limit = max_tokens or defaults.max_new_tokens
-        application = create_app(ServeSettings(tuple(run_dirs), key, limit))
+        batch = max_batch or defaults.max_batch
+        application = create_app(ServeSettings(tuple(run_dirs), key, limit, batch))
         host, port = host or defaults.host, port or defaults.port
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
-        out.print(f"serving {names} on http://{host}:{port}/v1 (API key from ${env}: {state})")
+        out.print(
+            f"serving {names} on http://{host}:{port}/v1 (API key from ${env}: {state}; up to {batch} "
+            "concurrent requests answered in one batch)"
+        )
         uvicorn.run(application, host=host, port=port, log_level="warning")
 
 

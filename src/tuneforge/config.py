@@ -436,6 +436,12 @@ class ServeConfig(_Section):
         "TUNEFORGE_API_KEY", description="Environment variable holding the API key; unset means no key is required."
     )
     max_new_tokens: int = Field(512, ge=1, description="Upper bound for max_tokens in a request.")
+    max_batch: int = Field(
+        8,
+        ge=1,
+        description="Most concurrent requests answered in one batched generation (same model and sampling "
+        "settings, no seed); 1 answers one request at a time.",
+    )
 
 
 class TuneConfig(_Section):

@@ -23,13 +23,14 @@ class ServeSettings:
     run_dirs: tuple[Path, ...]
     api_key: str | None = None  # None: no key required
     max_new_tokens: int = 512
+    max_batch: int = 8  # concurrent requests answered in one batch
 
 
 def create_app(settings: ServeSettings, engine: Any | None = None) -> FastAPI:
     """Build the FastAPI app; `engine` may be given (tests), else it loads the runs of `settings`."""
     app = FastAPI(title="tuneforge", version="0.1.0", docs_url="/docs")
     app.state.settings = settings
-    app.state.engine = engine if engine is not None else Engine(list(settings.run_dirs))
+    app.state.engine = engine if engine is not None else Engine(list(settings.run_dirs), settings.max_batch)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(models.router)
     app.include_router(chat.router)
@@ -49,7 +50,8 @@ def create_app(settings: ServeSettings, engine: Any | None = None) -> FastAPI:
         return await call_next(request)
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> dict[str, Any]:
+        """Liveness, and how many batches of each size the engine has answered (batch size -> count)."""
+        return {"status": "ok", "batches": dict(sorted(app.state.engine.batch_sizes.items()))}
 
     return app

@@ -49,11 +49,11 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
         max_new_tokens=wanted, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
     )
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    pieces = engine.stream(body.model, messages, params)
     if body.stream:
+        pieces = engine.stream(body.model, messages, params)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_sse(pieces, rid, created, body.model, include_usage), media_type="text/event-stream")
-    final = next(p for p in pieces if isinstance(p, Completion))
+    final = engine.complete(body.model, messages, params)
     return JSONResponse(
         ChatCompletion(
             id=rid,
