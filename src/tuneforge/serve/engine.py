@@ -10,7 +10,8 @@ Requests for whole answers queue while the model is busy; its next turn takes th
 requests that can share its batch (same model, same sampling settings, no seed), up to `max_batch`. A lone request
 waits for nothing, and eight clients at once are answered by one batched generation instead of eight in a row
 (bench/serve.py measures both). A request that finds the model idle waits GATHER_S for others sent at the same moment
-(a burst of clients arrives over a few milliseconds; without the wait the first would run alone and hold up the rest).
+(clients that send at once arrive tens of milliseconds apart: without the wait the first would run alone and
+hold up the rest).
 Streamed answers each take a turn of their own.
 """
 
@@ -31,7 +32,7 @@ from tuneforge.generation import Completion, Messages, SamplingParams, generate,
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
 
-GATHER_S = 0.02  # how long a request that finds the model idle waits for others to join its batch
+GATHER_S = 0.1  # how long a request that finds the model idle waits for others to join its batch
 
 
 @dataclass(frozen=True)
