@@ -7,12 +7,11 @@ in a second thread (a web server's request thread, a streaming helper) was measu
 the thread that loaded the model. So request threads only queue work and wait.
 
 Requests for whole answers queue while the model is busy; its next turn takes the oldest one together with the queued
-requests that can share its batch (same model, same sampling settings, no seed), up to `max_batch`. A lone request
-waits for nothing, and eight clients at once are answered by one batched generation instead of eight in a row
-(bench/serve.py measures both). A request that finds the model idle waits GATHER_S for others sent at the same moment
-(clients that send at once arrive tens of milliseconds apart: without the wait the first would run alone and
-hold up the rest).
-Streamed answers each take a turn of their own.
+requests that can share its batch (same model, same sampling settings, no seed), up to `max_batch`, so eight clients
+at once are answered by one batched generation instead of eight in a row (bench/serve.py measures both). A request
+that finds the model idle waits up to GATHER_S for others sent with it (clients that send at once arrive tens of
+milliseconds apart: without the wait the first would run alone and hold up the rest). Streamed answers each take a
+turn of their own.
 """
 
 from __future__ import annotations
