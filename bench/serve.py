@@ -27,16 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-QUESTIONS = [
-    "Wie lange ist die Kündigungsfrist in meinem Vertrag?",
-    "What is the capital of France, and why is it famous?",
-    "Erkläre kurz, was ein Mietvertrag ist.",
-    "Give me three tips for writing a good product review.",
-    "Was ist der Unterschied zwischen brutto und netto?",
-    "How do I return a parcel that arrived damaged?",
-    "Nenne drei Vorteile von Solarenergie.",
-    "Summarise the plot of Romeo and Juliet in two sentences.",
-]
+from generate import QUESTIONS  # bench/generate.py's prompts (this folder is on sys.path when run as a script)
 
 
 def make_run(folder: Path, model_name: str) -> Path:

@@ -210,6 +210,13 @@ def test_every_generation_runs_in_the_engine_thread(engine: Engine, monkeypatch:
     assert pieces[-1].text == engine.complete("toy", ASK, GREEDY).text
 
 
+def test_a_closed_engine_refuses_work(trained_run: Path) -> None:
+    engine = Engine([trained_run])
+    engine.close()
+    with pytest.raises(RunError, match="this engine is closed"):
+        engine.complete("toy", ASK, GREEDY)
+
+
 def test_engine_load_errors_reach_the_caller(tmp_path: Path, trained_run: Path) -> None:
     run = tmp_path / "broken"
     (run / "model").mkdir(parents=True)

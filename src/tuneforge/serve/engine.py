@@ -100,6 +100,7 @@ class Engine:
         self.batch_sizes: Counter[int] = Counter()  # how many batches of each size ran
         self._queue: list[_Request | _Task | None] = []  # None: the model thread ends
         self._wake = threading.Condition()
+        self._closed = False
         loaded: Future[None] = Future()
         threading.Thread(target=self._work, args=(adapters, loaded), name="tuneforge-model", daemon=True).start()
         loaded.result()  # the loading thread's error (a missing or unfitting adapter) is raised here
@@ -124,9 +125,12 @@ class Engine:
     def close(self) -> None:
         """End the model thread once the queued work is done (the model is freed with the engine)."""
         self._submit(None)
+        self._closed = True
 
     def _submit(self, item: _Request | _Task | None) -> None:
         with self._wake:
+            if self._closed:
+                raise RunError("this engine is closed", "start a new Engine (or server) to generate again")
             self._queue.append(item)
             self._wake.notify()
 
