@@ -220,7 +220,10 @@ def chat(
         engine = Engine([run_dir])
         model_id = engine.base_id if base else engine.default_id
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
-        chat_loop(engine, model_id, params, _read_line, sys.stdout, system)
+        try:
+            chat_loop(engine, model_id, params, _read_line, sys.stdout, system)
+        finally:
+            engine.close()
 
 
 @app.command()

@@ -102,7 +102,8 @@ class Engine:
         self._wake = threading.Condition()
         self._closed = False
         loaded: Future[None] = Future()
-        threading.Thread(target=self._work, args=(adapters, loaded), name="tuneforge-model", daemon=True).start()
+        self._thread = threading.Thread(target=self._work, args=(adapters, loaded), name="tuneforge-model", daemon=True)
+        self._thread.start()
         loaded.result()  # the loading thread's error (a missing or unfitting adapter) is raised here
 
     def complete(self, model_id: str, messages: Messages, params: SamplingParams) -> Completion:
@@ -123,9 +124,11 @@ class Engine:
         )
 
     def close(self) -> None:
-        """End the model thread once the queued work is done (the model is freed with the engine)."""
+        """End the model thread once the queued work is done, and wait for it: a thread that computed keeps an OpenMP
+        pool while it lives, and a second pool slows every other computing thread (see the module)."""
         self._submit(None)
         self._closed = True
+        self._thread.join()
 
     def _submit(self, item: _Request | _Task | None) -> None:
         with self._wake:
