@@ -1,10 +1,11 @@
 """The serving engine: one base model, any number of adapters on it, concurrent requests answered in batches.
 
 One thread, the engine's own, loads the model and runs every generation. PyTorch's OpenMP runtime (libgomp) keeps a
-pool of worker threads for each thread that computes; once two such pools exist on a machine with no more cores than
-their threads, it stops letting idle workers spin and every small operator waits on a wake-up: a decode step that runs
-in a second thread (a web server's request thread, a streaming helper) was measured 2-3x slower than the same step in
-the thread that loaded the model. So request threads only queue work and wait.
+pool of worker threads for each thread that has computed, for as long as that thread lives; once it manages more
+threads than there are cores, it stops letting idle workers spin and every small operator waits on a wake-up. A web
+server's request threads each computing would leave a pool each: the server answered 5.5 tokens/s that way, 13.6-14.8
+with one model thread (bench/serve.py, one request at a time), and a decode loop in one thread ran 2-3x slower while
+another thread that had generated was alive. So request threads only queue work and wait, and `close` ends the thread.
 
 Requests for whole answers queue while the model is busy; its next turn takes the oldest one together with the queued
 requests that can share its batch (same model, same sampling settings, no seed), up to `max_batch`, so eight clients
