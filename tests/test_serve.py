@@ -213,6 +213,7 @@ def test_every_generation_runs_in_the_engine_thread(engine: Engine, monkeypatch:
 def test_a_closed_engine_refuses_work(trained_run: Path) -> None:
     engine = Engine([trained_run])
     engine.close()
+    engine.close()  # a second close is harmless
     assert not engine._thread.is_alive()
     with pytest.raises(RunError, match="this engine is closed"):
         engine.complete("toy", ASK, GREEDY)

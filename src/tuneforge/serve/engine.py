@@ -127,11 +127,14 @@ class Engine:
     def close(self) -> None:
         """End the model thread once the queued work is done, and wait for it: a thread that computed keeps an OpenMP
         pool while it lives, and a second pool slows every other computing thread (see the module)."""
-        self._submit(None)
-        self._closed = True
+        with self._wake:  # no request can be queued behind the end marker
+            if not self._closed:
+                self._closed = True
+                self._queue.append(None)
+                self._wake.notify()
         self._thread.join()
 
-    def _submit(self, item: _Request | _Task | None) -> None:
+    def _submit(self, item: _Request | _Task) -> None:
         with self._wake:
             if self._closed:
                 raise RunError("this engine is closed", "start a new Engine (or server) to generate again")
