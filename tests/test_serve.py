@@ -243,7 +243,7 @@ def server(trained_run: Path):
     port = free_port()
     env = {**os.environ, "TUNEFORGE_API_KEY": "test-key", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge", "serve", str(trained_run), "--port", str(port)],
+        [sys.executable, "-m", "tuneforge", "serve", str(trained_run), "--port", str(port), "--max-batch", "2"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -280,3 +280,26 @@ def test_the_official_openai_client_works_unchanged(server: str) -> None:
         client.chat.completions.create(model="missing", messages=ASK)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong").models.list()
+
+
+def test_the_cli_server_batches_concurrent_requests_up_to_max_batch(server: str) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="test-key")
+    before = httpx.get(f"{server}/health").json()["batches"]
+    replies: list = []
+    threads = [
+        threading.Thread(
+            target=lambda q=q: replies.append(
+                client.chat.completions.create(model="toy", messages=q, max_tokens=8, temperature=0)
+            )
+        )
+        for q in QUESTIONS[:3]
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    after = httpx.get(f"{server}/health").json()["batches"]
+    new = {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
+    assert len(replies) == 3 and all(r.choices[0].message.content is not None for r in replies)
+    assert set(new) <= {"1", "2"}  # --max-batch 2 bounds every batch
+    assert sum(int(size) * count for size, count in new.items()) == 3
