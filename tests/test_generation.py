@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tuneforge import packed
 from tuneforge.generation import Completion, SamplingParams, generate, stream, use_adapter
@@ -44,14 +45,46 @@ def test_packed_weights_give_the_same_answers(tuned, monkeypatch: pytest.MonkeyP
     with use_adapter(model, "toy"), packed_weights(model) as packs:
         fast = generate(model, tokenizer, CONVERSATIONS, params)
         again = generate(model, tokenizer, CONVERSATIONS, params)
-        # every Linear the decode steps ran (2 layers x 7, the output layer, the adapter's A and B) was packed
-        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        assert packs.rows == 3 and set(packs.packed) == set(linears) and len(linears) > 15
+        # every product of a decode step was packed: the 2 x 7 adapted layers, their adapter folded in, and the output
+        adapted = [m for m in model.modules() if isinstance(m, LoraLinear)]
+        assert packs.rows == 3 and set(packs.packed) == {*adapted, model.get_output_embeddings()}
+        assert len(adapted) == 14
     assert not any("forward" in vars(m) for m in model.modules())  # the plain forward is back
     monkeypatch.setattr(packed, "available", lambda model: False)
     with use_adapter(model, "toy"):
         plain = generate(model, tokenizer, CONVERSATIONS, params)
     assert [c.text for c in fast] == [c.text for c in again] == [c.text for c in plain]
+
+
+@needs_mkl
+def test_a_packed_lora_layer_computes_what_peft_does_for_each_adapter_state(
+    trained_run: Path, tiny_model_dir: Path
+) -> None:
+    """A LoRA layer's pack holds W + scale * B @ A of its active adapter; switching, disabling or merging adapters
+    inside one packed_weights block drops the packs made for the state before."""
+    model = load_adapter(load_model(str(tiny_model_dir)), trained_run / "model", "toy")
+    model = load_adapter(model, trained_run / "model", "other").eval()
+    layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
+    with torch.no_grad():
+        layer.lora_B["other"].weight.mul_(-3.0)  # a second adapter with other weights
+    torch.manual_seed(0)
+    step = torch.randn(3, 1, layer.in_features)
+    outputs = {}
+    with packed_weights(model) as packs, torch.no_grad():
+        for adapter, merge in (("toy", False), ("other", False), (None, False), ("toy", True), ("toy", False)):
+            with use_adapter(model, adapter, merge=merge):
+                expected = layer(step)  # peft's own forward
+                with packs.decode_rows(3):
+                    got = outputs[adapter, merge] = layer(step)
+                    assert packs.state == packed._adapter_state(model)
+                    folded = adapter is not None and not merge  # else the base Linear is packed (a merged one too)
+                    assert (layer in packs.packed) == folded and (layer.base_layer in packs.packed) != folded
+                    assert layer.lora_A["toy"] not in packs.packed  # the adapter's own products are not run
+            torch.testing.assert_close(got, expected)
+    # each state computed its own product: the adapters matter, and no state reused another's packs
+    assert not torch.allclose(outputs["toy", False], outputs["other", False], atol=1e-4)
+    assert not torch.allclose(outputs["toy", False], outputs[None, False], atol=1e-4)
+    torch.testing.assert_close(outputs["toy", True], outputs["toy", False])
 
 
 @needs_mkl

@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from peft.tuners.lora.layer import Linear as LoraLinear
 
+from tuneforge import packed
 from tuneforge.errors import ModelError, RunError
 from tuneforge.generation import SamplingParams
 from tuneforge.serve import ServeSettings, create_app
@@ -157,6 +160,19 @@ def test_max_batch_bounds_a_batch(engine: Engine, client: TestClient, monkeypatc
     answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS])
     assert engine.batch_sizes - before == {3: 1, 1: 1}
     assert client.get("/health").json()["batches"] == {str(k): v for k, v in sorted(engine.batch_sizes.items())}
+
+
+@pytest.mark.skipif(not packed.available(torch.nn.Linear(2, 2)), reason="this torch has no MKL packed sgemm")
+def test_the_engine_keeps_its_packed_weights_from_batch_to_batch(engine: Engine) -> None:
+    packs = getattr(engine.model, packed._ATTR)  # the engine's, kept for its whole life
+    answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:2]])
+    first = dict(packs.packed)
+    adapted = [m for m in first if isinstance(m, LoraLinear)]  # the adapter is folded into its layers' packs
+    assert packs.rows == 2 and len(adapted) == 14
+    answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[2:4]])
+    assert packs.packed.keys() == first.keys() and all(packs.packed[m] is first[m] for m in first)  # not redone
+    answer_together(engine, [(engine.base_id, q, GREEDY) for q in QUESTIONS[:2]])
+    assert packs.packed and not any(isinstance(m, LoraLinear) for m in packs.packed)  # the base model: made anew
 
 
 def test_requests_sent_together_to_an_idle_engine_share_a_batch(
