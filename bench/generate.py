@@ -11,6 +11,10 @@ transformers docs teach: `apply_chat_template`, a left-padded tokenizer call and
 max_new_tokens=N, do_sample=False)`. Both must produce N tokens per prompt (`min_new_tokens` on the baseline; EOS is
 suppressed for tuneforge's run by the same setting through `generation_config`), so tokens/s compares equal work.
 Printed: generated tokens/s per batch size, the first repeat excluded (warm-up), and the ratio.
+
+The last row serves a LoRA adapter (r=16, all linear layers, untrained: the same cost per token as a trained one)
+unmerged, as a server does and as the PEFT docs load one for inference (`PeftModel` + `generate`): the baseline runs
+peft's forward (two extra products per adapted layer), tuneforge's packs fold the adapter into each layer's weight.
 """
 
 from __future__ import annotations
@@ -64,15 +68,19 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer = load_model(args.model).eval(), load_tokenizer(args.model)
     print(f"generation, {args.model}, {args.new_tokens} new tokens per prompt, greedy")
-    header = f"{'batch':>5}{'plain generate tok/s':>22}{'tuneforge tok/s':>17}{'ratio':>7}"
+    header = f"{'batch':>6}{'plain generate tok/s':>22}{'tuneforge tok/s':>17}{'ratio':>7}"
     print(f"{header}{'shared packs':>14}{'ratio':>7}")
-    for batch in (1, 8):
+    for batch, label in ((1, "1"), (8, "8"), (8, "8+LoRA")):
+        if label == "8+LoRA":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")).eval()
         chats = [[{"role": "user", "content": q}] for q in QUESTIONS[:batch]]
         speed = {}
         for name, fn, scope in (
             ("plain", plain, contextlib.nullcontext),
             ("tuneforge", ours, contextlib.nullcontext),
-            ("shared", ours, lambda: packed_weights(model)),
+            ("shared", ours, lambda m=model: packed_weights(m)),
         ):
             with scope():
                 fn(model, tokenizer, chats, args.new_tokens)  # warm-up (the shared packs are made here)
@@ -82,7 +90,7 @@ def main() -> None:
                 speed[name] = tokens / (time.perf_counter() - start)
         ratios = [speed[name] / speed["plain"] for name in ("tuneforge", "shared")]
         print(
-            f"{batch:>5}{speed['plain']:>22.1f}{speed['tuneforge']:>17.1f}{ratios[0]:>6.2f}x"
+            f"{label:>6}{speed['plain']:>22.1f}{speed['tuneforge']:>17.1f}{ratios[0]:>6.2f}x"
             f"{speed['shared']:>14.1f}{ratios[1]:>6.2f}x"
         )
 
