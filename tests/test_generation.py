@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tuneforge import packed
-from tuneforge.generation import Completion, SamplingParams, generate, stream, use_adapter
+from tuneforge.generation import Completion, SamplingParams, TokenQueue, follow, generate, stream, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer
 from tuneforge.packed import packed_weights
 
@@ -118,6 +118,25 @@ def test_stream_yields_the_same_text_as_generate(tuned) -> None:
     assert isinstance(final, Completion)
     assert "".join(p for p in pieces[:-1] if isinstance(p, str)) == final.text
     assert final == generate(model, tokenizer, CONVERSATIONS[:1], params)[0]
+
+
+def test_followed_rows_stream_and_a_cancelled_row_ends_alone(tuned) -> None:
+    """generate(follow=...): a followed row's tokens reach its queue; a cancelled row stops, the others go on."""
+    model, tokenizer = tuned
+    params = SamplingParams(max_new_tokens=12)
+    alone = generate(model, tokenizer, CONVERSATIONS, params)
+    followed, gone = TokenQueue(), TokenQueue()
+    gone.cancel.set()  # its reader left before the first step
+    together = generate(model, tokenizer, CONVERSATIONS, params, follow=[followed, None, gone])
+    assert together[:2] == alone[:2]
+    assert together[2].completion_tokens < alone[2].completion_tokens  # it ended after one token
+    followed.end()
+    pieces = list(follow(tokenizer, followed, params, alone[0].prompt_tokens))
+    assert "".join(pieces[:-1]) == alone[0].text and pieces[-1] == alone[0]
+    failed = TokenQueue()
+    failed.end(MemoryError("no room"))
+    with pytest.raises(MemoryError):  # a failed generation reaches the reader
+        list(follow(tokenizer, failed, params, 3))
 
 
 def test_stop_strings_cut_the_answer_in_both_paths(tuned) -> None:

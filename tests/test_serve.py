@@ -114,19 +114,24 @@ QUESTIONS = [[{"role": "user", "content": f"Item {i}: what colour?"}] for i in (
 GREEDY = SamplingParams(max_new_tokens=12)
 
 
-def answer_together(engine: Engine, requests: list[tuple[str, list, SamplingParams]]) -> list:
-    """Queue every request while the model is busy, then let them run: what concurrent clients see."""
+def answer_together(engine: Engine, requests: list[tuple]) -> list:
+    """Queue every request (model, messages, params[, True: streamed]) while the model is busy, then let them run:
+    what concurrent clients see. A streamed request's result is its list of pieces (the Completion last)."""
     results: list = [None] * len(requests)
 
     def ask(i: int) -> None:
+        model_id, messages, params, *streamed = requests[i]
         try:
-            results[i] = engine.complete(*requests[i])
+            if any(streamed):
+                results[i] = list(engine.stream(model_id, messages, params))
+            else:
+                results[i] = engine.complete(model_id, messages, params)
         except Exception as exc:
             results[i] = exc
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
     busy, gate = threading.Event(), threading.Event()
-    engine._submit(_Task(None, lambda: (busy.set(), gate.wait())))  # the model thread is busy: every request queues
+    engine._submit(_Task(lambda: (busy.set(), gate.wait())))  # the model thread is busy: every request queues
     assert busy.wait(30)
     for thread in threads:
         thread.start()
@@ -152,6 +157,18 @@ def test_concurrent_requests_are_answered_in_batches(engine: Engine) -> None:
     assert [c.completion_tokens for c in together[:4]] == [c.completion_tokens for c in alone]
     assert together[4].text == engine.complete(engine.base_id, QUESTIONS[0], GREEDY).text
     assert together[5].text == engine.complete("toy", ASK, seeded).text  # its seed reproduces it alone
+
+
+def test_streamed_answers_share_a_batch_with_whole_ones(engine: Engine) -> None:
+    alone = [engine.complete("toy", q, GREEDY) for q in QUESTIONS]
+    before = engine.batch_sizes.copy()
+    together = answer_together(engine, [("toy", q, GREEDY, i % 2 == 1) for i, q in enumerate(QUESTIONS)])
+    assert engine.batch_sizes - before == {4: 1}
+    for i, (got, expected) in enumerate(zip(together, alone, strict=True)):
+        if i % 2:  # streamed: the pieces make the text, the Completion last
+            assert "".join(got[:-1]) == expected.text and got[-1] == expected
+        else:
+            assert got == expected
 
 
 def test_max_batch_bounds_a_batch(engine: Engine, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,8 +219,8 @@ def test_a_failing_batch_fails_its_requests_and_the_engine_goes_on(
 
     real = engine_module.generate
     monkeypatch.setattr(engine_module, "generate", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no room")))
-    failed = answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:3]])
-    assert all(isinstance(r, MemoryError) for r in failed)
+    failed = answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:3]] + [("toy", ASK, GREEDY, True)])
+    assert all(isinstance(r, MemoryError) for r in failed)  # the streamed one's reader too
     monkeypatch.setattr(engine_module, "generate", real)
     assert engine.complete("toy", ASK, GREEDY).completion_tokens > 0
     assert not engine._queue

@@ -11,8 +11,9 @@ Requests for whole answers queue while the model is busy; its next turn takes th
 requests that can share its batch (same model, same sampling settings, no seed), up to `max_batch`, so eight clients
 at once are answered by one batched generation instead of eight in a row (bench/serve.py measures both). A request
 that finds the model idle waits up to GATHER_S for others sent with it (clients that send at once arrive tens of
-milliseconds apart: without the wait the first would run alone and hold up the rest). Streamed answers each take a
-turn of their own.
+milliseconds apart: without the wait the first would run alone and hold up the rest). Streamed answers are batched
+the same way, with whole ones too: the model thread hands each streamed row's tokens to its request thread as they are
+generated, and a row ends as soon as its reader has its answer (or has gone) while the rest of the batch goes on.
 
 Adapters are never merged (unmerging leaves round-off in the base weights); on CPU a batch's decode steps run on packed
 weights with the batch's adapter folded in (tuneforge/packed.py), so an adapter costs no more per step than the base
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.tokenize import encode_prompt
 from tuneforge.errors import RunError
-from tuneforge.generation import Completion, Messages, SamplingParams, generate, stream, use_adapter
+from tuneforge.generation import Completion, Messages, SamplingParams, TokenQueue, follow, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.packed import packed_weights
 from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
@@ -51,11 +53,12 @@ class ServedModel:
 
 @dataclass(eq=False)
 class _Request:
-    """A queued request for a whole answer; `done` is set once `result` or `error` is."""
+    """A queued request, for a whole answer or streamed (`tokens`); `done` is set once `result` or `error` is."""
 
     adapter: str | None
     messages: Messages
     params: SamplingParams
+    tokens: TokenQueue | None = None
     arrived: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     result: Completion | None = None
@@ -69,9 +72,8 @@ class _Request:
 
 @dataclass(eq=False)
 class _Task:
-    """Work of its own for the model thread (a streamed answer), run with `adapter` active; it handles its errors."""
+    """Work of its own for the model thread (the model's state is its own: it runs in the thread that computes)."""
 
-    adapter: str | None
     run: Callable[[], None]
 
 
@@ -123,11 +125,11 @@ class Engine:
         return request.result
 
     def stream(self, model_id: str, messages: Messages, params: SamplingParams) -> Iterator[str | Completion]:
-        """Text pieces, then the final Completion; the model thread generates, this one decodes."""
-        adapter = self.models[model_id].adapter
-        yield from stream(
-            self.model, self.tokenizer, messages, params, start=lambda run: self._submit(_Task(adapter, run))
-        )
+        """Text pieces, then the final Completion: generated in a batch like `complete`'s answers, decoded in this
+        thread as the tokens arrive (leaving early ends the answer's row of the batch)."""
+        tokens = TokenQueue()
+        self._submit(_Request(self.models[model_id].adapter, messages, params, tokens=tokens))
+        yield from follow(self.tokenizer, tokens, params, len(encode_prompt(self.tokenizer, messages)))
 
     def close(self) -> None:
         """End the model thread once the queued work is done, and wait for it: a thread that computed keeps an OpenMP
@@ -162,8 +164,7 @@ class Engine:
         with packed_weights(self.model):
             while (item := self._next()) is not None:
                 if isinstance(item, _Task):
-                    with use_adapter(self.model, item.adapter):
-                        item.run()
+                    item.run()
                 else:
                     self._answer(item)
 
@@ -188,9 +189,11 @@ class Engine:
         return batch[: self.max_batch]
 
     def _answer(self, batch: list[_Request]) -> None:
+        streamed = [r.tokens for r in batch] if any(r.tokens for r in batch) else None
         try:
             with use_adapter(self.model, batch[0].adapter):
-                answers = generate(self.model, self.tokenizer, [r.messages for r in batch], batch[0].params)
+                conversations = [r.messages for r in batch]
+                answers = generate(self.model, self.tokenizer, conversations, batch[0].params, follow=streamed)
             for request, answer in zip(batch, answers, strict=True):
                 request.result = answer
         except Exception as exc:  # every request of the batch gets the error; the engine goes on
@@ -201,6 +204,8 @@ class Engine:
             for request in batch:
                 if request.result is None and request.error is None:
                     request.error = RuntimeError("the generation was interrupted")
+                if request.tokens is not None:
+                    request.tokens.end(request.error)
                 request.done.set()
 
 
