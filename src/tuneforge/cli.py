@@ -217,7 +217,7 @@ def chat(
     from tuneforge.serve.engine import Engine
 
     with user_errors():
-        engine = Engine([run_dir])
+        engine = Engine([run_dir], max_batch=1)  # one user: no batch to wait for
         model_id = engine.base_id if base else engine.default_id
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
         try:
