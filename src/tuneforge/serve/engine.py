@@ -72,7 +72,7 @@ class _Request:
 
 @dataclass(eq=False)
 class _Task:
-    """Work of its own for the model thread (the model's state is its own: it runs in the thread that computes)."""
+    """A callable for the model thread to run between batches (the tests use one to hold the thread busy)."""
 
     run: Callable[[], None]
 
@@ -169,7 +169,7 @@ class Engine:
                     self._answer(item)
 
     def _next(self) -> _Task | list[_Request] | None:
-        """The oldest queued item, a whole-answer request with those that can join it (in arrival order), taken off."""
+        """The oldest queued item, a request with those that can join its batch (in arrival order), taken off."""
         with self._wake:
             while not self._queue:
                 self._wake.wait()
