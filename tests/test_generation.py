@@ -131,12 +131,12 @@ def test_followed_rows_stream_and_a_cancelled_row_ends_alone(tuned) -> None:
     assert together[:2] == alone[:2]
     assert together[2].completion_tokens < alone[2].completion_tokens  # it ended after one token
     followed.end()
-    pieces = list(follow(tokenizer, followed, params, alone[0].prompt_tokens))
+    pieces = list(follow(tokenizer, followed, params))
     assert "".join(pieces[:-1]) == alone[0].text and pieces[-1] == alone[0]
     failed = TokenQueue()
     failed.end(MemoryError("no room"))
     with pytest.raises(MemoryError):  # a failed generation reaches the reader
-        list(follow(tokenizer, failed, params, 3))
+        list(follow(tokenizer, failed, params))
 
 
 def test_stop_strings_cut_the_answer_in_both_paths(tuned) -> None:

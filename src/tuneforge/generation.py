@@ -87,6 +87,9 @@ def generate(
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     rows: dict[str, Any] = {}
     if follow is not None:
+        for row_tokens, prompt in zip(follow, prompts, strict=True):
+            if row_tokens is not None:
+                row_tokens.prompt_tokens = len(prompt)
         rows = {"streamer": _Rows(follow), "stopping_criteria": StoppingCriteriaList([_Cancelled(follow)])}
     with packed_weights(model) as packs, torch.no_grad(), packs.decode_rows(len(prompts)):
         out = model.generate(input_ids=ids, attention_mask=mask, **_generate_kwargs(tokenizer, params), **rows)
@@ -146,13 +149,13 @@ def stream(
 
     threading.Thread(target=work, daemon=True).start()
     try:
-        yield from follow(tokenizer, tokens, params, len(encode_prompt(tokenizer, messages)))
+        yield from follow(tokenizer, tokens, params)
     finally:  # also when the reader stops early: never leave generate() running, the caller may use the model next
         finished.wait()
 
 
 def follow(
-    tokenizer: PreTrainedTokenizerBase, tokens: TokenQueue, params: SamplingParams, prompt_tokens: int
+    tokenizer: PreTrainedTokenizerBase, tokens: TokenQueue, params: SamplingParams
 ) -> Iterator[str | Completion]:
     """Decode a streamed answer as its tokens arrive: text pieces, then the Completion. Leaving early (the client has
     gone), or reaching the end of the answer (EOS or a stop string), cancels the rest of its generation."""
@@ -184,18 +187,19 @@ def follow(
         tokens.cancel.set()
     if len(text) > sent:
         yield text[sent:]
-    yield Completion(text, prompt_tokens, counted, finish)
+    yield Completion(text, tokens.prompt_tokens, counted, finish)
 
 
 class TokenQueue:
     """One streamed answer's token ids: put by the thread that generates, read (iterated) by the one that decodes.
     Setting `cancel` asks the generation to stop this answer; `end` closes the queue, with the generation's error
-    if it failed (raised to the reader by `follow`)."""
+    if it failed (raised to the reader by `follow`). `generate` sets `prompt_tokens` before the first token."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self.cancel = threading.Event()
         self.error: BaseException | None = None
+        self.prompt_tokens = 0
 
     def put(self, token: int) -> None:
         self._queue.put(token)

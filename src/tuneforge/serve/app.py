@@ -11,9 +11,12 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 
+from tuneforge.config import ServeConfig
 from tuneforge.serve.engine import Engine
 from tuneforge.serve.errors import api_error, validation_error
 from tuneforge.serve.routes import chat, models
+
+_DEFAULTS = ServeConfig()  # the `serve:` config section's defaults
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,8 @@ class ServeSettings:
 
     run_dirs: tuple[Path, ...]
     api_key: str | None = None  # None: no key required
-    max_new_tokens: int = 512
-    max_batch: int = 8  # concurrent requests answered in one batch
+    max_new_tokens: int = _DEFAULTS.max_new_tokens
+    max_batch: int = _DEFAULTS.max_batch  # concurrent requests answered in one batch
 
 
 def create_app(settings: ServeSettings, engine: Any | None = None) -> FastAPI:

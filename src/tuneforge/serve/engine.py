@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.tokenize import encode_prompt
+from tuneforge.config import ServeConfig
 from tuneforge.errors import RunError
 from tuneforge.generation import Completion, Messages, SamplingParams, TokenQueue, follow, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
@@ -80,7 +80,7 @@ class _Task:
 class Engine:
     """Loads the base model once in its own thread, attaches each run's adapter, answers requests (see the module)."""
 
-    def __init__(self, run_dirs: list[Path], max_batch: int = 8) -> None:
+    def __init__(self, run_dirs: list[Path], max_batch: int = ServeConfig().max_batch) -> None:
         if not run_dirs:
             raise RunError("no run directory to serve", "pass at least one run directory, e.g. runs/contracts")
         infos = [_run_info(d) for d in run_dirs]
@@ -129,7 +129,7 @@ class Engine:
         thread as the tokens arrive (leaving early ends the answer's row of the batch)."""
         tokens = TokenQueue()
         self._submit(_Request(self.models[model_id].adapter, messages, params, tokens=tokens))
-        yield from follow(self.tokenizer, tokens, params, len(encode_prompt(self.tokenizer, messages)))
+        yield from follow(self.tokenizer, tokens, params)
 
     def close(self) -> None:
         """End the model thread once the queued work is done, and wait for it: a thread that computed keeps an OpenMP
