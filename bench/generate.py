@@ -12,6 +12,9 @@ max_new_tokens=N, do_sample=False)`. Both must produce N tokens per prompt (`min
 suppressed for tuneforge's run by the same setting through `generation_config`), so tokens/s compares equal work.
 Printed: generated tokens/s per batch size, the first repeat excluded (warm-up), and the ratio.
 
+The "mixed" row runs batches of 8, 5, 3, 8, 6, 2, 8 and 4 prompts in turn, as a server's batches come (their size is
+however many requests arrived together): with shared packs, one set serves every batch size.
+
 The last row serves a LoRA adapter (r=16, all linear layers, untrained: the same cost per token as a trained one)
 unmerged, as a server does and as the PEFT docs load one for inference (`PeftModel` + `generate`): the baseline runs
 peft's forward (two extra products per adapted layer), tuneforge's packs fold the adapter into each layer's weight.
@@ -34,6 +37,9 @@ QUESTIONS = [
     "Nenne drei Vorteile von Solarenergie.",
     "Summarise the plot of Romeo and Juliet in two sentences.",
 ]
+
+
+MIXED = (8, 5, 3, 8, 6, 2, 8, 4)
 
 
 def plain(model: Any, tokenizer: Any, chats: list[Any], new_tokens: int) -> int:
@@ -70,12 +76,12 @@ def main() -> None:
     print(f"generation, {args.model}, {args.new_tokens} new tokens per prompt, greedy")
     header = f"{'batch':>6}{'plain generate tok/s':>22}{'tuneforge tok/s':>17}{'ratio':>7}"
     print(f"{header}{'shared packs':>14}{'ratio':>7}")
-    for batch, label in ((1, "1"), (8, "8"), (8, "8+LoRA")):
+    for sizes, label in (((1,), "1"), ((8,), "8"), (MIXED, "mixed"), ((8,), "8+LoRA")):
         if label == "8+LoRA":
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")).eval()
-        chats = [[{"role": "user", "content": q}] for q in QUESTIONS[:batch]]
+        batches = [[[{"role": "user", "content": q}] for q in (QUESTIONS * 2)[i : i + n]] for i, n in enumerate(sizes)]
         speed = {}
         for name, fn, scope in (
             ("plain", plain, contextlib.nullcontext),
@@ -83,10 +89,10 @@ def main() -> None:
             ("shared", ours, lambda m=model: packed_weights(m)),
         ):
             with scope():
-                fn(model, tokenizer, chats, args.new_tokens)  # warm-up (the shared packs are made here)
+                fn(model, tokenizer, batches[0], args.new_tokens)  # warm-up (the shared packs are made here)
                 tokens, start = 0, time.perf_counter()
                 for _ in range(args.repeats):
-                    tokens += fn(model, tokenizer, chats, args.new_tokens)
+                    tokens += sum(fn(model, tokenizer, chats, args.new_tokens) for chats in batches)
                 speed[name] = tokens / (time.perf_counter() - start)
         ratios = [speed[name] / speed["plain"] for name in ("tuneforge", "shared")]
         print(

@@ -1,3 +1,4 @@
+import types
 from pathlib import Path
 
 import pytest
@@ -47,13 +48,18 @@ def test_packed_weights_give_the_same_answers(tuned, monkeypatch: pytest.MonkeyP
         again = generate(model, tokenizer, CONVERSATIONS, params)
         # every product of a decode step was packed: the 2 x 7 adapted layers, their adapter folded in, and the output
         adapted = [m for m in model.modules() if isinstance(m, LoraLinear)]
-        assert packs.rows == 3 and set(packs.packed) == {*adapted, model.get_output_embeddings()}
-        assert len(adapted) == 14
+        assert packs.rows == 3 and set(packs.packed) == set(adapted) and len(adapted) == 14
+        assert set(packs.shared) == {model.get_output_embeddings()}  # outside the adapter: one pack for all states
+        made = {**packs.packed, **packs.shared}
+        pair = generate(model, tokenizer, CONVERSATIONS[:2], params)  # a batch of another size: the same packs
+        assert packs.rows == 2 and packs.packed.keys() | packs.shared.keys() == made.keys()
+        assert all(pack is made[m] for m, pack in {**packs.packed, **packs.shared}.items())
     assert not any("forward" in vars(m) for m in model.modules())  # the plain forward is back
     monkeypatch.setattr(packed, "available", lambda model: False)
     with use_adapter(model, "toy"):
         plain = generate(model, tokenizer, CONVERSATIONS, params)
     assert [c.text for c in fast] == [c.text for c in again] == [c.text for c in plain]
+    assert [c.text for c in pair] == [c.text for c in plain[:2]]
 
 
 @needs_mkl
@@ -61,7 +67,7 @@ def test_a_packed_lora_layer_computes_what_peft_does_for_each_adapter_state(
     trained_run: Path, tiny_model_dir: Path
 ) -> None:
     """A LoRA layer's pack holds W + scale * B @ A of its active adapter; switching, disabling or merging adapters
-    inside one packed_weights block drops the packs made for the state before."""
+    inside one packed_weights block switches to that state's packs, and a state used again finds its own."""
     model = load_adapter(load_model(str(tiny_model_dir)), trained_run / "model", "toy")
     model = load_adapter(model, trained_run / "model", "other").eval()
     layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
@@ -69,7 +75,7 @@ def test_a_packed_lora_layer_computes_what_peft_does_for_each_adapter_state(
         layer.lora_B["other"].weight.mul_(-3.0)  # a second adapter with other weights
     torch.manual_seed(0)
     step = torch.randn(3, 1, layer.in_features)
-    outputs = {}
+    outputs, made = {}, {}
     with packed_weights(model) as packs, torch.no_grad():
         for adapter, merge in (("toy", False), ("other", False), (None, False), ("toy", True), ("toy", False)):
             with use_adapter(model, adapter, merge=merge):
@@ -80,11 +86,61 @@ def test_a_packed_lora_layer_computes_what_peft_does_for_each_adapter_state(
                     folded = adapter is not None and not merge  # else the base Linear is packed (a merged one too)
                     assert (layer in packs.packed) == folded and (layer.base_layer in packs.packed) != folded
                     assert layer.lora_A["toy"] not in packs.packed  # the adapter's own products are not run
+                    assert layer not in packs.shared and layer.base_layer not in packs.shared
+                    made.setdefault((adapter, merge), packs.packed.get(layer))
+                    assert packs.packed.get(layer) is made[adapter, merge]  # toy's second turn: its first packs
             torch.testing.assert_close(got, expected)
-    # each state computed its own product: the adapters matter, and no state reused another's packs
+        assert len(packs.kept) == 3  # the three other states' packs wait for their next turn, the toy's are in use
+    # each state computed its own product: the adapters matter, and no state used another's packs
     assert not torch.allclose(outputs["toy", False], outputs["other", False], atol=1e-4)
     assert not torch.allclose(outputs["toy", False], outputs[None, False], atol=1e-4)
     torch.testing.assert_close(outputs["toy", True], outputs["toy", False])
+
+
+@needs_mkl
+def test_packs_kept_for_other_adapters_give_way_when_memory_is_short(
+    trained_run: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_adapter(load_model(str(tiny_model_dir)), trained_run / "model", "toy")
+    model = load_adapter(model, trained_run / "model", "other").eval()
+    adapted = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    one_state = sum(m.base_layer.weight.numel() * 4 for m in adapted)  # the bytes of one state's packs
+    with use_adapter(model, None):
+        folded, linears, _ = packed._targets(model)
+    most = sum(packed._weight(m).numel() * 4 for m in folded + linears)  # the most a state needs (adapters off)
+    total = 2 * most + 1.5 * one_state  # at MEMORY_SHARE 0.5: room for the packs of two states, not three
+
+    def held(packs: packed.Packs) -> int:
+        kept = [m for states in (packs.packed, packs.shared, *packs.kept.values()) for m in states]
+        return sum(packed._weight(m).numel() * 4 for m in kept)
+
+    with packed_weights(model) as packs, torch.no_grad():
+        memory = lambda: types.SimpleNamespace(available=total - held(packs))  # noqa: E731
+        monkeypatch.setattr(packed.psutil, "virtual_memory", memory)
+        states = []
+        for adapter in ("toy", "other", None):
+            with use_adapter(model, adapter), packs.decode_rows(2):
+                for m in adapted:
+                    m(torch.randn(2, 1, m.base_layer.in_features))
+                assert len(packs.packed) == len(adapted)
+                states.append(packs.state)
+        # the base model's packs made room for themselves by dropping the oldest state's (toy's), not other's
+        assert list(packs.kept) == [states[1]]
+
+
+@needs_mkl
+def test_a_pack_serves_every_row_count() -> None:
+    """MKL packs the weight alone: a pack made for one row count multiplies any other as F.linear does (what lets a
+    batch of another size reuse the packs; a guard should a torch or MKL update change it)."""
+    torch.manual_seed(0)
+    for out_features, in_features in ((96, 64), (64, 160), (7, 5), (300, 33)):
+        weight = torch.randn(out_features, in_features)
+        for packed_for in (2, 8, 16):
+            pack = torch.ops.mkl._mkl_reorder_linear_weight(weight, packed_for)
+            for rows in (1, 2, 3, 5, 8, 13, 16, 40):
+                x = torch.randn(rows, in_features)
+                got = torch.ops.mkl._mkl_linear(x, pack, weight, None, rows)
+                torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-5)
 
 
 @needs_mkl
@@ -95,9 +151,9 @@ def test_a_packed_linear_computes_what_f_linear_does(monkeypatch: pytest.MonkeyP
     with packed_weights(layer) as packs, packs.decode_rows(4):
         with torch.no_grad():
             fast = layer(step)
-            assert list(packs.packed) == [layer]
+            assert list(packs.shared) == [layer] and not packs.packed  # no adapters: one pack for every state
             slow = layer(prompt)  # not 4 rows: the plain path, nothing new packed
-            assert len(packs.packed) == 1
+            assert len(packs.shared) == 1
         layer(step).sum().backward()  # under autograd the plain, differentiable path
     torch.testing.assert_close(fast, F.linear(step, layer.weight, layer.bias))
     assert torch.equal(slow, F.linear(prompt, layer.weight, layer.bias)) and layer.weight.grad is not None
@@ -107,7 +163,7 @@ def test_a_packed_linear_computes_what_f_linear_does(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(packed, "MEMORY_SHARE", 0.0)  # no room for the copies
         with packs.decode_rows(4):
             layer(step)
-        assert packs.packed == {}
+        assert packs.shared == {} and packs.packed == {}
 
 
 def test_stream_yields_the_same_text_as_generate(tuned) -> None:

@@ -189,7 +189,9 @@ def test_the_engine_keeps_its_packed_weights_from_batch_to_batch(engine: Engine)
     answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[2:4]])
     assert packs.packed.keys() == first.keys() and all(packs.packed[m] is first[m] for m in first)  # not redone
     answer_together(engine, [(engine.base_id, q, GREEDY) for q in QUESTIONS[:2]])
-    assert packs.packed and not any(isinstance(m, LoraLinear) for m in packs.packed)  # the base model: made anew
+    assert packs.packed and not any(isinstance(m, LoraLinear) for m in packs.packed)  # the base model: its own
+    answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:3]])  # the adapter again, another batch size
+    assert packs.rows == 3 and all(packs.packed[m] is first[m] for m in adapted)  # the adapter's packs, kept
 
 
 def test_requests_sent_together_to_an_idle_engine_share_a_batch(

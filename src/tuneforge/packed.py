@@ -2,23 +2,28 @@
 
 A decode step multiplies a few rows (one per answer in the batch) by every weight of the model, so it is bound by how
 fast the weights stream from memory. On a 2-core Xeon, `F.linear` with 8 rows goes through MKL's general sgemm and
-streams ~6 GB/s, half of what a 1-row product (gemv) reaches; MKL's packed sgemm, with each weight reordered once for
-the row count (what torch.compile's CPU freezing does), streams ~13 GB/s. bench/generate.py measures the difference.
+streams ~6 GB/s, half of what a 1-row product (gemv) reaches; MKL's packed sgemm, with each weight reordered once
+(what torch.compile's CPU freezing does), streams ~13 GB/s. bench/generate.py measures the difference.
 
 The packs are copies of the weights, made at a Linear's first decode-shaped call and kept while `packed_weights` is
 active, so the weights must not change inside the block (an adapter merged for the block is fine: merge, then pack).
+A pack serves every row count: MKL packs the weight matrix alone, whatever row count torch passes when packing (a
+test holds this for 1-40 rows against packs made for others), so a batch of another size reuses the packs.
 
 A LoRA layer whose active adapter is not merged (a server switches adapters per request and does not merge: unmerging
 leaves round-off in the base weights) is packed with the adapter folded in: its pack is a copy of W + scale * B @ A,
 made from the untouched base weight, so a decode step skips the adapter's two extra products per layer (~25% of the
-step for the embedded model with r=16 at batch 8) and the base weights never change. Packs are made for one adapter
-state (which adapters are active, disabled or merged) and one row count; either changing drops them.
+step for the embedded model with r=16 at batch 8) and the base weights never change. Such packs belong to one adapter
+state (which adapters are active, disabled or merged); the packs of the states used before are kept too, while there
+is memory for them, so a server alternating between adapters does not pack anew per batch (0.1-0.9 s for the embedded
+model). Linears outside any adapter layer (the output layer, or all but the adapted ones) have one pack for all states.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,17 +34,22 @@ import torch.nn.functional as F
 _ATTR = "_tuneforge_packs"
 # Packing copies every Linear weight once; do it only while the copy takes under this share of the free memory.
 MEMORY_SHARE = 0.5
+# What packs depend on besides the weights: each adapter layer's disabled flag, active and merged adapters.
+State = frozenset[tuple[bool, tuple[str, ...], tuple[str, ...]]]
 
 
 class Packs:
-    """MKL-packed copies of a model's fp32 Linear weights (LoRA layers' with their active adapter folded in) for one
-    row count and one adapter state; a later count or state replaces them."""
+    """MKL-packed copies of a model's fp32 Linear weights (LoRA layers' with their active adapter folded in), for the
+    adapter state now in use and, while memory allows, for the states used before."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.rows = 0
-        self.state: frozenset[tuple[bool, tuple[str, ...], tuple[str, ...]]] = frozenset()
-        self.packed: dict[torch.nn.Module, torch.Tensor] = {}
+        self.rows = 0  # the row count of the decode steps running (or last run)
+        self.state: State = frozenset()
+        self.packed: dict[torch.nn.Module, torch.Tensor] = {}  # this state's packs (adapter layers and their Linears)
+        self.shared: dict[torch.nn.Module, torch.Tensor] = {}  # Linears outside adapter layers: the same in every state
+        self.kept: OrderedDict[State, dict[torch.nn.Module, torch.Tensor]] = OrderedDict()  # oldest first
+        self.adapted: set[torch.nn.Module] = set()  # the modules of adapter layers
 
     @contextlib.contextmanager
     def decode_rows(self, rows: int) -> Iterator[None]:
@@ -48,13 +58,10 @@ class Packs:
         if rows <= 1:  # 1 row: gemv already streams at full speed
             yield
             return
-        folded, linears = _targets(self.model)
-        state = _adapter_state(self.model)
-        if rows != self.rows or state != self.state:  # packs for another row count or adapter are dropped first
-            self.packed.clear()
-            self.rows, self.state = rows, state
-        need = sum(_weight(m).numel() * 4 for m in folded + linears if m not in self.packed)
-        if not folded + linears or need > MEMORY_SHARE * psutil.virtual_memory().available:
+        folded, linears, self.adapted = _targets(self.model)
+        self._switch(_adapter_state(self.model))
+        self.rows = rows
+        if not folded + linears or not self._room(folded + linears):
             yield  # nothing to pack, or no room for the copies
             return
         for module in linears:
@@ -66,6 +73,23 @@ class Packs:
         finally:
             for module in folded + linears:
                 vars(module).pop("forward", None)
+
+    def _switch(self, state: State) -> None:
+        """Make `state`'s packs the current ones, keeping the last state's for a later turn."""
+        if state == self.state:
+            return
+        if self.packed:
+            self.kept[self.state] = self.packed
+        self.packed = self.kept.pop(state, {})
+        self.state = state
+
+    def _room(self, targets: list[Any]) -> bool:
+        """Whether the packs still to make fit in the memory share, dropping other states' packs (least recently used
+        first) until they do."""
+        need = sum(_weight(m).numel() * 4 for m in targets if m not in self.packed and m not in self.shared)
+        while need > MEMORY_SHARE * psutil.virtual_memory().available and self.kept:
+            self.kept.popitem(last=False)
+        return need <= MEMORY_SHARE * psutil.virtual_memory().available
 
     def _forward(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.numel() != self.rows * module.in_features:
@@ -81,9 +105,10 @@ class Packs:
         return self._product(module, x, base.weight.detach(), base.bias)
 
     def _product(self, module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Any) -> torch.Tensor:
-        pack = self.packed.get(module)
+        packs = self.packed if module in self.adapted else self.shared
+        pack = packs.get(module)
         if pack is None:
-            pack = self.packed[module] = torch.ops.mkl._mkl_reorder_linear_weight(_folded_weight(module), self.rows)
+            pack = packs[module] = torch.ops.mkl._mkl_reorder_linear_weight(_folded_weight(module), self.rows)
         return torch.ops.mkl._mkl_linear(x, pack, weight, bias, self.rows)
 
 
@@ -119,13 +144,20 @@ def available(model: Any) -> bool:
     return on_cpu and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def _targets(model: Any) -> tuple[list[Any], list[torch.nn.Linear]]:
-    """The LoRA layers whose active adapters fold into their pack, and the other Linears to pack (not those inside a
-    folded layer: its forward no longer calls them for decode rows)."""
+def _targets(model: Any) -> tuple[list[Any], list[torch.nn.Linear], set[torch.nn.Module]]:
+    """The LoRA layers whose active adapters fold into their pack, the other Linears to pack (not those inside a
+    folded layer: its forward no longer calls them for decode rows), and the modules of adapter layers (whose packs
+    depend on the adapter state)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     folded: list[Any] = []
     linears: list[torch.nn.Linear] = []
     inside: set[torch.nn.Module] = set()
+    adapted: set[torch.nn.Module] = set()
     for module in model.modules():  # a layer comes before the modules inside it
+        tuner = isinstance(module, BaseTunerLayer)
+        if tuner:
+            adapted.update(module.modules())
         if module in inside:
             continue
         if _foldable(module):
@@ -133,7 +165,7 @@ def _targets(model: Any) -> tuple[list[Any], list[torch.nn.Linear]]:
             inside.update(module.modules())
         elif _packable(module):
             linears.append(module)
-    return folded, linears
+    return folded, linears, adapted
 
 
 def _foldable(module: torch.nn.Module) -> bool:
@@ -163,8 +195,8 @@ def _weight(module: Any) -> torch.Tensor:
     return (module if isinstance(module, torch.nn.Linear) else module.base_layer).weight.detach()
 
 
-def _adapter_state(model: Any) -> frozenset[tuple[bool, tuple[str, ...], tuple[str, ...]]]:
-    """What the packs depend on besides the weights: each adapter layer's disabled flag, active and merged adapters."""
+def _adapter_state(model: Any) -> State:
+    """The model's adapter state: each adapter layer's disabled flag, active and merged adapters."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return frozenset(

@@ -17,7 +17,7 @@ generated, and a row ends as soon as its reader has its answer (or has gone) whi
 
 Adapters are never merged (unmerging leaves round-off in the base weights); on CPU a batch's decode steps run on packed
 weights with the batch's adapter folded in (tuneforge/packed.py), so an adapter costs no more per step than the base
-model, and the packs stay for the next batch of the same size and adapter.
+model, and the packs stay for later batches of any size (one set per adapter, while memory allows).
 """
 
 from __future__ import annotations
@@ -159,8 +159,9 @@ class Engine:
             loaded.set_exception(exc)
             return
         loaded.set_result(None)
-        # One set of packed weights (a copy of the base weights, on CPU) is kept from batch to batch while the batch
-        # size and adapter stay the same (packing the embedded model takes ~0.9 s); the engine never changes weights.
+        # The packed weights (on CPU, a copy of the Linear weights per adapter state, see tuneforge/packed.py) are kept
+        # from batch to batch, for every batch size and, while memory allows, for each adapter served; the engine
+        # never changes weights.
         with packed_weights(self.model):
             while (item := self._next()) is not None:
                 if isinstance(item, _Task):
