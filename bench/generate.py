@@ -5,12 +5,13 @@
 
 tuneforge's path is `tuneforge.generation.generate` (what evaluation, chat and the server call: chat template,
 left-padded batch, greedy; on CPU the decode steps multiply by MKL-packed weights, see tuneforge/packed.py). It runs
-twice: each call packing the weights anew ("tuneforge", what a single batch pays), and inside one `packed_weights`
-block shared by all calls ("shared packs", what evaluation does for its batches). The baseline is what the
+twice: each call packing the weights anew ("tuneforge", what a lone `generate` call pays), and with the packs of one
+`packed_weights` block shared by all calls ("shared packs", what evaluation and the server do). The baseline is what the
 transformers docs teach: `apply_chat_template`, a left-padded tokenizer call and `model.generate(**inputs,
 max_new_tokens=N, do_sample=False)`. Both must produce N tokens per prompt (`min_new_tokens` on the baseline; EOS is
 suppressed for tuneforge's run by the same setting through `generation_config`), so tokens/s compares equal work.
-Printed: generated tokens/s per batch size, the first repeat excluded (warm-up), and the ratio.
+Printed: generated tokens/s per batch size after one warm-up call of each case, and the ratio. The cases take turns
+within each repeat, so a slow or fast spell of a shared machine falls on all three alike.
 
 The "mixed" row runs batches of 8, 5, 3, 8, 6, 2, 8 and 4 prompts in turn, as a server's batches come (their size is
 however many requests arrived together): with shared packs, one set serves every batch size.
@@ -23,7 +24,6 @@ peft's forward (two extra products per adapted layer), tuneforge's packs fold th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from typing import Any
 
@@ -82,18 +82,24 @@ def main() -> None:
 
             model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")).eval()
         batches = [[[{"role": "user", "content": q}] for q in (QUESTIONS * 2)[i : i + n]] for i, n in enumerate(sizes)]
-        speed = {}
-        for name, fn, scope in (
-            ("plain", plain, contextlib.nullcontext),
-            ("tuneforge", ours, contextlib.nullcontext),
-            ("shared", ours, lambda m=model: packed_weights(m)),
-        ):
-            with scope():
+        seconds = dict.fromkeys(("plain", "tuneforge", "shared"), 0.0)
+        tokens = dict.fromkeys(seconds, 0)
+        with packed_weights(model) as packs:
+
+            def fresh(model: Any, tokenizer: Any, chats: list[Any], new_tokens: int) -> int:
+                for made in (packs.packed, packs.shared, packs.kept):
+                    made.clear()  # this call packs anew
+                return ours(model, tokenizer, chats, new_tokens)
+
+            cases = {"plain": plain, "tuneforge": fresh, "shared": ours}
+            for fn in cases.values():
                 fn(model, tokenizer, batches[0], args.new_tokens)  # warm-up (the shared packs are made here)
-                tokens, start = 0, time.perf_counter()
-                for _ in range(args.repeats):
-                    tokens += sum(fn(model, tokenizer, chats, args.new_tokens) for chats in batches)
-                speed[name] = tokens / (time.perf_counter() - start)
+            for _ in range(args.repeats):
+                for name, fn in cases.items():
+                    start = time.perf_counter()
+                    tokens[name] += sum(fn(model, tokenizer, chats, args.new_tokens) for chats in batches)
+                    seconds[name] += time.perf_counter() - start
+        speed = {name: tokens[name] / seconds[name] for name in seconds}
         ratios = [speed[name] / speed["plain"] for name in ("tuneforge", "shared")]
         print(
             f"{label:>6}{speed['plain']:>22.1f}{speed['tuneforge']:>17.1f}{ratios[0]:>6.2f}x"
