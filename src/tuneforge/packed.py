@@ -14,9 +14,10 @@ A LoRA layer whose active adapter is not merged (a server switches adapters per 
 leaves round-off in the base weights) is packed with the adapter folded in: its pack is a copy of W + scale * B @ A,
 made from the untouched base weight, so a decode step skips the adapter's two extra products per layer (~25% of the
 step for the embedded model with r=16 at batch 8) and the base weights never change. Such packs belong to one adapter
-state (which adapters are active, disabled or merged); the packs of the states used before are kept too, while there
-is memory for them, so a server alternating between adapters does not pack anew per batch (0.1-0.9 s for the embedded
-model). Linears outside any adapter layer (the output layer, or all but the adapted ones) have one pack for all states.
+state (which adapters are active, disabled or merged); the packs of the states used before are kept too, while all
+packs together take at most MEMORY_SHARE of the memory that would be free without them (the least recently used give
+way first), so a server alternating between adapters does not pack anew per batch (0.1-0.9 s for the embedded model).
+Linears outside any adapter layer (the output layer, or all but the adapted ones) have one pack for all states.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ import contextlib
 import functools
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import psutil
 import torch
 import torch.nn.functional as F
 
 _ATTR = "_tuneforge_packs"
-# Packing copies every Linear weight once; do it only while the copy takes under this share of the free memory.
+# Packing copies every Linear weight once (per adapter state); all copies together take at most this share of the memory
+# that would be free without them.
 MEMORY_SHARE = 0.5
 # What packs depend on besides the weights: each adapter layer's disabled flag, active and merged adapters.
 State = frozenset[tuple[bool, tuple[str, ...], tuple[str, ...]]]
@@ -84,12 +86,14 @@ class Packs:
         self.state = state
 
     def _room(self, targets: list[Any]) -> bool:
-        """Whether the packs still to make fit in the memory share, dropping other states' packs (least recently used
-        first) until they do."""
-        need = sum(_weight(m).numel() * 4 for m in targets if m not in self.packed and m not in self.shared)
-        while need > MEMORY_SHARE * psutil.virtual_memory().available and self.kept:
-            self.kept.popitem(last=False)
-        return need <= MEMORY_SHARE * psutil.virtual_memory().available
+        """Whether the packs still to make fit: all packs together may take MEMORY_SHARE of the memory that would be
+        free without them; other states' packs are dropped (least recently used first) to make room."""
+        held = _bytes([*self.packed, *self.shared, *(m for packs in self.kept.values() for m in packs)])
+        need = _bytes([m for m in targets if m not in self.packed and m not in self.shared])
+        budget = MEMORY_SHARE * (psutil.virtual_memory().available + held)
+        while held + need > budget and self.kept:
+            held -= _bytes(list(self.kept.popitem(last=False)[1]))
+        return held + need <= budget
 
     def _forward(self, module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.numel() != self.rows * module.in_features:
@@ -154,9 +158,8 @@ def _targets(model: Any) -> tuple[list[Any], list[torch.nn.Linear], set[torch.nn
     linears: list[torch.nn.Linear] = []
     inside: set[torch.nn.Module] = set()
     adapted: set[torch.nn.Module] = set()
-    for module in model.modules():  # a layer comes before the modules inside it
-        tuner = isinstance(module, BaseTunerLayer)
-        if tuner:
+    for module in cast(torch.nn.Module, model).modules():  # a layer comes before the modules inside it
+        if isinstance(module, BaseTunerLayer):
             adapted.update(module.modules())
         if module in inside:
             continue
@@ -191,6 +194,11 @@ def _folded_weight(module: Any) -> torch.Tensor:
     return weight + sum(deltas)
 
 
+def _bytes(modules: list[Any]) -> int:
+    """The bytes of these modules' packs (fp32 copies of their weights)."""
+    return sum(_weight(m).numel() * 4 for m in modules)
+
+
 def _weight(module: Any) -> torch.Tensor:
     return (module if isinstance(module, torch.nn.Linear) else module.base_layer).weight.detach()
 
@@ -206,7 +214,7 @@ def _adapter_state(model: Any) -> State:
     )
 
 
-def _packable(module: torch.nn.Module) -> bool:
+def _packable(module: torch.nn.Module) -> TypeGuard[torch.nn.Linear]:
     """A plain fp32 Linear whose whole weight is here (not an FSDP shard or a ZeRO-3 placeholder)."""
     if not isinstance(module, torch.nn.Linear):
         return False
