@@ -104,18 +104,17 @@ def test_packs_kept_for_other_adapters_give_way_when_memory_is_short(
     model = load_adapter(load_model(str(tiny_model_dir)), trained_run / "model", "toy")
     model = load_adapter(model, trained_run / "model", "other").eval()
     adapted = [m for m in model.modules() if isinstance(m, LoraLinear)]
-    one_state = sum(m.base_layer.weight.numel() * 4 for m in adapted)  # the bytes of one state's packs
+    one_state = packed._bytes(adapted)  # the bytes of one state's packs
     with use_adapter(model, None):
         folded, linears, _ = packed._targets(model)
-    most = sum(packed._weight(m).numel() * 4 for m in folded + linears)  # the most a state needs (adapters off)
+    most = packed._bytes(folded + linears)  # the most a state needs (adapters off)
     total = 2 * most + 3 * one_state  # at MEMORY_SHARE 0.5: room for the packs of two states, not three
 
-    def held(packs: packed.Packs) -> int:
-        kept = [m for states in (packs.packed, packs.shared, *packs.kept.values()) for m in states]
-        return sum(packed._weight(m).numel() * 4 for m in kept)
+    def memory() -> types.SimpleNamespace:  # what the packs held take is no longer free
+        held = [m for states in (packs.packed, packs.shared, *packs.kept.values()) for m in states]
+        return types.SimpleNamespace(available=total - packed._bytes(held))
 
     with packed_weights(model) as packs, torch.no_grad():
-        memory = lambda: types.SimpleNamespace(available=total - held(packs))  # noqa: E731
         monkeypatch.setattr(packed.psutil, "virtual_memory", memory)
         states = []
         for adapter in ("toy", "other", None):
