@@ -42,6 +42,8 @@ def test_blocks_are_found_exactly_and_multiply_as_f_linear_does(fmt: str) -> Non
         blocks = quantized.exact_blocks(weight)
         assert blocks is not None and blocks.format == fmt
         assert blocks.nbytes < weight.numel() * 4 * (0.2 if fmt == "Q4_1" else 0.3)
+        # one-hot rows pick single weights: the kernel rebuilds each weight bit for bit
+        assert torch.equal(blocks.linear(torch.eye(in_features)), weight.T)
         for rows in (1, 2, 3, 5, 8, 11, 17):  # every path of the kernel: 8, 4, 2 and 1 rows at a time
             x = torch.randn(rows, 1, in_features)
             torch.testing.assert_close(blocks.linear(x, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)

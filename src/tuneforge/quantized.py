@@ -45,13 +45,13 @@ class BlockWeight:
         return self.codes.numel() * self.codes.element_size() + self.scales.numel() * self.scales.element_size()
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ W.T (+ bias) for x of any leading shape."""
+        """x @ W.T (+ bias) for x of any leading shape (a decode step calls this ~200 times: kept lean)."""
         ops = kernels()
         assert ops is not None, "BlockWeight.linear needs the built kernel (kernels() returned None)"
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
         product = ops.q4_1_linear if self.format == "Q4_1" else ops.q8_0_linear
-        y = product(rows, self.codes, self.scales, self.out_features).reshape(*x.shape[:-1], self.out_features)
-        return y if bias is None else y + bias
+        y = product(x.reshape(-1, x.shape[-1]).contiguous(), self.codes, self.scales, self.out_features)
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if bias is None else y.add_(bias)
 
 
 def exact_blocks(weight: torch.Tensor) -> BlockWeight | None:
