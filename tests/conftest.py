@@ -221,3 +221,12 @@ def full_logits_loss(model, batch):
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+@pytest.fixture
+def fp32_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MKL packs in use whatever this CPU's one-off speed measurement found (it decides speed; these tests check
+    what the packs compute)."""
+    from tuneforge import packed
+
+    monkeypatch.setattr(packed, "_packs_pay", lambda: True)

@@ -40,6 +40,7 @@ needs_mkl = pytest.mark.skipif(not packed.available(torch.nn.Linear(2, 2)), reas
 
 
 @needs_mkl
+@pytest.mark.usefixtures("fp32_packs")
 def test_packed_weights_give_the_same_answers(tuned, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer = tuned
     params = SamplingParams(max_new_tokens=12)
@@ -63,6 +64,7 @@ def test_packed_weights_give_the_same_answers(tuned, monkeypatch: pytest.MonkeyP
 
 
 @needs_mkl
+@pytest.mark.usefixtures("fp32_packs")
 def test_a_packed_lora_layer_computes_what_peft_does_for_each_adapter_state(
     trained_run: Path, tiny_model_dir: Path
 ) -> None:
@@ -98,6 +100,7 @@ def test_a_packed_lora_layer_computes_what_peft_does_for_each_adapter_state(
 
 
 @needs_mkl
+@pytest.mark.usefixtures("fp32_packs")
 def test_packs_kept_for_other_adapters_give_way_when_memory_is_short(
     trained_run: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -143,6 +146,7 @@ def test_a_pack_serves_every_row_count() -> None:
 
 
 @needs_mkl
+@pytest.mark.usefixtures("fp32_packs")
 def test_a_packed_linear_computes_what_f_linear_does(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 96)
@@ -163,6 +167,24 @@ def test_a_packed_linear_computes_what_f_linear_does(monkeypatch: pytest.MonkeyP
         with packs.decode_rows(4):
             layer(step)
         assert packs.shared == {} and packs.packed == {}
+
+
+@needs_mkl
+def test_fp32_packs_only_where_they_pay(tuned, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where MKL's packs multiply no faster than F.linear (as on AMD EPYC), decode steps keep F.linear: no copies."""
+    model, tokenizer = tuned
+    params = SamplingParams(max_new_tokens=12)
+    assert packed._packs_pay() in (True, False) and packed._packs_pay.cache_info().misses == 1  # measured once
+    with use_adapter(model, "toy"):
+        monkeypatch.setattr(packed, "_packs_pay", lambda: True)
+        with packed_weights(model) as packs:
+            fast = generate(model, tokenizer, CONVERSATIONS, params)
+            assert packs.packed
+        monkeypatch.setattr(packed, "_packs_pay", lambda: False)
+        with packed_weights(model) as packs:
+            plain = generate(model, tokenizer, CONVERSATIONS, params)
+            assert not packs.packed and not packs.shared and not packs.fp32_packs
+    assert [c.text for c in fast] == [c.text for c in plain]
 
 
 def test_stream_yields_the_same_text_as_generate(tuned) -> None:

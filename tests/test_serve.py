@@ -180,6 +180,7 @@ def test_max_batch_bounds_a_batch(engine: Engine, client: TestClient, monkeypatc
 
 
 @pytest.mark.skipif(not packed.available(torch.nn.Linear(2, 2)), reason="this torch has no MKL packed sgemm")
+@pytest.mark.usefixtures("fp32_packs")
 def test_the_engine_keeps_its_packed_weights_from_batch_to_batch(engine: Engine) -> None:
     packs = getattr(engine.model, packed._ATTR)  # the engine's, kept for its whole life
     answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:2]])

@@ -3,7 +3,9 @@
 A decode step multiplies a few rows (one per answer in the batch) by every weight of the model, so it is bound by how
 fast the weights stream from memory. On a 2-core Xeon, `F.linear` with 8 rows goes through MKL's general sgemm and
 streams ~6 GB/s, half of what a 1-row product (gemv) reaches; MKL's packed sgemm, with each weight reordered once
-(what torch.compile's CPU freezing does), streams ~13 GB/s. bench/generate.py measures the difference.
+(what torch.compile's CPU freezing does), streams ~13 GB/s. bench/generate.py measures the difference. On a 2-core
+AMD EPYC (Zen 4) it is the other way round (packs 7.5 GB/s, `F.linear` 9.6), so the packs are used only where a
+measurement at the first decode step of the process finds them faster (`_packs_pay`).
 
 The packs are copies of the weights, made at a Linear's first decode-shaped call and kept while `packed_weights` is
 active, so the weights must not change inside the block (an adapter merged for the block is fine: merge, then pack).
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import statistics
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, TypeGuard, cast
@@ -61,6 +65,7 @@ class Packs:
         self.adapted: set[torch.nn.Module] = set()  # the modules of adapter layers
         # Linears whose weight is exactly GGUF blocks (None: it is not); a LoRA layer's base layer is the key
         self.blocks: dict[torch.nn.Module, quantized.BlockWeight | None] = {}
+        self.fp32_packs = False  # whether the decode steps running use (and make) fp32 packs
 
     @contextlib.contextmanager
     def decode_rows(self, rows: int) -> Iterator[None]:
@@ -68,13 +73,12 @@ class Packs:
         shapes, such as the prompt's forward pass, take the plain path: they are compute-bound)."""
         folded, linears, self.adapted = _targets(self.model)
         any_blocks = self._find_blocks([_base(m) for m in folded + linears])
-        if rows <= 1 and not any_blocks:  # 1 row: gemv already streams the fp32 weights at full speed
-            yield
-            return
         self._switch(_adapter_state(self.model))
         self.rows = rows
-        if not folded + linears or (rows > 1 and not self._room(folded + linears)):
-            yield  # nothing to pack, or no room for the copies
+        # 1 row: gemv already streams the fp32 weights at full speed; and the copies only where they fit and pay
+        self.fp32_packs = rows > 1 and _packs_pay() and self._room(folded + linears)
+        if not any_blocks and not self.fp32_packs:
+            yield
             return
         for module in linears:
             module.forward = functools.partial(self._forward, module)  # type: ignore[method-assign]
@@ -121,7 +125,7 @@ class Packs:
             return F.linear(x, module.weight, module.bias)
         if blocks := self.blocks.get(module):
             return blocks.linear(x, module.bias)
-        if self.rows == 1:
+        if not self.fp32_packs:
             return F.linear(x, module.weight, module.bias)
         return self._product(module, x, module.weight.detach(), module.bias)
 
@@ -137,7 +141,7 @@ class Packs:
                 if name in module.lora_A:
                     y = y + module.lora_B[name](module.lora_A[name](x)) * module.scaling[name]
             return y
-        if self.rows == 1:
+        if not self.fp32_packs:
             return type(module).forward(module, x)
         # the unfolded base weight is only F.linear's fallback for another row count, which the check above rules out
         return self._product(module, x, base.weight.detach(), base.bias)
@@ -180,6 +184,28 @@ def available(model: Any) -> bool:
     """Whether this torch build has MKL's packed sgemm and the model runs on the CPU."""
     on_cpu = next(model.parameters()).device.type == "cpu"
     return on_cpu and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+@functools.cache
+def _packs_pay() -> bool:
+    """Whether MKL's packed sgemm multiplies decode rows faster than F.linear on this CPU, measured once per process on
+    48 MB of weights (more than a server CPU's L3 holds, so they stream from memory as a model's do). On the 2-core
+    Xeon of the first sessions packs streamed 13.5 GB/s against 5.8; on a 2-core AMD EPYC (Zen 4) 7.5 against 9.6."""
+    weights = [torch.randn(1536, 576) for _ in range(14)]
+    packs = [torch.ops.mkl._mkl_reorder_linear_weight(w, 8) for w in weights]
+    x = torch.randn(8, 576)
+    plain, packed = [], []
+    with torch.no_grad():
+        for _ in range(5):  # taking turns, so a slow spell of a shared machine falls on both
+            start = time.perf_counter()
+            for w in weights:
+                F.linear(x, w)
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for w, pack in zip(weights, packs, strict=True):
+                torch.ops.mkl._mkl_linear(x, pack, w, None, 8)
+            packed.append(time.perf_counter() - start)
+    return statistics.median(packed) < 0.9 * statistics.median(plain)
 
 
 def _targets(model: Any) -> tuple[list[Any], list[torch.nn.Linear], set[torch.nn.Module]]:

@@ -109,7 +109,10 @@ def kernels() -> Any | None:
     name = f"tuneforge_quant_matmul_{hashlib.sha256(_cpu_flags().encode()).hexdigest()[:12]}"
     try:
         log.info("building the GGUF-block decode kernel once for this CPU (~30 s; cached)")
-        module = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=["-O3", "-march=native"], verbose=False)
+        # -fopenmp: at::parallel_for is inline in ATen's headers and runs on one thread without it (2x slower here);
+        # the library it names is torch's own libgomp, already loaded under the same soname
+        flags = ["-O3", "-march=native", "-fopenmp"]
+        module = cpp_extension.load(name, [str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no ninja, a read-only cache: generation works without it
         log.warning("GGUF-block decode kernel not built (%s); decode steps use fp32 weights", str(err).strip()[:300])
         return None
