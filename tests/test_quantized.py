@@ -85,14 +85,18 @@ def test_an_adapter_runs_beside_the_base_layers_blocks(tiny_model_dir: Path) -> 
     to_gguf_weights(model, "Q4_1")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = get_peft_model(model, config).eval()
+    model.add_adapter("other", LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj"], init_lora_weights=False))
     layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
     step = torch.randn(3, 1, layer.base_layer.in_features)
-    with torch.no_grad():
-        reference = layer(step)  # peft's forward: base layer plus B @ A
-        with packed_weights(model) as packs, packs.decode_rows(3):
-            fast = layer(step)
-            assert packs.blocks[layer.base_layer] is not None and layer not in packs.packed  # no folded fp32 copy
-    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), packed_weights(model) as packs:
+        for active in (["default"], ["default", "other"], ["other"]):
+            model.base_model.set_adapter(active)
+            reference = layer(step)  # peft's forward: base layer plus each active adapter's scale * B @ A
+            with packs.decode_rows(3):
+                fast = layer(step)
+                assert packs.blocks[layer.base_layer] is not None and layer not in packs.packed  # no fp32 copy
+            torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(fast, packs.blocks[layer.base_layer].linear(step), atol=1e-3)  # adapters count
 
 
 @needs_kernel

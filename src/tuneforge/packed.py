@@ -66,6 +66,8 @@ class Packs:
         # Linears whose weight is exactly GGUF blocks (None: it is not); a LoRA layer's base layer is the key
         self.blocks: dict[torch.nn.Module, quantized.BlockWeight | None] = {}
         self.fp32_packs = False  # whether the decode steps running use (and make) fp32 packs
+        # this state's adapters beside GGUF blocks: each LoRA layer's A.T and (scale * B).T, all active adapters stacked
+        self.low_rank: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @contextlib.contextmanager
     def decode_rows(self, rows: int) -> Iterator[None]:
@@ -103,6 +105,7 @@ class Packs:
         """Make `state`'s packs the current ones, keeping the last state's for a later turn."""
         if state == self.state:
             return
+        self.low_rank = {}  # cheap to make again (~200 small copies), unlike the packs
         if self.packed:
             self.kept[self.state] = self.packed
         self.packed = self.kept.pop(state, {})
@@ -136,11 +139,12 @@ class Packs:
         if torch.is_grad_enabled() or args or kwargs or x.numel() != self.rows * base.in_features:
             return type(module).forward(module, x, *args, **kwargs)
         if blocks := self.blocks.get(base):
-            y = blocks.linear(x, base.bias)
-            for name in module.active_adapters:  # peft's sum for plain LoRA (dropout is off: see _foldable)
-                if name in module.lora_A:
-                    y = y + module.lora_B[name](module.lora_A[name](x)) * module.scaling[name]
-            return y
+            low = self.low_rank.get(module)
+            if low is None:
+                low = self.low_rank[module] = _low_rank(module)
+            rows = x.reshape(-1, x.shape[-1])
+            y = blocks.linear(rows, base.bias).addmm_(rows @ low[0], low[1])  # + scale * B @ A x, two plain products
+            return y.view(*x.shape[:-1], y.shape[-1])
         if not self.fp32_packs:
             return type(module).forward(module, x)
         # the unfolded base weight is only F.linear's fallback for another row count, which the check above rules out
@@ -252,6 +256,14 @@ def _folded_weight(module: Any) -> torch.Tensor:
         return weight
     deltas = [module.get_delta_weight(a).detach().float() for a in module.active_adapters if a in module.lora_A]
     return weight + sum(deltas)
+
+
+def _low_rank(module: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LoRA layer's active adapters as one pair: x @ a @ b = sum of scale * B @ A x (ranks stacked)."""
+    names = [a for a in module.active_adapters if a in module.lora_A]
+    a = torch.cat([module.lora_A[n].weight.detach() for n in names]).T.contiguous()
+    b = torch.cat([module.lora_B[n].weight.detach() * module.scaling[n] for n in names], dim=1).T.contiguous()
+    return a.float(), b.float()
 
 
 def _bytes(modules: list[Any]) -> int:
