@@ -4,8 +4,9 @@
     python bench/generate.py --new-tokens 128 --repeats 1
 
 tuneforge's path is `tuneforge.generation.generate` (what evaluation, chat and the server call: chat template,
-left-padded batch, greedy; on CPU the decode steps multiply by MKL-packed weights, see tuneforge/packed.py). It runs
-twice: each call packing the weights anew ("tuneforge", what a lone `generate` call pays), and with the packs of one
+left-padded batch, greedy; on CPU the decode steps multiply by the GGUF blocks the embedded model was loaded from,
+see tuneforge/quantized.py, or by MKL-packed fp32 weights, see tuneforge/packed.py). It runs twice: each call finding
+the blocks (or packing the weights) anew ("tuneforge", what a lone `generate` call pays), and with those of one
 `packed_weights` block shared by all calls ("shared packs", what evaluation and the server do). The baseline is what the
 transformers docs teach: `apply_chat_template`, a left-padded tokenizer call and `model.generate(**inputs,
 max_new_tokens=N, do_sample=False)`. Both must produce N tokens per prompt (`min_new_tokens` on the baseline; EOS is
@@ -18,7 +19,8 @@ however many requests arrived together): with shared packs, one set serves every
 
 The last row serves a LoRA adapter (r=16, all linear layers, untrained: the same cost per token as a trained one)
 unmerged, as a server does and as the PEFT docs load one for inference (`PeftModel` + `generate`): the baseline runs
-peft's forward (two extra products per adapted layer), tuneforge's packs fold the adapter into each layer's weight.
+peft's forward (two extra products per adapted layer); tuneforge runs the adapters beside the blocks as one pair of
+plain products per layer (fp32 packs fold the adapter into each layer's weight).
 """
 
 from __future__ import annotations

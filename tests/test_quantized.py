@@ -1,6 +1,7 @@
 """Decode steps from GGUF blocks (tuneforge/quantized.py): weights found exactly, products as F.linear's."""
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,12 @@ def to_gguf_weights(model: torch.nn.Module, fmt: str) -> None:
     with torch.no_grad():
         for i, module in enumerate(m for m in model.modules() if isinstance(m, torch.nn.Linear)):
             module.weight.copy_(gguf_weight(tuple(module.weight.shape), fmt, seed=i))
+
+
+def test_the_kernel_is_built_where_ci_requires_it() -> None:
+    """.ci/run sets TUNEFORGE_REQUIRE_KERNEL: there the tests below must run, not skip."""
+    if os.environ.get("TUNEFORGE_REQUIRE_KERNEL"):
+        assert quantized.kernels() is not None, "the GGUF-block kernel did not build (see the logged reason)"
 
 
 @needs_kernel
