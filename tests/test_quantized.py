@@ -128,3 +128,21 @@ def test_without_the_kernel_generation_keeps_the_fp32_path(
     monkeypatch.undo()
     quantized.kernels.cache_clear()
     assert quantized.kernels() is not None  # built before: loaded from the cache
+
+
+@needs_kernel
+def test_a_lora_bias_keeps_peft_s_own_forward(tiny_model_dir: Path) -> None:
+    """An adapter whose B has a bias (lora_bias) is more than scale * B @ A: neither folded nor run beside the blocks."""
+    model = load_model(str(tiny_model_dir)).eval()
+    to_gguf_weights(model, "Q4_1")
+    config = LoraConfig(r=4, target_modules=["q_proj"], lora_bias=True, init_lora_weights=False)
+    model = get_peft_model(model, config).eval()
+    layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
+    with torch.no_grad():
+        torch.nn.init.normal_(layer.lora_B["default"].bias)
+        step = torch.randn(3, 1, layer.base_layer.in_features)
+        reference = layer(step)
+        with packed_weights(model) as packs, packs.decode_rows(3):
+            fast = layer(step)
+            assert not packed._foldable(layer) and layer not in packs.low_rank
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)

@@ -1,12 +1,13 @@
 """Decode steps from GGUF-quantised weights: the products read 4- and 8-bit codes, the answers stay fp32's.
 
 A model loaded from a GGUF file (the embedded SmolLM2 is Q4_1 with a Q8_0 embedding) is dequantised by transformers
-into fp32 weights, 5.6x the bytes the file holds. A decode step streams every weight once, so on a CPU it is bound by
-those bytes. Each fp32 weight still is exactly `d * q + m` (Q4_1) or `d * q` (Q8_0) for the codes and fp16 scales of
-its block of 32, so `exact_blocks` recovers the codes and checks them bit for bit against the weight; the kernel in
-csrc/quant_matmul.cpp rebuilds each weight in registers with the same fp32 arithmetic and multiplies in fp32. The
-products differ from `F.linear`'s only in the order of the sums (relative 1e-6), as MKL's own do. A weight that is not
-exactly such blocks (fp32 or bf16 checkpoints, fully fine-tuned or merged weights) keeps the fp32 path.
+into fp32 weights, 5.6x the bytes the file holds (4.8x what tuneforge keeps: its scales are fp32). A decode step
+streams every weight once, so on a CPU it is bound by those bytes. Each fp32 weight still is exactly `d * q + m`
+(Q4_1) or `d * q` (Q8_0) for the codes and fp16 scales of its block of 32, so `exact_blocks` recovers the codes and
+checks them bit for bit against the weight; the kernel in csrc/quant_matmul.cpp rebuilds each weight in registers
+with the same fp32 arithmetic and multiplies in fp32. The products differ from `F.linear`'s only in the order of the
+sums (relative 1e-6), as MKL's own do. A weight that is not exactly such blocks (fp32 or bf16 checkpoints, fully
+fine-tuned or merged weights) keeps the fp32 path.
 
 The kernel is built once per machine by torch.utils.cpp_extension (g++ and ninja, ~30 s, cached under
 TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions) for the CPU it runs on; it needs AVX-512. Where it cannot be built,

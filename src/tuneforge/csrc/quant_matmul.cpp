@@ -1,11 +1,11 @@
 // Decode-step products with weights kept in the GGUF block formats they were loaded from (Q4_1, Q8_0).
 //
-// y = x @ W.T for a few rows of x, where W is stored as llama.cpp stores it: blocks of 32 weights along a row, each
-// Q4_1 block as 4-bit codes q with an fp16 scale d and minimum m (w = d * q + m), each Q8_0 block as int8 codes with
-// an fp16 scale (w = d * q). The kernel rebuilds each weight in registers with the same fp32 arithmetic transformers'
-// GGUF loader uses (d * q is exact in fp32, so one rounding in both places: the weights are bit for bit the model's)
-// and multiplies in fp32: only the order of the sums differs from F.linear. It reads 5.6x fewer bytes than the fp32
-// weights, which is what binds a decode step on a CPU.
+// y = x @ W.T for a few rows of x, where W is held in llama.cpp's block formats (scales as fp32 here): blocks of 32
+// weights along a row, each Q4_1 block as 4-bit codes q with an fp16 scale d and minimum m (w = d * q + m), each Q8_0
+// block as int8 codes with an fp16 scale (w = d * q). The kernel rebuilds each weight in registers with the same fp32
+// arithmetic transformers' GGUF loader uses (d * q is exact in fp32, so one rounding in both places: the weights are
+// bit for bit the model's) and multiplies in fp32: only the order of the sums differs from F.linear. It reads 4.8x
+// fewer bytes than the fp32 weights, which is what binds a decode step on a CPU.
 //
 // Built by torch.utils.cpp_extension on first use (tuneforge/quantized.py), for the CPU it runs on (-march=native).
 // Without AVX-512 `built_with_avx512()` is false and tuneforge keeps the fp32 path.
