@@ -132,7 +132,7 @@ def test_without_the_kernel_generation_keeps_the_fp32_path(
 
 @needs_kernel
 def test_a_lora_bias_keeps_peft_s_own_forward(tiny_model_dir: Path) -> None:
-    """An adapter whose B has a bias (lora_bias) is more than scale * B @ A: neither folded nor run beside the blocks."""
+    """An adapter whose B has a bias (lora_bias) is more than scale * B @ A: not folded, not run beside the blocks."""
     model = load_model(str(tiny_model_dir)).eval()
     to_gguf_weights(model, "Q4_1")
     config = LoraConfig(r=4, target_modules=["q_proj"], lora_bias=True, init_lora_weights=False)

@@ -16,10 +16,13 @@ TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions) for the CPU it runs on; it ne
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
+import os
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +109,11 @@ def kernels() -> Any | None:
         return None
     from torch.utils import cpp_extension
 
+    if shutil.which("ninja") is None:  # a venv run without activating it: its bin/, where pip put ninja, is off PATH
+        with contextlib.suppress(ImportError):
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     # one build per kind of CPU (-march=native), so a home directory shared by machines never loads the wrong one
     name = f"tuneforge_quant_matmul_{hashlib.sha256(_cpu_flags().encode()).hexdigest()[:12]}"
     try:
