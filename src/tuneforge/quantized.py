@@ -64,8 +64,9 @@ def exact_blocks(weight: torch.Tensor) -> BlockWeight | None:
     if weight.dim() != 2 or weight.dtype != torch.float32 or weight.shape[1] % 32 or not weight.numel():
         return None
     with torch.no_grad():
-        first = weight[:1].reshape(1, -1, 32)  # most weights fail on their first row, before any kernel is built
-        formats = [fmt for fmt, check in (("Q4_1", _q4_1), ("Q8_0", _q8_0)) if check(first) is not None]
+        # the first row checked here: most weights fail on it, before any kernel is built; the C++ pass finds the codes
+        first = weight[:1].reshape(1, -1, 32)
+        formats = [fmt for fmt, exact in (("Q4_1", _q4_1), ("Q8_0", _q8_0)) if exact(first)]
         if not formats or (ops := kernels()) is None:
             return None
         for fmt in formats:  # then the whole weight, in one pass in C++
@@ -75,30 +76,25 @@ def exact_blocks(weight: torch.Tensor) -> BlockWeight | None:
     return None
 
 
-def _q4_1(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Codes (two per byte) and (d, m) per block, if d * q + m (fp16 d and m, as llama.cpp stores them) gives v."""
+def _q4_1(v: torch.Tensor) -> bool:
+    """Whether blocks v (..., 32) are d * q + m for 4-bit codes q (fp16 d and m, as llama.cpp stores them)."""
     m = v.amin(-1)
     # llama.cpp's quantiser gives the block's minimum code 0 and its maximum code 15
     d = ((v.amax(-1) - m) / 15).half().float()
     if not torch.equal(m.half().float(), m):
-        return None
+        return False
     q = torch.round((v - m[..., None]) / torch.where(d > 0, d, 1)[..., None]).clamp_(0, 15)
-    if not torch.equal(d[..., None] * q + m[..., None], v):
-        return None
-    q8 = q.to(torch.uint8)
-    return q8[..., :16] | (q8[..., 16:] << 4), torch.stack([d, m], -1)
+    return torch.equal(d[..., None] * q + m[..., None], v)
 
 
-def _q8_0(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """int8 codes and d per block, if d * q (fp16 d) gives v."""
+def _q8_0(v: torch.Tensor) -> bool:
+    """Whether blocks v (..., 32) are d * q for int8 codes q (fp16 d)."""
     # the largest magnitude gets code +-127, so d is that magnitude / 127, exactly
     d = v.abs().amax(-1) / 127
     if not torch.equal(d.half().float(), d):
-        return None
+        return False
     q = torch.round(v / torch.where(d > 0, d, 1)[..., None]).clamp_(-127, 127)
-    if not torch.equal(d[..., None] * q, v):
-        return None
-    return q.to(torch.int8), d
+    return torch.equal(d[..., None] * q, v)
 
 
 @functools.cache
