@@ -155,72 +155,67 @@ torch::Tensor q8_0_linear(torch::Tensor x, torch::Tensor codes, torch::Tensor sc
 // The codes and scales of a weight that is exactly Q4_1 (or Q8_0) blocks, found in one pass; empty if any block is
 // not. llama.cpp's quantisers give a block's minimum code 0 and maximum code 15 (Q4_1), or its largest magnitude
 // code +-127 (Q8_0), so each block's d and m follow from its extremes and every weight is then checked.
-std::vector<torch::Tensor> q4_1_blocks(torch::Tensor w) {
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kFloat && w.is_contiguous() && w.size(1) % 32 == 0,
-              "w must be a contiguous fp32 matrix whose row length is a multiple of 32");
-  const int64_t blocks = w.numel() / 32;
-  auto codes = torch::empty({w.size(0), w.size(1) / 2}, w.options().dtype(torch::kByte));
-  auto scales = torch::empty({w.size(0), w.size(1) / 32, 2}, w.options());
+// `block(b, v)` writes block b's codes and scales from its 32 weights v and says whether they give v back exactly.
+template <typename Block>
+std::vector<torch::Tensor> find_blocks(const torch::Tensor& w, torch::Tensor codes, torch::Tensor scales, Block block) {
   const float* wp = w.data_ptr<float>();
-  uint8_t* cp = codes.data_ptr<uint8_t>();
-  float* sp = scales.data_ptr<float>();
   std::atomic<bool> exact{true};
-  at::parallel_for(0, blocks, 4096, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, w.numel() / 32, 4096, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1 && exact.load(std::memory_order_relaxed); ++b) {
-      const float* v = wp + b * 32;
-      float lo = v[0], hi = v[0];
-      for (int j = 1; j < 32; ++j) lo = std::min(lo, v[j]), hi = std::max(hi, v[j]);
-      const float d = static_cast<float>(c10::Half((hi - lo) / 15.0f));
-      uint8_t q[32];
-      bool ok = static_cast<float>(c10::Half(lo)) == lo;
-      for (int j = 0; j < 32 && ok; ++j) {
-        const float c = d > 0 ? std::nearbyint((v[j] - lo) / d) : 0.0f;
-        q[j] = static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, c)));
-        ok = d * q[j] + lo == v[j];
-      }
-      if (!ok) {
-        exact = false;
-        return;
-      }
-      for (int j = 0; j < 16; ++j) cp[b * 16 + j] = q[j] | (q[j + 16] << 4);
-      sp[b * 2] = d, sp[b * 2 + 1] = lo;
+      if (!block(b, wp + b * 32)) exact = false;
     }
   });
   if (!exact) return {};
   return {codes, scales};
 }
 
-std::vector<torch::Tensor> q8_0_blocks(torch::Tensor w) {
+void check_weight(const torch::Tensor& w) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kFloat && w.is_contiguous() && w.size(1) % 32 == 0,
               "w must be a contiguous fp32 matrix whose row length is a multiple of 32");
-  const int64_t blocks = w.numel() / 32;
+}
+
+std::vector<torch::Tensor> q4_1_blocks(torch::Tensor w) {
+  check_weight(w);
+  auto codes = torch::empty({w.size(0), w.size(1) / 2}, w.options().dtype(torch::kByte));
+  auto scales = torch::empty({w.size(0), w.size(1) / 32, 2}, w.options());
+  uint8_t* cp = codes.data_ptr<uint8_t>();
+  float* sp = scales.data_ptr<float>();
+  return find_blocks(w, codes, scales, [&](int64_t b, const float* v) {
+    float lo = v[0], hi = v[0];
+    for (int j = 1; j < 32; ++j) lo = std::min(lo, v[j]), hi = std::max(hi, v[j]);
+    const float d = static_cast<float>(c10::Half((hi - lo) / 15.0f));
+    if (static_cast<float>(c10::Half(lo)) != lo) return false;
+    uint8_t q[32];
+    for (int j = 0; j < 32; ++j) {
+      const float c = d > 0 ? std::nearbyint((v[j] - lo) / d) : 0.0f;
+      q[j] = static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, c)));
+      if (d * q[j] + lo != v[j]) return false;
+    }
+    for (int j = 0; j < 16; ++j) cp[b * 16 + j] = q[j] | (q[j + 16] << 4);
+    sp[b * 2] = d, sp[b * 2 + 1] = lo;
+    return true;
+  });
+}
+
+std::vector<torch::Tensor> q8_0_blocks(torch::Tensor w) {
+  check_weight(w);
   auto codes = torch::empty({w.size(0), w.size(1)}, w.options().dtype(torch::kChar));
   auto scales = torch::empty({w.size(0), w.size(1) / 32}, w.options());
-  const float* wp = w.data_ptr<float>();
   int8_t* cp = codes.data_ptr<int8_t>();
   float* sp = scales.data_ptr<float>();
-  std::atomic<bool> exact{true};
-  at::parallel_for(0, blocks, 4096, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1 && exact.load(std::memory_order_relaxed); ++b) {
-      const float* v = wp + b * 32;
-      float amax = 0;
-      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::abs(v[j]));
-      const float d = amax / 127.0f;
-      bool ok = static_cast<float>(c10::Half(d)) == d;
-      for (int j = 0; j < 32 && ok; ++j) {
-        const float c = d > 0 ? std::nearbyint(v[j] / d) : 0.0f;
-        cp[b * 32 + j] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, c)));
-        ok = d * cp[b * 32 + j] == v[j];
-      }
-      if (!ok) {
-        exact = false;
-        return;
-      }
-      sp[b] = d;
+  return find_blocks(w, codes, scales, [&](int64_t b, const float* v) {
+    float amax = 0;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::abs(v[j]));
+    const float d = amax / 127.0f;
+    if (static_cast<float>(c10::Half(d)) != d) return false;
+    for (int j = 0; j < 32; ++j) {
+      const float c = d > 0 ? std::nearbyint(v[j] / d) : 0.0f;
+      cp[b * 32 + j] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, c)));
+      if (d * cp[b * 32 + j] != v[j]) return false;
     }
+    sp[b] = d;
+    return true;
   });
-  if (!exact) return {};
-  return {codes, scales};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
