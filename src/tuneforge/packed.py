@@ -77,8 +77,10 @@ class Packs:
         any_blocks = self._find_blocks([_base(m) for m in folded + linears])
         self._switch(_adapter_state(self.model))
         self.rows = rows
-        # 1 row: gemv already streams the fp32 weights at full speed; and the copies only where they fit and pay
-        self.fp32_packs = rows > 1 and _packs_pay() and self._room(folded + linears)
+        # 1 row: gemv already streams the fp32 weights at full speed; and the copies only where some weight needs one
+        # (not GGUF blocks), and they fit and pay
+        fp32 = [m for m in folded + linears if not self.blocks.get(_base(m))]
+        self.fp32_packs = rows > 1 and bool(fp32) and _packs_pay() and self._room(folded + linears)
         if not any_blocks and not self.fp32_packs:
             yield
             return
