@@ -12,9 +12,10 @@ the same number of optimizer steps, in its own process (so its peak RSS is its o
                (batch, steps, learning rate, max_length) and TRL's defaults for everything else.
 Printed per variant: real tokens/s (non-padding tokens the optimizer steps saw, after warm-up), wall time of the
 timed steps, peak RSS, the held-out loss of the assistant answers after training (the same function and examples
-for both), the model FLOP utilisation (6N FLOPs per token for full, 4N for LoRA, against this CPU's matmul peak
-measured at the start) and the ratios tuneforge / TRL. `pip install -e ".[bench]"` first (TRL is not a tuneforge
-dependency).
+for both), the precision it trained in, the model FLOP utilisation (6N FLOPs per token for full, 4N for LoRA,
+against this CPU's matmul peak in that precision, measured at the start) and the ratios tuneforge / TRL.
+TRL's defaults include bf16 autocast and gradient checkpointing. `pip install -e ".[bench]"` first (TRL is not a
+tuneforge dependency).
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def run_tuneforge(
     seconds = rows[-1]["elapsed_s"] - rows[warmup - 1]["elapsed_s"] if warmup else rows[-1]["elapsed_s"]
     tokens = done[rows[-1]["step"]] - (done[warmup] if warmup else 0.0)
     model = load_model(str(result.model_dir)) if method == "full" else _with_adapter(cfg, result.model_dir)
-    return {"tokens": tokens, "seconds": seconds, "held_out_loss": held_out_loss(model, cfg.model.name, held)}
+    held_out = held_out_loss(model, cfg.model.name, held)
+    return {"tokens": tokens, "seconds": seconds, "held_out_loss": held_out, "precision": result.precision}
 
 
 def _with_adapter(cfg: Any, adapter_dir: Path) -> Any:
@@ -177,14 +179,20 @@ def run_trl(
     stamps = [start, *times]
     seconds = stamps[-1] - stamps[warmup]
     tokens = float(sum(seen[warmup : warmup + steps]))
-    return {"tokens": tokens, "seconds": seconds, "held_out_loss": held_out_loss(trainer.model.eval(), model_dir, held)}
+    held_out = held_out_loss(trainer.model.eval(), model_dir, held)
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "held_out_loss": held_out,
+        "precision": "bf16" if args.bf16 else "fp32",
+    }
 
 
-def peak_matmul_flops(seconds: float = 3.0) -> float:
-    """This CPU's fp32 matmul FLOP/s with torch's threads (the ceiling a training step could reach)."""
+def peak_matmul_flops(dtype: str, seconds: float = 3.0) -> float:
+    """This CPU's matmul FLOP/s in `dtype` with torch's threads (the ceiling a training step could reach)."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = (torch.randn(2048, 2048, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype])) for _ in "ab")
     a @ b
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -229,8 +237,11 @@ def main() -> None:
         (work / "train.jsonl").write_text("".join(lines[: args.examples]), encoding="utf-8")
         (work / "held.jsonl").write_text("".join(lines[args.examples :]), encoding="utf-8")
         n_params = sum(p.numel() for p in load_model("smollm2-135m-instruct").parameters())
-        peak = peak_matmul_flops()
-        print(f"CPU fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; model {n_params / 1e6:.1f}M parameters")
+        peak = {dtype: peak_matmul_flops(dtype) for dtype in ("fp32", "bf16")}
+        print(
+            f"CPU matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f}; "
+            f"model {n_params / 1e6:.1f}M parameters"
+        )
         methods = [args.only] if args.only else ["lora", "full"]
         for method in methods:
             results = {}
@@ -245,15 +256,17 @@ def main() -> None:
             report(method, results, n_params, peak, args.steps)
 
 
-def report(method: str, results: dict[str, dict[str, Any]], n_params: int, peak: float, steps: int) -> None:
+def report(method: str, results: dict[str, dict[str, Any]], n_params: int, peak: dict[str, float], steps: int) -> None:
     per_token = (4 if method == "lora" else 6) * n_params
     print(f"\n{method} SFT, {steps} timed steps of batch {BATCH}, max_seq_len {MAX_LEN}")
-    print(f"{'':<11}{'real tok/s':>11}{'wall s':>8}{'peak RSS MiB':>14}{'held-out loss':>15}{'MFU':>7}")
+    print(
+        f"{'':<11}{'real tok/s':>11}{'wall s':>8}{'peak RSS MiB':>14}{'held-out loss':>15}{'precision':>10}{'MFU':>7}"
+    )
     for tool, r in results.items():
         speed = r["tokens"] / r["seconds"]
         print(
             f"{tool:<11}{speed:>11.1f}{r['seconds']:>8.1f}{r['peak_rss_mib']:>14.0f}{r['held_out_loss']:>15.4f}"
-            f"{100 * speed * per_token / peak:>6.1f}%"
+            f"{r['precision']:>10}{100 * speed * per_token / peak[r['precision']]:>6.1f}%"
         )
     if len(results) < 2:
         return

@@ -14,7 +14,7 @@ from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import linear_ce, train
 from tuneforge.train.linear_ce import linear_cross_entropy
 from tuneforge.train.lm import SFT, collate, loss_sum
-from tuneforge.train.loop import resolve_precision
+from tuneforge.train.precision import resolve_precision
 from tuneforge.train.tasks import collate_step, largest_micro_batch, micro_batches
 
 QUIET = {"log": lambda *a: None}

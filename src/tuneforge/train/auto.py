@@ -70,9 +70,11 @@ def resolve_batch(
     precision: str,
     available: int,
     max_tokens: int | None = None,
+    copies: int = 0,
 ) -> tuple[Hyper, list[str]]:
     """`hp` with an auto batch size (0) replaced; `lengths` are the training examples' token counts, `max_tokens`
-    the micro-batch token limit (the memory peak is the micro-batch of most tokens among the longest examples)."""
+    the micro-batch token limit (the memory peak is the micro-batch of most tokens among the longest examples),
+    `copies` the bytes of bf16 weight copies the run holds (see `memory_need`)."""
     if hp.batch_size:
         return hp, []
     from tuneforge.train.estimate import memory_need
@@ -84,7 +86,7 @@ def resolve_batch(
             continue
         longest = ordered[-candidate:]
         batch = [longest[i] for i in largest_micro_batch(longest, candidate, max_tokens)]
-        need = memory_need(model, len(batch), max(batch), int(sum(batch) * loss_share), precision)["total"]
+        need = memory_need(model, len(batch), max(batch), int(sum(batch) * loss_share), precision, copies)["total"]
         if need <= 0.8 * available:
             size = candidate
             break

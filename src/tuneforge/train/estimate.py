@@ -26,7 +26,8 @@ from tuneforge.data.tokenize import Encoded, encode_chat
 from tuneforge.models import load_tokenizer, pick_device
 from tuneforge.train.linear_ce import CHUNK_ELEMENTS
 from tuneforge.train.lm import PLAIN_HEAD, collate, loss_sum
-from tuneforge.train.loop import autocast, micro_batch_tokens, optimizer_step, resolve_precision, setup_model
+from tuneforge.train.loop import micro_batch_tokens, optimizer_step, setup_model
+from tuneforge.train.precision import autocast, bf16_copy_bytes, cpu_bf16, resolve_precision
 from tuneforge.train.tasks import largest_micro_batch, micro_batches
 
 PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
@@ -62,12 +63,13 @@ def estimate_training(
         return time.perf_counter() - start, sum(b.n_tokens for b in group)
 
     longest, typical = probe_batches(lengths, hp.batch_size, cfg.train.seed)
-    with _peak_memory(device) as peak:
-        run(longest)
-    timed = [run(ids) for ids in typical]
+    with cpu_bf16(model, device, precision, cfg.train.method):  # as the training loop runs
+        with _peak_memory(device) as peak:
+            run(longest)
+        timed = [run(ids) for ids in typical]
+        eval_per_token = _eval_seconds_per_token(model, tokenizer, typical[0], fetch, pad_id, device, precision)
     seconds, tokens = sum(t for t, _ in timed), sum(n for _, n in timed)
     per_token = seconds / max(tokens, 1)
-    eval_per_token = _eval_seconds_per_token(model, tokenizer, typical[0], fetch, pad_id, device, precision)
     per_epoch = math.ceil(len(lengths) / (hp.batch_size * cfg.train.grad_accum))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
     epochs = total_steps / per_epoch
@@ -76,7 +78,8 @@ def estimate_training(
     eval_s = eval_per_token * float(val_lengths.sum()) * evals
     peak_lengths = lengths[longest].tolist()
     part = largest_micro_batch(peak_lengths, len(longest), max_tokens)
-    parts = memory_need(model, len(part), max(peak_lengths[i] for i in part), 0, precision)
+    copies = bf16_copy_bytes(model, device, precision, cfg.train.method)
+    parts = memory_need(model, len(part), max(peak_lengths[i] for i in part), 0, precision, copies)
     return {
         "device": device,
         "precision": precision,
@@ -162,8 +165,11 @@ def available_memory(device: str) -> int:
 RUNTIME_BYTES = 400 * 2**20  # Python, torch and transformers themselves (RSS of an idle process with them loaded)
 
 
-def memory_need(model: Any, batch_size: int, longest: int, loss_tokens: int, precision: str) -> dict[str, int]:
-    """Bytes training needs at its peak, by part, from the model's shape (no probe: it runs before training).
+def memory_need(
+    model: Any, batch_size: int, longest: int, loss_tokens: int, precision: str, copies: int = 0
+) -> dict[str, int]:
+    """Bytes training needs at its peak, by part, from the model's shape (no probe: it runs before training);
+    `copies`: the bytes of the bf16 copies of frozen weights the run holds besides (`precision.bf16_copy_bytes`).
 
     Activations follow a Llama-style block: per token and layer about 11 x hidden (norm inputs, q/k/v before and
     after the rotary embedding, attention output, residuals) + 4 x intermediate values are kept for the backward
@@ -183,7 +189,7 @@ def memory_need(model: Any, batch_size: int, longest: int, loss_tokens: int, pre
     logit_rows = min(loss_tokens, max(1, CHUNK_ELEMENTS // vocab)) if chunked else loss_tokens
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     parts = {
-        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()) + copies,
         "gradients_and_optimizer": trainable * 12,  # fp32 gradient + AdamW's two moments
         "activations": tokens * layers * ((11 * hidden + 4 * inter) * width + heads * longest * 8),
         "logits": logit_rows * vocab * 12,

@@ -38,6 +38,7 @@ from tuneforge.train.checkpoint import (
 from tuneforge.train.classify import class_labels
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.parallel import Parallel, detect
+from tuneforge.train.precision import autocast, bf16_copy_bytes, cpu_bf16, precision_note, resolve_precision
 from tuneforge.train.tasks import TASKS, Batch, Task, collate_step, group_losses, largest_micro_batch, step_groups
 from tuneforge.train.tracking import Trackers
 
@@ -127,7 +128,8 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     share = _loss_share(task, train_set, pad_id) if cfg.train.batch_size == "auto" else 0.5
     model, hp = setup_model(cfg, device, precision, log, lengths, share)
     max_tokens = micro_batch_tokens(cfg, device)
-    _check_memory(model, task, train_set, hp.batch_size, max_tokens, device, precision, log)
+    copies = bf16_copy_bytes(model, device, precision, cfg.train.method, par.world)
+    _check_memory(model, task, train_set, hp.batch_size, max_tokens, device, precision, copies, log)
     if task.setup is not None:
         task.setup(model, {"train": train_set, "val": val_set}, cfg, device, pad_id, checkpoint is None, log)
     per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum * par.world))
@@ -151,7 +153,8 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=not par.main
     )
     stream = _endless_steps(task, train_set, cfg, hp.batch_size, max_tokens, pad_id, state.step, par)
-    with metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
+    fast = cpu_bf16(par.unwrap(model), device, precision, cfg.train.method, par.world)
+    with fast, metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
             group, n_loss, n_tokens, n_examples = next(stream)
             lr = scheduler.get_last_lr()[0]  # the rate this step runs at
@@ -163,7 +166,8 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
                 inner = par.unwrap(model)
                 row.update(_validate(inner, val_set, state, cfg, hp.batch_size, device, precision, pad_id, par))
                 if answers_scored is not None:
-                    row.update(answers_scored(inner))
+                    with fast.paused():  # generation runs outside autocast, on the fp32 weights
+                        row.update(answers_scored(inner))
                 bar.write(f"step {state.step}: val_loss {state.val_loss}")
             if metrics is not None:
                 metrics.write(json.dumps(row) + "\n")
@@ -236,7 +240,10 @@ def setup_model(
     from tuneforge.train.estimate import available_memory
 
     max_tokens = micro_batch_tokens(cfg, device)
-    hp, batch_notes = resolve_batch(hp, model, lengths, loss_share, precision, available_memory(device), max_tokens)
+    copies = bf16_copy_bytes(model, device, precision, cfg.train.method)
+    hp, batch_notes = resolve_batch(
+        hp, model, lengths, loss_share, precision, available_memory(device), max_tokens, copies
+    )
     for note in notes + batch_notes:
         log(note)
     trainable, total = count_parameters(model)
@@ -263,6 +270,7 @@ def _check_memory(
     max_tokens: int | None,
     device: str,
     precision: str,
+    copies: int,
     log: Any,
 ) -> None:
     """Log the memory training will need at its peak; refuse before the first step when it cannot fit."""
@@ -272,7 +280,7 @@ def _check_memory(
     part = largest_micro_batch([task.length(e) for e in longest], batch_size, max_tokens)
     batch = task.collate([longest[i] for i in part], 0)
     rows, width = batch.input_ids.shape
-    need = memory_need(model, rows, width, _logit_rows(batch), precision)
+    need = memory_need(model, rows, width, _logit_rows(batch), precision, copies)
     have = available_memory(device)
     gib = {k: v / 2**30 for k, v in need.items()}
     log(
@@ -425,41 +433,6 @@ def optimizer_step(
     par.step(model, optimizer, params, cfg.train.max_grad_norm)
     scheduler.step()
     return total
-
-
-def resolve_precision(choice: str, device: str) -> str:
-    """'bf16' or 'fp32': what `train.precision` means on this hardware."""
-    if choice != "auto":
-        return choice
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # Without AMX tiles a CPU's bf16 matmuls are slower than fp32's, even with AVX512-BF16: measured 145 vs 233
-    # GFLOP/s (2 cores, 2048x2048); bench/train.py: bf16 autocast LoRA training at 123 real tokens/s, fp32 at 213.
-    return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
-
-
-def precision_note(choice: str, device: str, precision: str) -> str:
-    """The log line that says which precision path training takes, and why."""
-    if choice != "auto":
-        return f"precision {precision} on {device}: as train.precision asks"
-    if device == "cuda":
-        why = "the GPU supports bf16" if precision == "bf16" else "the GPU lacks bf16"
-    elif precision == "bf16":
-        why = "this CPU has AMX tiles"
-    else:
-        why = (
-            "this CPU has no AMX tiles, and without them bf16 matmuls run slower than fp32 ones "
-            "(train.precision=bf16 forces bf16 anyway)"
-        )
-    path = "bf16 autocast, the fast path" if precision == "bf16" else "fp32, the fallback"
-    return f"precision {precision} on {device}: {path}, as {why}"
-
-
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast when `precision` is bf16, else nothing."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _trim_metrics(path: Path, step: int) -> None:
