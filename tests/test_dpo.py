@@ -1,6 +1,7 @@
 """The dpo task: the loss is the paper's, training prefers the chosen answers, the reference survives a resume."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,13 @@ def test_a_resumed_run_reads_the_reference_back(tiny_config, tiny_model_dir: Pat
     with pytest.raises(TuneforgeError, match="belongs to other data") as err:
         attach_reference(untouchable, other, cfg, "cpu", 0, False, QUIET["log"])
     assert "without --resume" in err.value.hint
+
+
+def test_under_bf16_the_reference_is_computed_as_the_policy_is(tiny_config, pairs_file: Path) -> None:
+    """The reference log-probabilities come from the same bf16 computation as the training steps, so the first
+    step's margin is zero and its loss log 2 (an fp32 reference against a bf16 policy starts off by their rounding)."""
+    cfg = dpo_config(tiny_config, pairs_file, "train.max_steps=1", "train.precision=bf16")
+    prepare(cfg)
+    train(cfg, **QUIET)
+    first = json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert first == pytest.approx(math.log(2), abs=2e-4)

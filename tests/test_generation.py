@@ -187,6 +187,13 @@ def test_fp32_packs_only_where_they_pay(tuned, monkeypatch: pytest.MonkeyPatch) 
     assert [c.text for c in fast] == [c.text for c in plain]
 
 
+@needs_mkl
+def test_the_packs_speed_measurement_leaves_seeded_draws_alone() -> None:
+    state = torch.get_rng_state()
+    packed._packs_pay.__wrapped__()  # the measurement itself, past its cache
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_stream_yields_the_same_text_as_generate(tuned) -> None:
     model, tokenizer = tuned
     params = SamplingParams(max_new_tokens=16)

@@ -197,9 +197,10 @@ def _packs_pay() -> bool:
     """Whether MKL's packed sgemm multiplies decode rows faster than F.linear on this CPU, measured once per process on
     48 MB of weights (more than a server CPU's L3 holds, so they stream from memory as a model's do). On the 2-core
     Xeon of the first sessions packs streamed 13.5 GB/s against 5.8; on a 2-core AMD EPYC (Zen 4) 7.5 against 9.6."""
-    weights = [torch.randn(1536, 576) for _ in range(14)]
+    rng = torch.Generator().manual_seed(0)  # its own: seeded sampling must not depend on whether this ran
+    weights = [torch.randn(1536, 576, generator=rng) for _ in range(14)]
     packs = [torch.ops.mkl._mkl_reorder_linear_weight(w, 8) for w in weights]
-    x = torch.randn(8, 576)
+    x = torch.randn(8, 576, generator=rng)
     plain, packed = [], []
     with torch.no_grad():
         for _ in range(5):  # taking turns, so a slow spell of a shared machine falls on both

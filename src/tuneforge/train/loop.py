@@ -130,8 +130,10 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     max_tokens = micro_batch_tokens(cfg, device)
     copies = bf16_copy_bytes(model, device, precision, cfg.train.method, par.world)
     _check_memory(model, task, train_set, hp.batch_size, max_tokens, device, precision, copies, log)
-    if task.setup is not None:
-        task.setup(model, {"train": train_set, "val": val_set}, cfg, device, pad_id, checkpoint is None, log)
+    fast = cpu_bf16(model, device, precision, cfg.train.method, par.world)
+    if task.setup is not None:  # DPO's reference log-probabilities: computed as the training steps compute
+        with autocast(device, precision), fast:
+            task.setup(model, {"train": train_set, "val": val_set}, cfg, device, pad_id, checkpoint is None, log)
     per_epoch = math.ceil(len(train_set) / (hp.batch_size * cfg.train.grad_accum * par.world))
     total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
     if par.world > 1:
@@ -153,7 +155,6 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
         total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True, disable=not par.main
     )
     stream = _endless_steps(task, train_set, cfg, hp.batch_size, max_tokens, pad_id, state.step, par)
-    fast = cpu_bf16(par.unwrap(model), device, precision, cfg.train.method, par.world)
     with fast, metrics_path.open("a", encoding="utf-8") if par.main else contextlib.nullcontext() as metrics:
         while state.step < total_steps:
             group, n_loss, n_tokens, n_examples = next(stream)
