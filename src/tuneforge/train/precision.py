@@ -2,7 +2,7 @@
 
 `train.precision=auto` takes bf16 autocast where the hardware multiplies bf16 faster than fp32: GPUs with bf16,
 CPUs with AMX tiles, and CPUs whose bf16 matmuls a one-off measurement finds at least BF16_GAIN x as fast (an AMD
-EPYC Zen 4 with AVX512-BF16: 2.3-2.7x; an Intel Xeon with AVX512-BF16 but no AMX: 0.6x, so it keeps fp32).
+EPYC Zen 4 with AVX512-BF16: 2.1-2.7x; an Intel Xeon with AVX512-BF16 but no AMX: 0.6x, so it keeps fp32).
 
 On a CPU two more things decide whether bf16 training pays, both measured on bench/train.py's LoRA run (AMD EPYC):
 - autocast casts every frozen weight to bf16 again at every micro-batch (it caches only weights that train): with
