@@ -192,7 +192,8 @@ def peak_matmul_flops(dtype: str, seconds: float = 3.0) -> float:
     """This CPU's matmul FLOP/s in `dtype` with torch's threads (the ceiling a training step could reach)."""
     import torch
 
-    a, b = (torch.randn(2048, 2048, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype])) for _ in "ab")
+    kind = torch.float32 if dtype == "fp32" else torch.bfloat16
+    a, b = torch.randn(2048, 2048, dtype=kind), torch.randn(2048, 2048, dtype=kind)
     a @ b
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
