@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import statistics
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, TypeGuard, cast
@@ -42,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge import quantized
+from tuneforge.timing import median_seconds
 
 _ATTR = "_tuneforge_packs"
 # Packing copies every Linear weight once (per adapter state); all copies together take at most this share of the memory
@@ -201,18 +200,11 @@ def _packs_pay() -> bool:
     weights = [torch.randn(1536, 576, generator=rng) for _ in range(14)]
     packs = [torch.ops.mkl._mkl_reorder_linear_weight(w, 8) for w in weights]
     x = torch.randn(8, 576, generator=rng)
-    plain, packed = [], []
-    with torch.no_grad():
-        for _ in range(5):  # taking turns, so a slow spell of a shared machine falls on both
-            start = time.perf_counter()
-            for w in weights:
-                F.linear(x, w)
-            plain.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            for w, pack in zip(weights, packs, strict=True):
-                torch.ops.mkl._mkl_linear(x, pack, w, None, 8)
-            packed.append(time.perf_counter() - start)
-    return statistics.median(packed) < 0.9 * statistics.median(plain)
+    plain, packed = median_seconds(
+        lambda: [F.linear(x, w) for w in weights],
+        lambda: [torch.ops.mkl._mkl_linear(x, pack, w, None, 8) for w, pack in zip(weights, packs, strict=True)],
+    )
+    return packed < 0.9 * plain
 
 
 def _targets(model: Any) -> tuple[list[Any], list[torch.nn.Linear], set[torch.nn.Module]]:

@@ -27,7 +27,7 @@ from tuneforge.models import load_tokenizer, pick_device
 from tuneforge.train.linear_ce import CHUNK_ELEMENTS
 from tuneforge.train.lm import PLAIN_HEAD, collate, loss_sum
 from tuneforge.train.loop import micro_batch_tokens, optimizer_step, setup_model
-from tuneforge.train.precision import autocast, bf16_copy_bytes, cpu_bf16, resolve_precision
+from tuneforge.train.precision import autocast, cpu_bf16, resolve_precision
 from tuneforge.train.tasks import largest_micro_batch, micro_batches
 
 PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
@@ -63,7 +63,8 @@ def estimate_training(
         return time.perf_counter() - start, sum(b.n_tokens for b in group)
 
     longest, typical = probe_batches(lengths, hp.batch_size, cfg.train.seed)
-    with cpu_bf16(model, device, precision, cfg.train.method):  # as the training loop runs
+    fast = cpu_bf16(model, device, precision, cfg.train.method)
+    with fast:  # as the training loop runs
         with _peak_memory(device) as peak:
             run(longest)
         timed = [run(ids) for ids in typical]
@@ -78,8 +79,7 @@ def estimate_training(
     eval_s = eval_per_token * float(val_lengths.sum()) * evals
     peak_lengths = lengths[longest].tolist()
     part = largest_micro_batch(peak_lengths, len(longest), max_tokens)
-    copies = bf16_copy_bytes(model, device, precision, cfg.train.method)
-    parts = memory_need(model, len(part), max(peak_lengths[i] for i in part), 0, precision, copies)
+    parts = memory_need(model, len(part), max(peak_lengths[i] for i in part), 0, precision, fast.copy_bytes)
     return {
         "device": device,
         "precision": precision,

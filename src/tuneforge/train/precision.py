@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import statistics
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from tuneforge.timing import median_seconds
 
 BF16_GAIN = 1.5  # bf16 matmuls at least this much faster than fp32 ones: bf16 autocast on a CPU without AMX
 ATTENTION = "tuneforge_sdpa_fp32"  # the attention implementation CpuBf16 sets (registered with transformers)
@@ -64,20 +64,10 @@ def cpu_bf16_gain() -> float:
     rng = torch.Generator().manual_seed(0)  # its own: a seeded run's draws must not depend on whether this ran
     x, w = torch.randn(512, 576, generator=rng), torch.randn(1536, 576, generator=rng)
     x16, w16 = x.bfloat16(), w.bfloat16()
-    fp32, bf16 = [], []
-    with torch.no_grad():
-        F.linear(x, w), F.linear(x16, w16)
-        for _ in range(5):  # taking turns, so a slow spell of a shared machine falls on both
-            fp32.append(_seconds(lambda: F.linear(x, w)))
-            bf16.append(_seconds(lambda: F.linear(x16, w16)))
-    return statistics.median(fp32) / statistics.median(bf16)
-
-
-def _seconds(product: Any, repeats: int = 4) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        product()
-    return time.perf_counter() - start
+    fp32, bf16 = median_seconds(
+        lambda: [F.linear(x, w) for _ in range(4)], lambda: [F.linear(x16, w16) for _ in range(4)]
+    )
+    return fp32 / bf16
 
 
 def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -94,7 +84,8 @@ def cpu_bf16(model: Any, device: str, precision: str, method: str, processes: in
 
 
 def bf16_copy_bytes(model: Any, device: str, precision: str, method: str, processes: int = 1) -> int:
-    """The memory `cpu_bf16`'s bf16 copies of the frozen weights take (0 where it makes none)."""
+    """The memory `cpu_bf16`'s bf16 copies of the frozen weights will take (0 where it makes none), before it makes
+    them (`CpuBf16.copy_bytes` once made)."""
     if not _holds_frozen(device, precision, method, processes):
         return 0
     return sum(2 * module.weight.numel() for module in _frozen_linears(model))
@@ -129,6 +120,11 @@ class CpuBf16:
             (module, module.weight, torch.nn.Parameter(module.weight.detach().bfloat16(), requires_grad=False))
             for module in (_frozen_linears(model) if frozen else [])
         ]
+
+    @property
+    def copy_bytes(self) -> int:
+        """The memory its bf16 copies take."""
+        return sum(2 * half.numel() for _, _, half in self.swaps)
 
     def __enter__(self) -> CpuBf16:
         self._set(True)
