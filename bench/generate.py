@@ -4,11 +4,11 @@
     python bench/generate.py --new-tokens 128 --repeats 1
 
 tuneforge's path is `tuneforge.generation.generate` (what evaluation, chat and the server call: chat template,
-left-padded batch, greedy; on CPU the decode steps multiply by the GGUF blocks the embedded model was loaded from,
-see tuneforge/quantized.py, or by MKL-packed fp32 weights, see tuneforge/packed.py). It runs twice: each call finding
-the blocks (or packing the weights) anew ("tuneforge", what a lone `generate` call pays), and with those of one
-`packed_weights` block shared by all calls ("shared packs", what evaluation and the server do). The baseline is what the
-transformers docs teach: `apply_chat_template`, a left-padded tokenizer call and `model.generate(**inputs,
+left-padded batch, greedy; on CPU the decode steps multiply by the GGUF blocks the embedded model was loaded from, see
+tuneforge/cpu/gguf_blocks.py, or by MKL-packed fp32 weights, see tuneforge/cpu/weight_packs.py). It runs twice: each
+call finding the blocks (or packing the weights) anew ("tuneforge", what a lone `generate` call pays), and with those of
+one `packed_weights` block shared by all calls ("shared packs", what evaluation and the server do). The baseline is what
+the transformers docs teach: `apply_chat_template`, a left-padded tokenizer call and `model.generate(**inputs,
 max_new_tokens=N, do_sample=False)`. Both must produce N tokens per prompt (`min_new_tokens` on the baseline; EOS is
 suppressed for tuneforge's run by the same setting through `generation_config`), so tokens/s compares equal work.
 Printed: generated tokens/s per batch size after one warm-up call of each case, and the ratio. The cases take turns
@@ -66,8 +66,8 @@ def ours(model: Any, tokenizer: Any, chats: list[Any], new_tokens: int) -> int:
 
 
 def main() -> None:
+    from tuneforge.cpu.weight_packs import packed_weights
     from tuneforge.models import load_model, load_tokenizer
-    from tuneforge.packed import packed_weights
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model.name (default: embedded)")

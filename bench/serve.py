@@ -39,8 +39,7 @@ def make_run(folder: Path, model_name: str) -> Path:
 
     from tuneforge.config import load_config
     from tuneforge.models import load_model
-    from tuneforge.rundir import save_config
-    from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
+    from tuneforge.rundir import MODEL_DIR, RUN_INFO, save_config
 
     cfg = load_config(None, [f"model.name={model_name}", f"output_dir={folder}", "name=bench", "train.method=lora"])
     run = cfg.run_dir

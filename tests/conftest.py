@@ -17,33 +17,14 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tuneforge.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, review_rows, toy_rows, write_jsonl
+
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def chat(user: str, answer: str, system: str | None = None) -> dict[str, object]:
-    """One chat example as a JSONL row."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user},
-        {"role": "assistant", "content": answer},
-    ]
-    return {"messages": messages}
-
-
-def write_jsonl(path: Path, rows: list[object]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def toy_rows(n: int) -> list[dict[str, object]]:
-    """A learnable toy task: answer the colour of a numbered item with a fixed JSON shape."""
-    colours = ["red", "green", "blue", "black"]
-    return [chat(f"Item {i}: what colour?", json.dumps({"item": i, "colour": colours[i % 4]})) for i in range(n)]
 
 
 @pytest.fixture(scope="session")
@@ -94,15 +75,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _corpus() -> list[str]:
     corpus = [line for f in (ROOT / "examples" / "contracts").glob("*.jsonl") for line in f.read_text().splitlines()]
     return corpus + [json.dumps(r) for r in toy_rows(50)]
-
-
-def review_rows(n_pos: int, n_neg: int) -> list[dict[str, str]]:
-    """A learnable sentiment task (German and English): the label follows from a few words."""
-    good = ["great", "excellent", "wunderbar", "love it", "sehr gut"]
-    bad = ["broken", "terrible", "kaputt", "refund", "schlecht"]
-    pos = [f"Order {i}: {good[i % 5]}, arrived on day {i % 7}." for i in range(n_pos)]
-    neg = [f"Order {i}: {bad[i % 5]}, arrived on day {i % 7}." for i in range(n_neg)]
-    return [{"text": t, "label": "pos"} for t in pos] + [{"text": t, "label": "neg"} for t in neg]
 
 
 @pytest.fixture(scope="session")
@@ -208,25 +180,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     return cfg.run_dir
 
 
-def full_logits_loss(model, batch):
-    """Summed next-token cross-entropy over the model's whole logits: what tuneforge's faster losses replace."""
-    import torch.nn.functional as F
-
-    from tuneforge.data.tokenize import IGNORE_INDEX
-
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)),
-        batch.labels[:, 1:].reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-
-
 @pytest.fixture
 def fp32_packs(monkeypatch: pytest.MonkeyPatch) -> None:
     """MKL packs in use whatever this CPU's one-off speed measurement found (it decides speed; these tests check
     what the packs compute)."""
-    from tuneforge import packed
+    from tuneforge.cpu import weight_packs
 
-    monkeypatch.setattr(packed, "_packs_pay", lambda: True)
+    monkeypatch.setattr(weight_packs, "_packs_pay", lambda: True)

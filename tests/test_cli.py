@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 
 from tuneforge.cli import app
 
+from helpers import ROOT
+
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def base_args(tiny_model_dir: Path, toy_data: Path, out: Path) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 from tuneforge.config import RunConfig, describe_fields, load_config
 from tuneforge.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -11,9 +11,10 @@ import pytest
 from tuneforge import models
 from tuneforge.config import load_config
 from tuneforge.generation import SamplingParams, generate
-from tuneforge.pipeline import run
+from tuneforge.workflow import run
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 pytestmark = pytest.mark.slow
 
 

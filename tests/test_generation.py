@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from tuneforge import packed
+from tuneforge.cpu import weight_packs
+from tuneforge.cpu.weight_packs import packed_weights
 from tuneforge.generation import Completion, SamplingParams, TokenQueue, follow, generate, stream, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer
-from tuneforge.packed import packed_weights
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Item 1: what colour?"}],
@@ -36,7 +36,9 @@ def test_batched_generation_equals_one_by_one(tuned) -> None:
     assert all(c.completion_tokens <= 12 and c.prompt_tokens > 5 for c in together)
 
 
-needs_mkl = pytest.mark.skipif(not packed.available(torch.nn.Linear(2, 2)), reason="this torch has no MKL packed sgemm")
+needs_mkl = pytest.mark.skipif(
+    not weight_packs.available(torch.nn.Linear(2, 2)), reason="this torch has no MKL packed sgemm"
+)
 
 
 @needs_mkl
@@ -56,7 +58,7 @@ def test_packed_weights_give_the_same_answers(tuned, monkeypatch: pytest.MonkeyP
         assert packs.rows == 2 and packs.packed.keys() | packs.shared.keys() == made.keys()
         assert all(pack is made[m] for m, pack in {**packs.packed, **packs.shared}.items())
     assert not any("forward" in vars(m) for m in model.modules())  # the plain forward is back
-    monkeypatch.setattr(packed, "available", lambda model: False)
+    monkeypatch.setattr(weight_packs, "available", lambda model: False)
     with use_adapter(model, "toy"):
         plain = generate(model, tokenizer, CONVERSATIONS, params)
     assert [c.text for c in fast] == [c.text for c in again] == [c.text for c in plain]
@@ -84,7 +86,7 @@ def test_a_packed_lora_layer_computes_what_peft_does_for_each_adapter_state(
                 expected = layer(step)  # peft's own forward
                 with packs.decode_rows(3):
                     got = outputs[adapter, merge] = layer(step)
-                    assert packs.state == packed._adapter_state(model)
+                    assert packs.state == weight_packs._adapter_state(model)
                     folded = adapter is not None and not merge  # else the base Linear is packed (a merged one too)
                     assert (layer in packs.packed) == folded and (layer.base_layer in packs.packed) != folded
                     assert layer.lora_A["toy"] not in packs.packed  # the adapter's own products are not run
@@ -107,18 +109,18 @@ def test_packs_kept_for_other_adapters_give_way_when_memory_is_short(
     model = load_adapter(load_model(str(tiny_model_dir)), trained_run / "model", "toy")
     model = load_adapter(model, trained_run / "model", "other").eval()
     adapted = [m for m in model.modules() if isinstance(m, LoraLinear)]
-    one_state = packed._bytes(adapted)  # the bytes of one state's packs
+    one_state = weight_packs._bytes(adapted)  # the bytes of one state's packs
     with use_adapter(model, None):
-        folded, linears, _ = packed._targets(model)
-    most = packed._bytes(folded + linears)  # the most a state needs (adapters off)
+        folded, linears, _ = weight_packs._targets(model)
+    most = weight_packs._bytes(folded + linears)  # the most a state needs (adapters off)
     total = 2 * most + 3 * one_state  # at MEMORY_SHARE 0.5: room for the packs of two states, not three
 
     def memory() -> types.SimpleNamespace:  # what the packs held take is no longer free
         held = [m for states in (packs.packed, packs.shared, *packs.kept.values()) for m in states]
-        return types.SimpleNamespace(available=total - packed._bytes(held))
+        return types.SimpleNamespace(available=total - weight_packs._bytes(held))
 
     with packed_weights(model) as packs, torch.no_grad():
-        monkeypatch.setattr(packed.psutil, "virtual_memory", memory)
+        monkeypatch.setattr(weight_packs.psutil, "virtual_memory", memory)
         states = []
         for adapter in ("toy", "other", None):
             with use_adapter(model, adapter), packs.decode_rows(2):
@@ -163,7 +165,7 @@ def test_a_packed_linear_computes_what_f_linear_does(monkeypatch: pytest.MonkeyP
     with packed_weights(layer) as packs, torch.no_grad():
         with packs.decode_rows(1):  # one row: gemv already streams at full speed
             layer(step[:1])
-        monkeypatch.setattr(packed, "MEMORY_SHARE", 0.0)  # no room for the copies
+        monkeypatch.setattr(weight_packs, "MEMORY_SHARE", 0.0)  # no room for the copies
         with packs.decode_rows(4):
             layer(step)
         assert packs.shared == {} and packs.packed == {}
@@ -174,13 +176,14 @@ def test_fp32_packs_only_where_they_pay(tuned, monkeypatch: pytest.MonkeyPatch) 
     """Where MKL's packs multiply no faster than F.linear (as on AMD EPYC), decode steps keep F.linear: no copies."""
     model, tokenizer = tuned
     params = SamplingParams(max_new_tokens=12)
-    assert packed._packs_pay() in (True, False) and packed._packs_pay.cache_info().misses == 1  # measured once
+    assert weight_packs._packs_pay() in (True, False)
+    assert weight_packs._packs_pay.cache_info().misses == 1  # measured once
     with use_adapter(model, "toy"):
-        monkeypatch.setattr(packed, "_packs_pay", lambda: True)
+        monkeypatch.setattr(weight_packs, "_packs_pay", lambda: True)
         with packed_weights(model) as packs:
             fast = generate(model, tokenizer, CONVERSATIONS, params)
             assert packs.packed
-        monkeypatch.setattr(packed, "_packs_pay", lambda: False)
+        monkeypatch.setattr(weight_packs, "_packs_pay", lambda: False)
         with packed_weights(model) as packs:
             plain = generate(model, tokenizer, CONVERSATIONS, params)
             assert not packs.packed and not packs.shared and not packs.fp32_packs
@@ -190,7 +193,7 @@ def test_fp32_packs_only_where_they_pay(tuned, monkeypatch: pytest.MonkeyPatch) 
 @needs_mkl
 def test_the_packs_speed_measurement_leaves_seeded_draws_alone() -> None:
     state = torch.get_rng_state()
-    packed._packs_pay.__wrapped__()  # the measurement itself, past its cache
+    weight_packs._packs_pay.__wrapped__()  # the measurement itself, past its cache
     assert torch.equal(torch.get_rng_state(), state)
 
 

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from tuneforge.cli import app
 from tuneforge.config import describe_fields, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```(bash|console)\n(.*?)```", README, flags=re.S)
 

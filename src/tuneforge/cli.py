@@ -71,7 +71,7 @@ def resolve_target(target: str, overrides: list[str] | None) -> RunConfig:
 @app.command(epilog=FIELDS_HELP)
 def run(target: Target, overrides: Overrides = None) -> None:
     """Run the whole pipeline: prepare the data, fine-tune, evaluate base vs tuned."""
-    from tuneforge.pipeline import run as run_pipeline
+    from tuneforge.workflow import run as run_pipeline
 
     with user_errors():
         cfg = resolve_target(target, overrides)

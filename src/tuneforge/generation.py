@@ -15,9 +15,9 @@ from transformers import PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from tuneforge.cpu.weight_packs import packed_weights
 from tuneforge.data.records import Messages
 from tuneforge.data.tokenize import encode_prompt
-from tuneforge.packed import packed_weights
 
 
 @dataclass(frozen=True)

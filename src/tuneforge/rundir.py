@@ -15,7 +15,28 @@ import yaml
 from tuneforge.config import RunConfig, apply_override, dump_config, validate_config
 from tuneforge.errors import RunError
 
-CONFIG_FILE = "config.yaml"
+# Every file and folder of a run directory, named once (relative to runs/<name>/ unless said otherwise).
+CONFIG_FILE = "config.yaml"  # the resolved config, exactly as run
+DATA_DIR = "data"  # the prepared splits: <split>.jsonl
+DATA_REPORT = "data/data_report.json"  # what prepare found (counts, tokens, issues, personal data, estimate)
+TEST_LOCK = "data/test.lock.json"  # the locked test split's hash (data.lock_test)
+CHECKPOINTS = "checkpoints"  # step-N/ folders
+BEST = "checkpoints/best"  # weights of the best validation loss so far (early stopping)
+MODEL_DIR = "model"  # the final adapter or whole model
+RUN_INFO = "tuneforge.json"  # inside MODEL_DIR: base model, method, task, classes
+REFERENCE_LOGPS = "reference_logps.json"  # DPO's reference log-probabilities
+METRICS = "metrics.jsonl"  # one line per optimizer step
+EVAL = "eval.json"  # scores per split and model
+PREDICTIONS = "predictions.jsonl"  # every scored answer beside its reference
+GENERATIONS = "generations.json"  # the evaluation's answers, reused while nothing that decides them changes
+REPORT = "report.html"  # the self-contained report page
+TUNE_DIR = "tune"  # the hyperparameter search: trials and best.yaml
+SPLITS = ("train", "val", "test")
+
+
+def split_path(run_dir: Path, split: str) -> Path:
+    """The prepared file of one split (train, val or test) of a run."""
+    return run_dir / DATA_DIR / f"{split}.jsonl"
 
 
 @contextlib.contextmanager

@@ -29,12 +29,12 @@ from tuneforge.data.privacy import PII_TYPES, detect, mask, pseudonymize
 from tuneforge.data.reader import read_records
 from tuneforge.data.records import Issue, Kind, Record, Source, error, warning
 from tuneforge.data.report import Findings, render, token_stats
-from tuneforge.data.split import SPLITS, TEST, TRAIN, VAL, assign, order_key
+from tuneforge.data.split import TEST, TRAIN, VAL, assign, order_key
 from tuneforge.data.tokenize import count_tokens
 from tuneforge.data.validate import check_count, check_labels, check_length, check_privacy
 from tuneforge.errors import ConfigError, DataError, TrainingError
 from tuneforge.models import load_tokenizer
-from tuneforge.rundir import atomic_open, atomic_write_json, save_config
+from tuneforge.rundir import SPLITS, atomic_open, atomic_write_json, save_config
 
 REPORT = "data_report.json"
 LOCK = "test.lock.json"

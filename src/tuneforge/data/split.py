@@ -12,7 +12,6 @@ import hashlib
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
 
 

@@ -31,8 +31,17 @@ from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.stats import compare, interval, per_example_scores, resample_indices, resampled_scores
 from tuneforge.generation import SamplingParams, generate_texts, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
-from tuneforge.rundir import atomic_write_json, read_jsonl, require, write_jsonl
-from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
+from tuneforge.rundir import (
+    EVAL,
+    GENERATIONS,
+    MODEL_DIR,
+    PREDICTIONS,
+    RUN_INFO,
+    atomic_write_json,
+    read_jsonl,
+    require,
+    write_jsonl,
+)
 from tuneforge.train.classify import class_labels
 from tuneforge.train.tasks import TASKS
 
@@ -125,7 +134,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     answer = _answerer(cfg, tokenizer, folders, log)
     report = EVALUATORS.get(cfg.train.task, _language_model)(cfg, models, rows, tokenizer, answer)
     report.seconds = time.perf_counter() - start
-    atomic_write_json(run_dir / "eval.json", report.to_json())
+    atomic_write_json(run_dir / EVAL, report.to_json())
     report.page = write_report(run_dir)
     return report
 
@@ -199,7 +208,7 @@ def _language_model(
                 per_field = json_extraction(outputs[variant], references)["field_accuracy"]
                 report.details[variant] = {"field_accuracy": {k: round(v, 4) for k, v in per_field.items()}}
         write_jsonl(
-            cfg.run_dir / "predictions.jsonl",
+            cfg.run_dir / PREDICTIONS,
             [
                 {
                     "source": r.get("source"),
@@ -265,7 +274,7 @@ def _classifier(
             "confusion_matrix": {"labels": labels, "rows": confusion(rows_of_probs, truth, len(labels))},
         }
     write_jsonl(
-        cfg.run_dir / "predictions.jsonl",
+        cfg.run_dir / PREDICTIONS,
         [
             {
                 "source": r.get("source"),
@@ -432,9 +441,6 @@ def chat_prompts(rows: list[dict[str, Any]]) -> tuple[list[list[dict[str, str]]]
         prompts.append(messages[:last])
         references.append(messages[last]["content"])
     return prompts, references
-
-
-GENERATIONS = "generations.json"
 
 
 class _Generations:

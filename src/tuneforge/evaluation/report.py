@@ -21,9 +21,19 @@ from tuneforge import __version__
 from tuneforge.errors import RunError
 from tuneforge.evaluation.charts import COLOURS, curve, score_bars
 from tuneforge.evaluation.metrics import is_loss, lower_is_better
-from tuneforge.rundir import CONFIG_FILE, atomic_write_text, read_jsonl, require
+from tuneforge.rundir import (
+    CONFIG_FILE,
+    DATA_REPORT,
+    EVAL,
+    METRICS,
+    PREDICTIONS,
+    REPORT,
+    atomic_write_text,
+    read_jsonl,
+    require,
+    split_path,
+)
 
-REPORT = "report.html"
 TUNED = "tuned"
 EXAMPLES = 6  # test examples shown side by side
 SHOWN_CHARS = 1500  # longer texts are cut on the page (predictions.jsonl keeps them whole)
@@ -54,7 +64,7 @@ def write_report(run_dir: Path) -> Path:
         "details": {},
     }
     evaluation = (
-        optional | {"forgetting": None, "seconds": None} | _read_json(require(run_dir, "eval.json", "evaluate"))
+        optional | {"forgetting": None, "seconds": None} | _read_json(require(run_dir, EVAL, "evaluate"))
     )
     config_path = require(run_dir, CONFIG_FILE, "prepare")
     config_text = config_path.read_text(encoding="utf-8")
@@ -77,7 +87,7 @@ def write_report(run_dir: Path) -> Path:
         "examples": examples(run_dir, evaluation),
         "forgetting": evaluation.get("forgetting"),
         "training": training_view(run_dir),
-        "data": _optional_json(run_dir / "data" / "data_report.json"),
+        "data": _optional_json(run_dir / DATA_REPORT),
     }
     path = run_dir / REPORT
     atomic_write_text(path, _template().render(**page))
@@ -219,7 +229,7 @@ def examples(run_dir: Path, evaluation: dict[str, Any]) -> dict[str, Any] | None
     differently (the tuned model's regressions first, then its biggest and smallest gains in turn, so the page
     shows what it learned and what it still gets wrong); for a classifier, its most confident mistakes. None when
     the run saved no predictions."""
-    path = run_dir / "predictions.jsonl"
+    path = run_dir / PREDICTIONS
     if not path.is_file():
         return None
     predictions = read_jsonl(path)
@@ -228,7 +238,7 @@ def examples(run_dir: Path, evaluation: dict[str, Any]) -> dict[str, Any] | None
         return _classifier_examples(predictions)
     if not predictions or not all(m in predictions[0] for m in models):
         return None
-    inputs = _inputs(run_dir / "data" / f"{evaluation.get('split', 'test')}.jsonl", len(predictions))
+    inputs = _inputs(split_path(run_dir, evaluation.get("split", "test")), len(predictions))
     differing = [i for i, row in enumerate(predictions) if len({row[m] for m in models}) > 1]
     metric, gains = _telling_metric(predictions, differing, models[0])
     worse = sorted((g, i) for g, i in zip(gains, differing, strict=True) if g < 0)[:2]
@@ -305,7 +315,7 @@ def _cut(text: Any) -> str:
 
 def training_view(run_dir: Path) -> dict[str, Any] | None:
     """Training curves (loss, learning rate, tokens/s, validation metrics) from metrics.jsonl, and its totals."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.is_file():
         return None
     by_step: dict[int, dict[str, Any]] = {}

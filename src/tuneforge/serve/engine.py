@@ -16,8 +16,8 @@ the same way, with whole ones too: the model thread hands each streamed row's to
 generated, and a row ends as soon as its reader has its answer (or has gone) while the rest of the batch goes on.
 
 Adapters are never merged (unmerging leaves round-off in the base weights); on CPU a batch's decode steps run on packed
-weights with the batch's adapter folded in (tuneforge/packed.py), so an adapter costs no more per step than the base
-model, and the packs stay for later batches of any size (one set per adapter, while memory allows).
+weights with the batch's adapter folded in (tuneforge/cpu/weight_packs.py), so an adapter costs no more per step
+than the base model, and the packs stay for later batches of any size (one set per adapter, while memory allows).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import ServeConfig
+from tuneforge.cpu.weight_packs import packed_weights
 from tuneforge.errors import RunError
 from tuneforge.generation import Completion, Messages, SamplingParams, TokenQueue, follow, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
-from tuneforge.packed import packed_weights
-from tuneforge.train.checkpoint import MODEL_DIR, RUN_INFO
+from tuneforge.rundir import MODEL_DIR, RUN_INFO
 
 GATHER_S = 0.1  # how long a request that finds the model idle waits for others to join its batch
 
@@ -159,9 +159,9 @@ class Engine:
             loaded.set_exception(exc)
             return
         loaded.set_result(None)
-        # The packed weights (on CPU, a copy of the Linear weights per adapter state, see tuneforge/packed.py) are kept
-        # from batch to batch, for every batch size and, while memory allows, for each adapter served; the engine
-        # never changes weights.
+        # The packed weights (on CPU, a copy of the Linear weights per adapter state, see
+        # tuneforge/cpu/weight_packs.py) are kept from batch to batch, for every batch size and, while memory allows,
+        # for each adapter served; the engine never changes weights.
         with packed_weights(self.model):
             while (item := self._next()) is not None:
                 if isinstance(item, _Task):

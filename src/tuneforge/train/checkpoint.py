@@ -19,13 +19,9 @@ import torch
 
 from tuneforge.config import RunConfig
 from tuneforge.errors import TrainingError
-from tuneforge.rundir import atomic_write_json
+from tuneforge.rundir import CHECKPOINTS, MODEL_DIR, RUN_INFO, atomic_write_json
 from tuneforge.train.methods import METHODS
 from tuneforge.train.parallel import Parallel
-
-MODEL_DIR = "model"
-BEST = Path("checkpoints") / "best"  # weights of the best validation loss so far (with early stopping)
-RUN_INFO = "tuneforge.json"
 
 
 class Progress:
@@ -99,7 +95,7 @@ def save_checkpoint(
     checkpoints intact and nothing that --resume would mistake for a checkpoint.
     """
     par = par or Parallel()
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     final = root / f"step-{state.step}"
     weights, optimizer_state = par.full_state(model), par.optimizer_state(model, optimizer)
     if not par.main:
@@ -121,7 +117,7 @@ def save_checkpoint(
 
 def _checkpoints(run_dir: Path) -> list[Path]:
     """Finished checkpoints, oldest first."""
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     done = [p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()] if root.is_dir() else []
     return sorted(done, key=lambda p: int(p.name[5:]))
 

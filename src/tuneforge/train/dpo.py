@@ -24,12 +24,10 @@ from tqdm import tqdm
 from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import Encoded, encode_chat
 from tuneforge.errors import TuneforgeError
-from tuneforge.rundir import atomic_write_json
+from tuneforge.rundir import REFERENCE_LOGPS, atomic_write_json
 from tuneforge.train.lm import collate as collate_rows
 from tuneforge.train.lm import token_logps
 from tuneforge.train.tasks import Batch, Task, register, rows_with
-
-REFERENCE_FILE = "reference_logps.json"
 
 
 @dataclass
@@ -97,7 +95,7 @@ def attach_reference(
     saved), read back from the run on a resumed one."""
     if cfg.train.dpo_reference == "none":
         return
-    path = cfg.run_dir / REFERENCE_FILE
+    path = cfg.run_dir / REFERENCE_LOGPS
     key = _fingerprint(splits)
     if fresh:
         log(f"dpo: reference log-probabilities of {sum(len(s) for s in splits.values())} pairs (model before training)")

@@ -21,11 +21,9 @@ from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models import load_model, load_tokenizer, pick_device
-from tuneforge.rundir import atomic_write_text, require, save_config
+from tuneforge.rundir import BEST, METRICS, MODEL_DIR, atomic_write_text, require, save_config
 from tuneforge.train.auto import Hyper, resolve, resolve_batch
 from tuneforge.train.checkpoint import (
-    BEST,
-    MODEL_DIR,
     Progress,
     latest_checkpoint,
     load_checkpoint,
@@ -143,7 +141,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     model, params, optimizer, scheduler, state = _optimization(model, cfg, hp, total_steps, checkpoint, par)
     if checkpoint is not None:
         log(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / METRICS
     if par.main:
         _trim_metrics(metrics_path, state.step)
     trackers = Trackers(cfg, active=par.main)

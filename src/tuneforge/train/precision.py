@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tuneforge.timing import median_seconds
+from tuneforge.cpu.timing import median_seconds
 
 BF16_GAIN = 1.5  # bf16 matmuls at least this much faster than fp32 ones: bf16 autocast on a CPU without AMX
 ATTENTION = "tuneforge_sdpa_fp32"  # the attention implementation CpuBf16 sets (registered with transformers)

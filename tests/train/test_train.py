@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import full_logits_loss
 from safetensors.torch import load_file
 
 from tuneforge.data import prepare
@@ -12,6 +11,8 @@ from tuneforge.models import load_adapter, load_model, load_tokenizer
 from tuneforge.train import lm, train
 from tuneforge.train.lm import SFT, collate, loss_sum
 from tuneforge.train.tasks import collate_step, step_groups
+
+from helpers import full_logits_loss
 
 
 def test_loss_falls_lora_moves_and_base_stays(tiny_config, tiny_model_dir: Path) -> None:

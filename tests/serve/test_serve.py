@@ -15,7 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from tuneforge import packed
+from tuneforge.cpu import weight_packs
 from tuneforge.errors import ModelError, RunError
 from tuneforge.generation import SamplingParams
 from tuneforge.serve import ServeSettings, create_app
@@ -179,10 +179,10 @@ def test_max_batch_bounds_a_batch(engine: Engine, client: TestClient, monkeypatc
     assert client.get("/health").json()["batches"] == {str(k): v for k, v in sorted(engine.batch_sizes.items())}
 
 
-@pytest.mark.skipif(not packed.available(torch.nn.Linear(2, 2)), reason="this torch has no MKL packed sgemm")
+@pytest.mark.skipif(not weight_packs.available(torch.nn.Linear(2, 2)), reason="this torch has no MKL packed sgemm")
 @pytest.mark.usefixtures("fp32_packs")
 def test_the_engine_keeps_its_packed_weights_from_batch_to_batch(engine: Engine) -> None:
-    packs = getattr(engine.model, packed._ATTR)  # the engine's, kept for its whole life
+    packs = getattr(engine.model, weight_packs._ATTR)  # the engine's, kept for its whole life
     answer_together(engine, [("toy", q, GREEDY) for q in QUESTIONS[:2]])
     first = dict(packs.packed)
     adapted = [m for m in first if isinstance(m, LoraLinear)]  # the adapter is folded into its layers' packs

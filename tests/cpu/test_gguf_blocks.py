@@ -1,4 +1,4 @@
-"""Decode steps from GGUF blocks (tuneforge/quantized.py): weights found exactly, products as F.linear's."""
+"""Decode steps from GGUF blocks (tuneforge/cpu/gguf_blocks.py): weights found exactly, products as F.linear's."""
 
 import logging
 import os
@@ -12,12 +12,12 @@ from gguf.quants import GGMLQuantizationType, dequantize, quantize
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from tuneforge import packed, quantized
+from tuneforge.cpu import gguf_blocks, weight_packs
+from tuneforge.cpu.weight_packs import packed_weights
 from tuneforge.generation import SamplingParams, generate
 from tuneforge.models import load_model, load_tokenizer
-from tuneforge.packed import packed_weights
 
-needs_kernel = pytest.mark.skipif(quantized.kernels() is None, reason="the GGUF-block kernel cannot be built here")
+needs_kernel = pytest.mark.skipif(gguf_blocks.kernels() is None, reason="the GGUF-block kernel cannot be built here")
 FORMATS = {"Q4_1": GGMLQuantizationType.Q4_1, "Q8_0": GGMLQuantizationType.Q8_0}
 
 
@@ -37,7 +37,7 @@ def to_gguf_weights(model: torch.nn.Module, fmt: str) -> None:
 def test_the_kernel_is_built_where_ci_requires_it() -> None:
     """.ci/run sets TUNEFORGE_REQUIRE_KERNEL: there the tests below must run, not skip."""
     if os.environ.get("TUNEFORGE_REQUIRE_KERNEL"):
-        assert quantized.kernels() is not None, "the GGUF-block kernel did not build (see the logged reason)"
+        assert gguf_blocks.kernels() is not None, "the GGUF-block kernel did not build (see the logged reason)"
 
 
 @needs_kernel
@@ -46,7 +46,7 @@ def test_blocks_are_found_exactly_and_multiply_as_f_linear_does(fmt: str) -> Non
     torch.manual_seed(0)
     for out_features, in_features in ((96, 64), (7, 160), (301, 32)):  # odd output counts take the kernel's tail
         weight, bias = gguf_weight((out_features, in_features), fmt), torch.randn(out_features)
-        blocks = quantized.exact_blocks(weight)
+        blocks = gguf_blocks.exact_blocks(weight)
         assert blocks is not None and blocks.format == fmt
         assert blocks.nbytes < weight.numel() * 4 * (0.2 if fmt == "Q4_1" else 0.3)
         # one-hot rows pick single weights: the kernel rebuilds each weight bit for bit
@@ -61,10 +61,10 @@ def test_only_exact_blocks_are_taken() -> None:
     weight = gguf_weight((64, 96), "Q4_1")
     nudged = weight.clone()
     nudged[40, 7] = torch.nextafter(nudged[40, 7], torch.tensor(1.0))  # one weight one ulp off: not Q4_1 any more
-    assert quantized.exact_blocks(nudged) is None
-    assert quantized.exact_blocks(torch.randn(64, 96)) is None  # an fp32 checkpoint's weights
-    assert quantized.exact_blocks(weight.bfloat16()) is None and quantized.exact_blocks(weight[:, :80]) is None
-    q8 = quantized.exact_blocks(gguf_weight((64, 96), "Q8_0"))
+    assert gguf_blocks.exact_blocks(nudged) is None
+    assert gguf_blocks.exact_blocks(torch.randn(64, 96)) is None  # an fp32 checkpoint's weights
+    assert gguf_blocks.exact_blocks(weight.bfloat16()) is None and gguf_blocks.exact_blocks(weight[:, :80]) is None
+    q8 = gguf_blocks.exact_blocks(gguf_weight((64, 96), "Q8_0"))
     assert q8 is not None and q8.format == "Q8_0"  # more than 16 levels a block: Q8_0, not Q4_1
 
 
@@ -78,13 +78,13 @@ def test_generation_from_blocks_gives_the_same_answers(
     conversations = [[{"role": "user", "content": f"Item {i}: what colour?"}] for i in (1, 22, 3)]
     params = SamplingParams(max_new_tokens=12)
     with monkeypatch.context() as patch, packed_weights(model) as packs:
-        patch.setattr(packed, "_packs_pay", lambda: pytest.fail("measured fp32 packs with no weight needing one"))
+        patch.setattr(weight_packs, "_packs_pay", lambda: pytest.fail("measured fp32 packs with no weight needing one"))
         fast = generate(model, tokenizer, conversations, params)
         one = generate(model, tokenizer, conversations[:1], params)  # a single row: blocks too
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         assert all(packs.blocks[m] is not None for m in linears) and not packs.shared  # no fp32 copies made
     with pytest.MonkeyPatch.context() as patch:  # the reference: transformers' own forward on the fp32 weights
-        patch.setattr(packed, "available", lambda model: False)
+        patch.setattr(weight_packs, "available", lambda model: False)
         plain = generate(model, tokenizer, conversations, params)
     assert [c.text for c in fast] == [c.text for c in plain] and one[0].text == plain[0].text
 
@@ -118,19 +118,19 @@ def test_without_the_kernel_generation_keeps_the_fp32_path(
     conversations = [[{"role": "user", "content": "Item 1"}], [{"role": "user", "content": "Item 22"}]]
     params = SamplingParams(max_new_tokens=8)
     expected = [c.text for c in generate(model, tokenizer, conversations, params)]
-    monkeypatch.setattr(quantized, "kernels", lambda: None)
+    monkeypatch.setattr(gguf_blocks, "kernels", lambda: None)
     with packed_weights(model) as packs:
         assert [c.text for c in generate(model, tokenizer, conversations, params)] == expected
         assert not any(packs.blocks.values())
     monkeypatch.undo()
-    quantized.kernels.cache_clear()  # a machine that cannot build it: the reason is logged, nothing fails
-    monkeypatch.setattr(quantized.platform, "machine", lambda: "aarch64")
-    with caplog.at_level(logging.INFO, logger="tuneforge.quantized"):
-        assert quantized.kernels() is None
+    gguf_blocks.kernels.cache_clear()  # a machine that cannot build it: the reason is logged, nothing fails
+    monkeypatch.setattr(gguf_blocks.platform, "machine", lambda: "aarch64")
+    with caplog.at_level(logging.INFO, logger="tuneforge.cpu.gguf_blocks"):
+        assert gguf_blocks.kernels() is None
     assert "x86-64 only" in caplog.text
     monkeypatch.undo()
-    quantized.kernels.cache_clear()
-    assert quantized.kernels() is not None  # built before: loaded from the cache
+    gguf_blocks.kernels.cache_clear()
+    assert gguf_blocks.kernels() is not None  # built before: loaded from the cache
 
 
 @needs_kernel
@@ -147,5 +147,5 @@ def test_a_lora_bias_keeps_peft_s_own_forward(tiny_model_dir: Path) -> None:
         reference = layer(step)
         with packed_weights(model) as packs, packs.decode_rows(3):
             fast = layer(step)
-            assert not packed._foldable(layer) and layer not in packs.low_rank
+            assert not weight_packs._foldable(layer) and layer not in packs.low_rank
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import review_rows, toy_rows, write_jsonl
 from test_dpo import preference_rows
 from test_multitask import greeting_rows
 from test_pretrain import CLAUSES
@@ -19,6 +18,8 @@ from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import train
 from tuneforge.train.methods import METHODS
 from tuneforge.train.tasks import TASKS, mean_loss
+
+from helpers import review_rows, toy_rows, write_jsonl
 
 METHOD_SETTINGS = {
     "lora": [],

@@ -6,7 +6,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from browser import chromium_paths, full_page_screenshot, open_browser
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
@@ -14,6 +13,8 @@ from tuneforge.config import dump_config, load_config
 from tuneforge.errors import RunError
 from tuneforge.evaluation.report import fmt, p_value, write_report
 from tuneforge.rundir import atomic_write_json, atomic_write_text, write_jsonl
+
+from browser import chromium_paths, full_page_screenshot, open_browser
 
 INJECTED = "<script>alert('x')</script><img src=http://example.com/x.png>"
 

@@ -5,7 +5,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import chat, review_rows, toy_rows, write_jsonl
 
 from tuneforge.config import load_config
 from tuneforge.data import prepare
@@ -15,6 +14,8 @@ from tuneforge.models import load_tokenizer
 from tuneforge.rundir import read_jsonl
 from tuneforge.train import train
 from tuneforge.train.multitask import MULTITASK, mix, shares
+
+from helpers import chat, review_rows, toy_rows, write_jsonl
 
 QUIET = {"log": lambda *a: None}
 

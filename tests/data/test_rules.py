@@ -8,9 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import chat, toy_rows, write_jsonl
 
 from tuneforge.data import preparation, prepare
+
+from helpers import chat, toy_rows, write_jsonl
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "tuneforge" / "data"
 ASK = {"role": "user", "content": "Wann wird meine Bestellung 4711 geliefert?"}

@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import chat, toy_rows, write_jsonl
 
 from tuneforge.config import DataConfig
 from tuneforge.data import prepare
@@ -13,6 +12,8 @@ from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
 from tuneforge.errors import DataError
 from tuneforge.models import load_tokenizer
 from tuneforge.rundir import read_jsonl
+
+from helpers import ROOT, chat, toy_rows, write_jsonl
 
 GOOD = chat("Hello", "Hi there")
 
@@ -146,7 +147,7 @@ def test_loss_mask_covers_exactly_the_assistant_turns(tiny_model_dir: Path) -> N
 
 def test_the_shipped_broken_example_reports_each_rule_once(tiny_config) -> None:
     """examples/broken/chat.jsonl is the README's bad-data demo: one line per rule, the first line valid."""
-    broken = Path(__file__).resolve().parents[1] / "examples" / "broken" / "chat.jsonl"
+    broken = ROOT / "examples" / "broken" / "chat.jsonl"
     cfg = tiny_config(f"data.path={broken}", "data.max_seq_len=384")
     with pytest.raises(DataError, match="6 data error"):
         prepare(cfg)

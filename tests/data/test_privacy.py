@@ -5,14 +5,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import chat, toy_rows, write_jsonl
 
 from tuneforge.data import prepare
 from tuneforge.data.privacy import detect, mask, pseudonymize
 from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, chat, toy_rows, write_jsonl
+
 sys.path.insert(0, str(ROOT / "bench"))
 from privacy import load, score  # noqa: E402
 

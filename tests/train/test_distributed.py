@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from tuneforge.data import prepare
 from tuneforge.train import train
+
+from helpers import ROOT
 
 COMMON = ["train.epochs=2", "train.threads=1", "data.estimate=false", "train.save_steps=4"]
 
@@ -104,7 +105,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(
 def test_the_shipped_accelerate_configs_are_ones_accelerate_reads(name: str, kind: str) -> None:
     from accelerate.commands.config.config_args import ClusterConfig
 
-    config = ClusterConfig.from_yaml_file(Path(__file__).resolve().parents[1] / "configs" / "accelerate" / name)
+    config = ClusterConfig.from_yaml_file(ROOT / "configs" / "accelerate" / name)
     assert str(config.distributed_type).endswith(kind) and config.num_processes == 2 and not config.use_cpu
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
@@ -118,7 +119,7 @@ def test_accelerate_launch_with_a_deepspeed_config_trains_with_its_stage(tiny_co
     training: tuneforge takes DeepSpeed and its stage from the launch, with train.sharding left at none."""
     import yaml
 
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "deepspeed-zero3-gpus.yaml"
+    shipped = ROOT / "configs" / "accelerate" / "deepspeed-zero3-gpus.yaml"
     launch = yaml.safe_load(shipped.read_text())
     launch.update(gpu_ids=None, main_process_port=_free_port())
     config_file = tmp_path / "deepspeed-cpu.yaml"

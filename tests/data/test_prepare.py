@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import chat, toy_rows, write_jsonl
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
@@ -16,6 +15,8 @@ from tuneforge.data.dedup import Signatures, bands_for, exact_duplicates, leaks,
 from tuneforge.data.split import TEST, TRAIN, VAL, assign, order_key, size_of
 from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
+
+from helpers import chat, toy_rows, write_jsonl
 
 runner = CliRunner()
 

@@ -7,15 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_jsonl
 
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
 from tuneforge.errors import TuneforgeError
 from tuneforge.evaluation import evaluate
 from tuneforge.models import load_model, load_tokenizer
+from tuneforge.rundir import REFERENCE_LOGPS
 from tuneforge.train import train
-from tuneforge.train.dpo import DPO, REFERENCE_FILE, Pair, attach_reference, collate, loss_sum
+from tuneforge.train.dpo import DPO, Pair, attach_reference, collate, loss_sum
+
+from helpers import write_jsonl
 
 QUIET = {"log": lambda *a: None}
 COLOURS = ["red", "green", "blue", "black"]
@@ -99,7 +101,7 @@ def test_dpo_prefers_the_chosen_answers(tiny_config, pairs_file: Path, method: s
     if reference == "model":
         assert rows[0]["loss"] == pytest.approx(0.6931, abs=0.01)  # policy = reference at the start: log 2
     assert rows[-1]["loss"] < 0.3, [r["loss"] for r in rows]
-    assert (cfg.run_dir / REFERENCE_FILE).is_file() == (reference == "model")
+    assert (cfg.run_dir / REFERENCE_LOGPS).is_file() == (reference == "model")
     report = evaluate(cfg, **QUIET)
     base, tuned = report.scores["base"], report.scores["tuned"]
     assert tuned["pair_accuracy"] >= 0.9 and tuned["pair_accuracy"] > base["pair_accuracy"] + 0.3, report.scores
@@ -118,7 +120,7 @@ def test_a_resumed_run_reads_the_reference_back(tiny_config, tiny_model_dir: Pat
     cfg = dpo_config(tiny_config, pairs_file, "train.max_steps=2")
     prepare(cfg)
     train(cfg, **QUIET)
-    saved = json.loads((cfg.run_dir / REFERENCE_FILE).read_text())
+    saved = json.loads((cfg.run_dir / REFERENCE_LOGPS).read_text())
     tokenizer = load_tokenizer(str(tiny_model_dir))
     splits = {s: DPO.load(cfg.run_dir / "data" / f"{s}.jsonl", tokenizer, cfg) for s in ("train", "val")}
 

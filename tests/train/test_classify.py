@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import review_rows, write_jsonl
 from safetensors.torch import load_file
 
 from tuneforge.data import prepare
@@ -18,6 +17,8 @@ from tuneforge.models import load_model, load_tokenizer
 from tuneforge.rundir import read_jsonl
 from tuneforge.train import train
 from tuneforge.train.classify import CLASSIFY, class_weights, collate, loss_sum
+
+from helpers import review_rows, write_jsonl
 
 QUIET = {"log": lambda *a: None}
 

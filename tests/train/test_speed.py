@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import full_logits_loss
 
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import encode_chat
@@ -16,6 +15,8 @@ from tuneforge.train.linear_ce import linear_cross_entropy
 from tuneforge.train.lm import SFT, collate, loss_sum
 from tuneforge.train.precision import resolve_precision
 from tuneforge.train.tasks import collate_step, largest_micro_batch, micro_batches
+
+from helpers import full_logits_loss
 
 QUIET = {"log": lambda *a: None}
 

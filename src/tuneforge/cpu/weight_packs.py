@@ -22,7 +22,7 @@ way first), so a server alternating between adapters does not pack anew per batc
 Linears outside any adapter layer (the output layer, or all but the adapted ones) have one pack for all states.
 
 Weights loaded from a GGUF file (the embedded model's) are used as their 4- and 8-bit blocks instead
-(tuneforge/quantized.py): 4.8x fewer bytes per step, also for a single row, and the same fp32 weights bit for bit.
+(tuneforge/gguf_blocks.py): 4.8x fewer bytes per step, also for a single row, and the same fp32 weights bit for bit.
 The active adapters of such a layer run beside its blocks as one pair of small products (x @ A.T @ (scale * B).T,
 made once per adapter state), so the blocks serve every adapter state.
 """
@@ -39,8 +39,8 @@ import psutil
 import torch
 import torch.nn.functional as F
 
-from tuneforge import quantized
-from tuneforge.timing import median_seconds
+from tuneforge.cpu import gguf_blocks
+from tuneforge.cpu.timing import median_seconds
 
 _ATTR = "_tuneforge_packs"
 # Packing copies every Linear weight once (per adapter state); all copies together take at most this share of the memory
@@ -63,7 +63,7 @@ class Packs:
         self.kept: OrderedDict[State, dict[torch.nn.Module, torch.Tensor]] = OrderedDict()  # oldest first
         self.adapted: set[torch.nn.Module] = set()  # the modules of adapter layers
         # Linears whose weight is exactly GGUF blocks (None: it is not); a LoRA layer's base layer is the key
-        self.blocks: dict[torch.nn.Module, quantized.BlockWeight | None] = {}
+        self.blocks: dict[torch.nn.Module, gguf_blocks.BlockWeight | None] = {}
         self.fp32_packs = False  # whether the decode steps running use (and make) fp32 packs
         # this state's adapters beside GGUF blocks: each LoRA layer's A.T and (scale * B).T, all active adapters stacked
         self.low_rank: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -97,8 +97,8 @@ class Packs:
         """Look for GGUF blocks in the weights not checked yet; whether any Linear has them (and the kernel built)."""
         for linear in linears:
             if linear not in self.blocks:
-                self.blocks[linear] = quantized.exact_blocks(linear.weight.detach())
-        if any(self.blocks.values()) and quantized.kernels() is None:
+                self.blocks[linear] = gguf_blocks.exact_blocks(linear.weight.detach())
+        if any(self.blocks.values()) and gguf_blocks.kernels() is None:
             self.blocks = dict.fromkeys(self.blocks)  # no kernel on this machine: the fp32 path for all
         return any(self.blocks.get(linear) for linear in linears)
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import toy_rows
 
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import IGNORE_INDEX, encode_chat
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import lm, train
 from tuneforge.train.lm import collate, loss_sum, pack
+
+from helpers import toy_rows
 
 
 def examples(tokenizer, n: int = 24):
