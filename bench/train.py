@@ -66,12 +66,12 @@ def held_out_loss(model: Any, model_dir: str, data: Path) -> float:
     from tuneforge.config import load_config
     from tuneforge.models import load_tokenizer
     from tuneforge.train.lm import SFT
-    from tuneforge.train.tasks import mean_loss
+    from tuneforge.train.tasks import TaskContext, mean_loss
 
     cfg = load_config(None, [f"model.name={model_dir}", f"data.max_seq_len={MAX_LEN}"])
     tokenizer = load_tokenizer(model_dir)
-    examples = SFT.load(data, tokenizer, cfg)
-    return float(mean_loss(model, SFT, examples, cfg, BATCH, int(tokenizer.pad_token_id)))
+    examples = SFT.load(data, tokenizer, TaskContext.of(cfg))
+    return float(mean_loss(model, SFT, examples, cfg.train, BATCH, int(tokenizer.pad_token_id)))
 
 
 def run_tuneforge(

@@ -32,13 +32,14 @@ def measure(variant: str, model_name: str, steps: int, batch_size: int, warmup: 
     from tuneforge.train.auto import Hyper
     from tuneforge.train.lm import collate, load_sft, loss_sum
     from tuneforge.train.methods import apply_lora
+    from tuneforge.train.tasks import TaskContext
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(model_name)
     cfg = RunConfig()
     model = apply_lora(load_model(model_name), cfg.train, Hyper(1.0, batch_size, 1e-4, 16, 32))
     model.train()
-    examples = load_sft(DATA, tokenizer, cfg)
+    examples = load_sft(DATA, tokenizer, TaskContext.of(cfg))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tokens, seconds, losses = 0, 0.0, []
     for step in range(warmup + steps):

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,41 @@ def test_every_field_is_documented() -> None:
     lines = describe_fields().splitlines()
     assert any(line.startswith("train.lora_r (default 16): LoRA rank, or 'auto'") for line in lines)
     assert all(not line.endswith("None") for line in lines), "a field has no description"
+
+
+def test_the_config_literals_name_exactly_the_registered_choices() -> None:
+    """train.method, train.task and data.format are typed as Literals (so a typo fails on load with the choices
+    listed); each must name exactly what its registry holds, or a registered choice would be refused or a listed
+    one fail at run time."""
+    from typing import get_args
+
+    from tuneforge.config import DataConfig, DatasetConfig, TrainConfig
+    from tuneforge.data.formats import EXAMPLES, FORMATS, SIGNATURES
+    from tuneforge.metrics import DEFAULTS
+    from tuneforge.train.methods import METHODS
+    from tuneforge.train.tasks import TASKS
+
+    assert set(get_args(TrainConfig.model_fields["method"].annotation)) == set(METHODS)
+    assert set(get_args(TrainConfig.model_fields["task"].annotation)) == set(TASKS)
+    for field in (DataConfig.model_fields["format"], DatasetConfig.model_fields["format"]):
+        assert set(get_args(field.annotation)) == {"auto", *FORMATS}
+    assert set(FORMATS) == set(SIGNATURES) == set(EXAMPLES)  # auto-detection and the help know every format
+    evaluate_tasks = get_args(RunConfig.model_fields["evaluate"].annotation.model_fields["task"].annotation)
+    assert set(evaluate_tasks) | {"class"} == set(DEFAULTS)  # every evaluate.task has its default metrics
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ["train.sharding=fsdp", "train.early_stopping_patience=2"],
+            "early_stopping_patience with train.sharding=fsdp",
+        ),
+        (["train.sharding=zero3", "train.eval_generate=4"], "eval_generate is not supported with train.sharding"),
+        (["train.task=dpo", "train.eval_generate=4"], "scores generated answers (task sft or multitask)"),
+        (["train.task=classify", "train.packing=true"], "packs chat examples (task sft or multitask)"),
+    ],
+)
+def test_combinations_that_cannot_work_are_refused_on_load(settings: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, settings)

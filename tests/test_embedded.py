@@ -62,7 +62,7 @@ def test_the_real_model_trains_with_each_method(method: str, lr: str, tmp_path: 
     from tuneforge.data import prepare
     from tuneforge.train import train
     from tuneforge.train.lm import SFT, load_sft
-    from tuneforge.train.tasks import mean_loss
+    from tuneforge.train.tasks import TaskContext, mean_loss
 
     rows = [  # short German/English support answers: a few seconds per step even for full fine-tuning
         {
@@ -100,8 +100,8 @@ def test_the_real_model_trains_with_each_method(method: str, lr: str, tmp_path: 
     )
     prepare(cfg)
     tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
-    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, cfg)
-    before = mean_loss(models.load_model(models.EMBEDDED_MODEL), SFT, val, cfg, 4, int(tokenizer.pad_token_id))
+    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, TaskContext.of(cfg))
+    before = mean_loss(models.load_model(models.EMBEDDED_MODEL), SFT, val, cfg.train, 4, int(tokenizer.pad_token_id))
     result = train(cfg, log=lambda *a: None)
     assert result.steps == 3 and result.val_loss is not None
     assert result.val_loss < before, (method, before, result.val_loss)  # three steps already help on the task
@@ -148,10 +148,10 @@ def test_the_real_model_learns_a_preference_with_dpo(tmp_path: Path) -> None:
 def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     """train's up-front memory estimate (from the model's shape) against prepare's measured peak (a real step)."""
     from tuneforge.data.tokenize import IGNORE_INDEX
-    from tuneforge.train.estimate import memory_need
     from tuneforge.train.lm import load_sft
-    from tuneforge.train.loop import micro_batch_tokens, setup_model
-    from tuneforge.train.tasks import largest_micro_batch
+    from tuneforge.train.memory import memory_need
+    from tuneforge.train.setup import micro_batch_tokens, setup_model
+    from tuneforge.train.tasks import TaskContext, largest_micro_batch
 
     settings = [f"output_dir={tmp_path}", "train.precision=fp32", "train.batch_size=4"]
     cfg = load_config(ROOT / "configs" / "contracts.yaml", settings)
@@ -162,11 +162,11 @@ def test_the_memory_estimate_is_near_the_measured_probe(tmp_path: Path) -> None:
     report = json.loads((cfg.run_dir / "data" / "data_report.json").read_text(encoding="utf-8"))
     measured = report["estimate"]["peak_memory_bytes"]
     tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
-    examples = load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer, cfg)
+    examples = load_sft(cfg.run_dir / "data" / "train.jsonl", tokenizer, TaskContext.of(cfg))
     model, _ = setup_model(cfg, "cpu", "fp32", lambda *a: None, [len(e.input_ids) for e in examples], 0.5)
     longest = sorted(examples, key=lambda e: len(e.input_ids))[-4:]
     # the probe's peak is the micro-batch of the longest examples under the CPU's token limit
-    part = largest_micro_batch([len(e.input_ids) for e in longest], 4, micro_batch_tokens(cfg, "cpu"))
+    part = largest_micro_batch([len(e.input_ids) for e in longest], 4, micro_batch_tokens(cfg.train, "cpu"))
     loss_tokens = sum(sum(1 for t in longest[i].labels if t != IGNORE_INDEX) for i in part)
     width = max(len(longest[i].input_ids) for i in part)
     need = memory_need(model, len(part), width, loss_tokens, "fp32")["total"]

@@ -1,9 +1,12 @@
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tuneforge import models
 from tuneforge.errors import ModelError
@@ -48,3 +51,19 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.delenv("TUNEFORGE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert models.cache_dir() == tmp_path / "xdg" / "tuneforge"
+
+
+def test_an_adapter_is_loaded_only_from_safetensors(trained_run: Path, tmp_path: Path) -> None:
+    """A pickled adapter (adapter_model.bin) can run code when loaded: refused, with what to do; the safetensors one
+    of the same run loads."""
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(trained_run / "model", pickled)
+    weights = load_file(pickled / "adapter_model.safetensors")
+    (pickled / "adapter_model.safetensors").unlink()
+    torch.save(weights, pickled / "adapter_model.bin")
+    base = models.load_model(str(json.loads((trained_run / "model" / "tuneforge.json").read_text())["base_model"]))
+    with pytest.raises(ModelError, match=r"holds no adapter_model.safetensors \(only adapter_model.bin\)"):
+        models.load_adapter(base, pickled, "pickled")
+    assert hasattr(models.load_adapter(base, trained_run / "model", "toy"), "peft_config")

@@ -91,9 +91,11 @@ def prepare(
 ) -> None:
     """Read, validate, clean, anonymise and split the data into runs/<name>/data (report: data_report.json)."""
     from tuneforge.data import prepare as prepare_data
+    from tuneforge.train.estimate import estimate_training
 
     with user_errors():
-        result = prepare_data(resolve_target(target, overrides), check=check, strict=strict)
+        cfg = resolve_target(target, overrides)
+        result = prepare_data(cfg, check=check, strict=strict, estimate=estimate_training)
         out.print(result.text(strict), markup=False, highlight=False)
         if check:
             verdict = "passed" if result.ok else "failed" + (" (--strict)" if strict else "")
@@ -247,8 +249,8 @@ def _read_line(prompt: str) -> str:
 
 
 def _print_eval(report: object) -> None:
-    from tuneforge.evaluation.evaluate import EvalReport, summary_columns, summary_rows
     from tuneforge.evaluation.forgetting import forgetting_summary
+    from tuneforge.evaluation.scores import EvalReport, summary_columns, summary_rows
 
     assert isinstance(report, EvalReport)
     table = Table(

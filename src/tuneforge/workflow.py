@@ -1,4 +1,4 @@
-"""The whole pipeline from one config: prepare -> train -> evaluate."""
+"""The whole run from one config: prepare -> train -> evaluate, each stage writing into the run directory."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from tuneforge.config import RunConfig
 from tuneforge.data import PrepareResult, prepare
 from tuneforge.evaluation import EvalReport, evaluate
 from tuneforge.train import TrainResult, train
+from tuneforge.train.estimate import estimate_training
 
 
 @dataclass
@@ -22,7 +23,7 @@ class RunResult:
 
 def run(cfg: RunConfig, log: Any = print) -> RunResult:
     """Run every stage of `cfg` in order, each writing into cfg.run_dir."""
-    prepared = prepare(cfg)
+    prepared = prepare(cfg, estimate=estimate_training)
     log(prepared.text())
     log(f"splits -> {prepared.data_dir}")
     trained = train(cfg, log=log)

@@ -15,6 +15,7 @@ from tuneforge.data.dedup import Signatures, bands_for, exact_duplicates, leaks,
 from tuneforge.data.split import TEST, TRAIN, VAL, assign, order_key, size_of
 from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
+from tuneforge.train.estimate import estimate_training
 
 from helpers import chat, toy_rows, write_jsonl
 
@@ -201,16 +202,58 @@ def test_strict_turns_warnings_into_errors(tiny_config, tmp_path: Path) -> None:
 
 def test_training_estimate_comes_from_a_measured_probe(tiny_config) -> None:
     cfg = tiny_config("train.epochs=2", "train.batch_size=4")
-    result = prepare(cfg)
+    result = prepare(cfg, estimate=estimate_training)
     e = result.report["estimate"]
     n_train = result.counts["train"]
-    assert e["steps"] == 2 * -(-n_train // 4) and e["epochs"] == 2 and e["method"] == "lora"
+    assert e["steps"] == 2 * -(-n_train // 4) and e["epochs"] == 2 and e["method"] == "lora" and e["task"] == "sft"
     assert e["tokens_per_s"] > 0 and e["probe_tokens"] > 0 and e["peak_memory_bytes"] > e["weights_bytes"] > 0
     # the time is the measured speed scaled to this split's tokens and epochs, not a constant
     assert e["train_seconds"] == pytest.approx(result.tokens["train"] * 2 / e["tokens_per_s"], rel=0.02, abs=0.2)
     assert e["optimizer_bytes"] > 0 and e["longest_tokens"] == result.report["token_stats"]["train"]["max"]
     assert "training estimate (lora, cpu, fp32" in result.text() and "tokens/s; peak memory ~" in result.text()
-    assert prepare(tiny_config("data.estimate=false")).report["estimate"] is None
+    assert prepare(tiny_config("data.estimate=false"), estimate=estimate_training).report["estimate"] is None
+    assert prepare(cfg).report["estimate"] is None  # no estimator given (the data stage cannot make one)
+
+
+def test_the_estimate_covers_classify_pretrain_and_dpo(tiny_config, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    texts = write_jsonl(
+        tmp_path / "docs.jsonl",
+        [{"text": f"Vertrag {i}: " + " ".join(f"Frist{i * k % 89}" for k in range(5 + i))} for i in range(40)],
+    )
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"Item {i}?"}],
+            "chosen": [{"role": "assistant", "content": "red"}],
+            "rejected": [{"role": "assistant", "content": f"no idea {i}"}],
+        }
+        for i in range(30)
+    ]
+    runs = {
+        "classify": [
+            f"data.path={write_jsonl(tmp_path / 'r.jsonl', reviews(30, 30))}",
+            "train.task=classify",
+            f"model.name={tiny_bert_dir}",
+            "data.labels=[pos,neg]",
+            "train.class_weights=balanced",
+        ],
+        "pretrain": [f"data.path={texts}", "train.task=pretrain", "train.block_size=32"],
+        "dpo": [f"data.path={write_jsonl(tmp_path / 'p.jsonl', pairs)}", "train.task=dpo"],
+    }
+    for task, settings in runs.items():
+        cfg = tiny_config(*settings, "train.batch_size=4", "train.epochs=1")
+        result = prepare(cfg, estimate=estimate_training)
+        e = result.report["estimate"]
+        assert "unavailable" not in e and e["task"] == task, e
+        assert e["tokens_per_s"] > 0 and e["probe_tokens"] > 0 and e["peak_memory_bytes"] > e["weights_bytes"] > 0
+        if task == "pretrain":  # an epoch is the blocks of the concatenated texts (each text closed by an EOS)
+            blocks = -(-(result.tokens["train"] + result.counts["train"]) // 32)
+            assert e["steps"] == -(-blocks // 4)
+        else:
+            assert e["steps"] == -(-result.counts["train"] // 4)
+        if task == "dpo":  # the reference pass over both splits is timed too
+            assert e["eval_seconds"] > 0
+    checked = prepare(tiny_config(*runs["classify"]), check=True, estimate=estimate_training)  # no splits written
+    assert "unavailable" not in checked.report["estimate"]
 
 
 def test_probe_batches_take_the_longest_and_length_neighbours() -> None:
@@ -225,22 +268,19 @@ def test_probe_batches_take_the_longest_and_length_neighbours() -> None:
         assert len(ids) == 3 and sorted(ranks[ids].tolist()) == list(range(min(ranks[ids]), min(ranks[ids]) + 3))
 
 
-def test_no_estimate_for_data_the_probe_does_not_measure(tiny_config, tmp_path: Path) -> None:
+def test_no_estimate_for_data_the_task_does_not_read(tiny_config, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "r.jsonl", reviews(30, 30))
-    result = prepare(tiny_config(f"data.path={path}"))
-    assert "here: classification data, train.task=sft" in result.report["estimate"]["unavailable"]
+    result = prepare(tiny_config(f"data.path={path}"), estimate=estimate_training)
+    assert "train.task=sft trains on chat records, these are classification" in result.report["estimate"]["unavailable"]
     assert "training estimate: unavailable" in result.text()
 
 
-def test_a_failing_probe_leaves_the_data_prepared_and_says_why(tiny_config, monkeypatch) -> None:
-    from tuneforge.train import estimate
-
+def test_a_failing_probe_leaves_the_data_prepared_and_says_why(tiny_config) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")
 
-    monkeypatch.setattr(estimate, "estimate_training", broken)
     cfg = tiny_config()
-    result = prepare(cfg)
+    result = prepare(cfg, estimate=broken)
     assert result.report["estimate"] == {
         "unavailable": "the training probe failed: DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB"
     }
@@ -266,5 +306,5 @@ def test_leakage_between_training_and_validation_is_reported_too(tiny_config, tm
 
 def test_the_probe_does_not_depend_on_the_learning_rate(tiny_config) -> None:
     # the probe's steps use learning rate 0: a setting that would diverge in training cannot break prepare
-    result = prepare(tiny_config("train.learning_rate=1e12", "train.warmup_ratio=0"))
+    result = prepare(tiny_config("train.learning_rate=1e12", "train.warmup_ratio=0"), estimate=estimate_training)
     assert result.report["estimate"]["tokens_per_s"] > 0

@@ -11,9 +11,9 @@ import pytest
 
 from tuneforge.data import preparation, prepare
 
-from helpers import chat, toy_rows, write_jsonl
+from helpers import ROOT, chat, toy_rows, write_jsonl
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "tuneforge" / "data"
+SRC = ROOT / "src" / "tuneforge" / "data"
 ASK = {"role": "user", "content": "Wann wird meine Bestellung 4711 geliefert?"}
 ANSWER = {"role": "assistant", "content": "Ihre Bestellung kommt voraussichtlich am Freitag."}
 

@@ -6,9 +6,11 @@ import pytest
 
 from tuneforge.errors import ModelError, RunError
 from tuneforge.evaluation import evaluate
-from tuneforge.evaluation.evaluate import summary_rows
-from tuneforge.evaluation.metrics import json_extraction, parse_json_object, perplexity, same_value
+from tuneforge.evaluation.scores import summary_rows
+from tuneforge.metrics import json_extraction, parse_json_object, perplexity, same_value
 from tuneforge.rundir import load_run, read_jsonl
+
+from helpers import chat, write_jsonl
 
 
 def test_json_extraction_scores_validity_fields_and_exact_match() -> None:
@@ -121,9 +123,8 @@ def _base_dir(run: Path) -> Path:
 def test_answers_are_reused_until_something_that_decides_them_changes(
     trained_run: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import importlib
+    from tuneforge.evaluation import generations as module
 
-    module = importlib.import_module("tuneforge.evaluation.evaluate")  # the package's `evaluate` is the function
     run = tmp_path / "toy"
     shutil.copytree(trained_run, run)
     first = evaluate(load_run(run, ["evaluate.limit=4"]), log=lambda *a: None)
@@ -167,15 +168,37 @@ def test_other_runs_answer_the_same_split_beside_base_and_tuned(trained_run: Pat
 
 
 def test_per_example_losses_pool_to_the_batched_loss(trained_run: Path) -> None:
-    from tuneforge.evaluation.evaluate import example_losses
+    from tuneforge.evaluation.language import example_losses
     from tuneforge.models import load_model, load_tokenizer
-    from tuneforge.train.tasks import TASKS, group_losses
+    from tuneforge.train.tasks import TASKS, TaskContext, group_losses
 
     cfg = load_run(trained_run)
     tokenizer, model = load_tokenizer(cfg.model.name), load_model(cfg.model.name)
-    examples = TASKS["sft"].load(trained_run / "data" / "val.jsonl", tokenizer, cfg)
+    examples = TASKS["sft"].load(trained_run / "data" / "val.jsonl", tokenizer, TaskContext.of(cfg))
     pad = int(tokenizer.pad_token_id)
     rows = example_losses(model, TASKS["sft"], examples, 3, pad, "cpu")
     assert rows.shape == (len(examples), 2) and (rows[:, 1] > 0).all() and (rows[:, 0] > 0).all()
     pooled = rows[:, 0].sum() / rows[:, 1].sum()  # batches of 3 here, of 4 there: padding changes nothing
-    assert pooled == pytest.approx(group_losses(model, TASKS["sft"], examples, cfg, 4, pad, "cpu")[""], rel=1e-5)
+    assert pooled == pytest.approx(group_losses(model, TASKS["sft"], examples, cfg.train, 4, pad, "cpu")[""], rel=1e-5)
+
+
+def test_personal_data_left_in_the_splits_is_masked_in_predictions_and_report(tiny_config, tmp_path: Path) -> None:
+    from tuneforge.data import prepare
+    from tuneforge.train import train
+
+    emails = [f"kunde{i}@beispiel.de" for i in range(40)]
+    rows = [chat(f"Item {i}: reply to {mail} with the colour", f"Mail {mail}: red") for i, mail in enumerate(emails)]
+    data = write_jsonl(tmp_path / "pii.jsonl", rows)
+    settings = [f"data.path={data}", "train.max_steps=2", "evaluate.limit=4", "evaluate.forgetting=false"]
+    cfg = tiny_config(*settings, "evaluate.compare_base=false", "evaluate.bootstrap=0")
+    assert cfg.privacy.mode == "report"  # the default: personal data is counted, and stays in the splits
+    prepare(cfg)
+    assert any(mail in (cfg.run_dir / "data" / "test.jsonl").read_text() for mail in emails)
+    train(cfg, log=lambda *a: None)
+    evaluate(cfg, log=lambda *a: None)
+    written = (cfg.run_dir / "predictions.jsonl").read_text() + (cfg.run_dir / "report.html").read_text()
+    assert "[EMAIL]" in written and not any(mail in written for mail in emails)
+    shown = load_run(cfg.run_dir, ["evaluate.show_personal_data=true"])
+    evaluate(shown, log=lambda *a: None)
+    written = (cfg.run_dir / "predictions.jsonl").read_text() + (cfg.run_dir / "report.html").read_text()
+    assert any(mail in written for mail in emails)

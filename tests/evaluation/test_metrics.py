@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tuneforge.errors import ConfigError
-from tuneforge.evaluation.metrics import METRICS, confusion, ece, normalize, per_class, resolve
 from tuneforge.evaluation.stats import compare, interval, resample_indices, resampled_scores
+from tuneforge.metrics import METRICS, confusion, ece, normalize, per_class, resolve
 
 # article-free English answers (SQuAD's script strips "a", "an", "the"; tuneforge does not, for any language)
 PREDICTIONS = [
@@ -140,7 +140,7 @@ def test_corpus_metrics_are_recomputed_per_resample() -> None:
     """A mean metric resampled through its per-example scores equals recomputing it on each resample."""
     indices = resample_indices(len(PREDICTIONS), 50, seed=3)
     fast = resampled_scores(METRICS["token_f1"], PREDICTIONS, REFERENCES, indices)
-    from tuneforge.evaluation.metrics import Metric
+    from tuneforge.metrics import Metric
 
     slow = resampled_scores(Metric("text", METRICS["token_f1"].score), PREDICTIONS, REFERENCES, indices)
     assert fast == pytest.approx(slow)
@@ -200,7 +200,7 @@ def test_unknown_metrics_fail_when_the_config_loads(tiny_config) -> None:
 
 
 def test_a_metric_that_does_not_fit_the_task_is_refused_before_models_load(tiny_config) -> None:
-    from tuneforge.evaluation.evaluate import chosen_metrics
+    from tuneforge.evaluation.scores import chosen_metrics
 
     with pytest.raises(ConfigError, match=r"\['bleu'\] cannot score train.task=classify") as caught:
         chosen_metrics(tiny_config("train.task=classify", "evaluate.metrics=[accuracy,bleu]"))
@@ -214,7 +214,7 @@ def test_a_metric_that_does_not_fit_the_task_is_refused_before_models_load(tiny_
 
 
 def test_a_splits_loss_pools_its_examples_by_tokens() -> None:
-    from tuneforge.evaluation.metrics import LOSS_METRICS, lower_is_better
+    from tuneforge.metrics import LOSS_METRICS, lower_is_better
 
     # (summed loss, tokens) rows: 6 over 4 tokens is 1.5, not the mean of the examples' own 3.0 and 1.0
     assert LOSS_METRICS["loss"].score([[3.0, 1.0], [3.0, 3.0]], [None, None]) == 1.5

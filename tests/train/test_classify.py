@@ -17,6 +17,7 @@ from tuneforge.models import load_model, load_tokenizer
 from tuneforge.rundir import read_jsonl
 from tuneforge.train import train
 from tuneforge.train.classify import CLASSIFY, class_weights, collate, loss_sum
+from tuneforge.train.tasks import TaskContext
 
 from helpers import review_rows, write_jsonl
 
@@ -111,7 +112,7 @@ def test_a_saved_classifier_reloads_and_merges_to_the_same_logits(
     prepare(cfg)
     train(cfg, **QUIET)
     tokenizer = load_tokenizer(str(tiny_bert_dir))
-    examples = CLASSIFY.load(cfg.run_dir / "data" / "test.jsonl", tokenizer, cfg)
+    examples = CLASSIFY.load(cfg.run_dir / "data" / "test.jsonl", tokenizer, TaskContext.of(cfg))
     batch = collate(examples, int(tokenizer.pad_token_id))
     first, second = (_models(cfg, cfg.run_dir / "model")[0]["tuned"] for _ in range(2))
     with torch.no_grad():
@@ -133,7 +134,7 @@ def test_class_weights_weigh_the_loss_as_torch_does(tiny_config, tiny_bert_dir: 
     assert weights[0] > 2 * weights[1]
     tokenizer = load_tokenizer(str(tiny_bert_dir))
     model = load_model(str(tiny_bert_dir), labels=["neg", "pos"]).eval()
-    batch = collate(CLASSIFY.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, cfg)[:16], 0)
+    batch = collate(CLASSIFY.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, TaskContext.of(cfg))[:16], 0)
     with torch.no_grad():
         ours = loss_sum(model, batch) / batch.n_loss
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

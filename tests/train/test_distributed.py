@@ -43,7 +43,7 @@ def _torchrun(run_dir, *args: str) -> subprocess.CompletedProcess:
     return _run(command)
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess:
+def _run(command: list[str], succeeds: bool = True) -> subprocess.CompletedProcess:
     """Run a launcher; on a timeout kill its whole process group (a hung worker must not outlive the test)."""
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -54,7 +54,7 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
             pytest.fail(f"{command[2:6]} timed out after 300 s:\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
+    assert (proc.returncode == 0) == succeeds, stderr[-3000:]
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
@@ -131,6 +131,26 @@ def test_accelerate_launch_with_a_deepspeed_config_trains_with_its_stage(tiny_co
     done = _run(command)
     assert "data parallel: 2 processes, 4 examples per process per micro-batch, DeepSpeed ZeRO stage 3" in done.stdout
     assert (cfg.run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_deepspeed_offload_is_refused_before_training(tiny_config, tmp_path) -> None:
+    """tuneforge steps its own AdamW: a DeepSpeed config that offloads the optimizer to the CPU would replace it, so
+    the launch stops at once with what to change, and nothing is trained."""
+    import yaml
+
+    launch = yaml.safe_load((ROOT / "configs" / "accelerate" / "deepspeed-zero2-gpus.yaml").read_text())
+    launch.update(gpu_ids=None, main_process_port=_free_port())
+    launch["deepspeed_config"]["offload_optimizer_device"] = "cpu"
+    config_file = tmp_path / "offload.yaml"
+    config_file.write_text(yaml.safe_dump(launch))
+    cfg = tiny_config(*COMMON, "name=offload")
+    prepare(cfg)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    done = _run([*command, "-m", "tuneforge", "train", str(cfg.run_dir)], succeeds=False)
+    assert "error: DeepSpeed's offload_optimizer is not supported by tuneforge's training loop" in done.stderr
+    assert "remove zero_optimization.offload_optimizer from the DeepSpeed config" in done.stderr
+    assert "Traceback" not in done.stderr.split("error: DeepSpeed's")[0][-2000:]
+    assert not (cfg.run_dir / "model").exists() and not (cfg.run_dir / "metrics.jsonl").exists()
 
 
 def test_sharding_that_contradicts_the_launch_is_refused(monkeypatch) -> None:

@@ -16,6 +16,7 @@ from tuneforge.models import load_model, load_tokenizer
 from tuneforge.rundir import REFERENCE_LOGPS
 from tuneforge.train import train
 from tuneforge.train.dpo import DPO, Pair, attach_reference, collate, loss_sum
+from tuneforge.train.tasks import TaskContext
 
 from helpers import write_jsonl
 
@@ -62,12 +63,12 @@ def test_the_dpo_loss_is_the_papers_formula(tiny_config, tiny_model_dir: Path, p
     cfg = dpo_config(tiny_config, pairs_file, "train.dpo_beta=0.5")
     prepare(cfg)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    pairs = DPO.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, cfg)[:4]
+    pairs = DPO.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, TaskContext.of(cfg))[:4]
     for k, pair in enumerate(pairs):
         pair.reference = (-3.0 - k, -2.5 + k)
     model = load_model(str(tiny_model_dir)).eval()
     with torch.no_grad():
-        ours = loss_sum(model, collate(pairs, int(tokenizer.pad_token_id)), cfg)
+        ours = loss_sum(model, collate(pairs, int(tokenizer.pad_token_id)), cfg.train)
         expected = 0.0
         for pair in pairs:  # log p(answer | prompt) from the full logits, one sequence at a time
             logp = []
@@ -122,17 +123,19 @@ def test_a_resumed_run_reads_the_reference_back(tiny_config, tiny_model_dir: Pat
     train(cfg, **QUIET)
     saved = json.loads((cfg.run_dir / REFERENCE_LOGPS).read_text())
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    splits = {s: DPO.load(cfg.run_dir / "data" / f"{s}.jsonl", tokenizer, cfg) for s in ("train", "val")}
+    splits = {
+        s: DPO.load(cfg.run_dir / "data" / f"{s}.jsonl", tokenizer, TaskContext.of(cfg)) for s in ("train", "val")
+    }
 
     def untouchable(*args, **kwargs):
         raise AssertionError("a resumed run must not recompute the reference with the trained model")
 
-    attach_reference(untouchable, splits, cfg, "cpu", 0, False, QUIET["log"])
+    attach_reference(untouchable, splits, TaskContext.of(cfg), "cpu", 0, False, QUIET["log"])
     assert [list(p.reference) for p in splits["train"]] == saved["splits"]["train"]
 
     other = {"train": [Pair(p.rejected, p.chosen) for p in splits["train"]], "val": splits["val"]}
     with pytest.raises(TuneforgeError, match="belongs to other data") as err:
-        attach_reference(untouchable, other, cfg, "cpu", 0, False, QUIET["log"])
+        attach_reference(untouchable, other, TaskContext.of(cfg), "cpu", 0, False, QUIET["log"])
     assert "without --resume" in err.value.hint
 
 

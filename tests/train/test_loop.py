@@ -10,8 +10,8 @@ from tuneforge.errors import ConfigError
 from tuneforge.models import load_adapter, load_model, load_tokenizer
 from tuneforge.train import train
 from tuneforge.train.lm import SFT, load_sft
-from tuneforge.train.loop import lr_multiplier
-from tuneforge.train.tasks import mean_loss
+from tuneforge.train.setup import lr_multiplier
+from tuneforge.train.tasks import TaskContext, mean_loss
 
 QUIET = {"log": lambda *a: None}
 
@@ -54,8 +54,8 @@ def test_early_stopping_keeps_the_best_model(tiny_config, tiny_model_dir: Path) 
     assert result.val_loss == best and any("keeping the best model: step 2" in line for line in lines)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     saved = load_adapter(load_model(str(tiny_model_dir)), cfg.run_dir / "model", "t").eval()
-    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, cfg)
-    assert mean_loss(saved, SFT, val, cfg, 8, int(tokenizer.pad_token_id)) == pytest.approx(best, abs=1e-4)
+    val = load_sft(cfg.run_dir / "data" / "val.jsonl", tokenizer, TaskContext.of(cfg))
+    assert mean_loss(saved, SFT, val, cfg.train, 8, int(tokenizer.pad_token_id)) == pytest.approx(best, abs=1e-4)
 
 
 def test_early_stopping_needs_a_validation_split(tiny_config) -> None:
@@ -65,14 +65,36 @@ def test_early_stopping_needs_a_validation_split(tiny_config) -> None:
         train(cfg, **QUIET)
 
 
-def test_gradient_checkpointing_trains_the_same(tiny_config) -> None:
-    losses = []
+def test_gradient_checkpointing_trains_the_same(tiny_config, monkeypatch) -> None:
+    """The same losses, and checkpointing really on: each decoder layer runs its forward a second time in the
+    backward pass (the recomputation), once per training micro-batch."""
+    from tuneforge.models import decoder_layers
+    from tuneforge.train import loop
+
+    real, calls = loop.setup_model, []
+
+    def counting(*args, **kwargs):
+        model, hp = real(*args, **kwargs)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # a pre-hook inside the layer: transformers checkpoints the layer's forward (its own hooks run once), and
+        # the recomputation stops as soon as it has what the backward needs
+        attention = decoder_layers(inner)[0].self_attn
+        attention.register_forward_pre_hook(lambda *_: calls.append(inner.is_gradient_checkpointing))
+        return model, hp
+
+    monkeypatch.setattr(loop, "setup_model", counting)
+    losses, forwards = [], []
     for on in (False, True):
-        cfg = tiny_config("train.max_steps=4", f"train.gradient_checkpointing={str(on).lower()}", f"name=gc{on}")
+        calls.clear()
+        settings = ["train.max_steps=4", "data.val_size=0", "train.micro_batch_tokens=null"]
+        cfg = tiny_config(*settings, f"train.gradient_checkpointing={str(on).lower()}", f"name=gc{on}")
         prepare(cfg)
         train(cfg, **QUIET)
         losses.append([r["loss"] for r in metrics(cfg)])
+        forwards.append(len(calls))
+        assert set(calls) == {on}
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert forwards == [4, 8]  # 4 steps of one micro-batch; with checkpointing each is recomputed once
 
 
 def test_deterministic_mode_reruns_bit_identically(tiny_config) -> None:

@@ -17,7 +17,7 @@ from tuneforge.evaluation.evaluate import _models
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import train
 from tuneforge.train.methods import METHODS
-from tuneforge.train.tasks import TASKS, mean_loss
+from tuneforge.train.tasks import TASKS, TaskContext, mean_loss
 
 from helpers import review_rows, toy_rows, write_jsonl
 
@@ -65,11 +65,11 @@ def _validation_loss(cfg, model: torch.nn.Module, tokenizer) -> float:
     """The run's task loss of `model` on the validation split (dpo: against the saved reference)."""
     task = TASKS[cfg.train.task]
     data = cfg.run_dir / "data"
-    val = task.load(data / "val.jsonl", tokenizer, cfg)
+    val = task.load(data / "val.jsonl", tokenizer, TaskContext.of(cfg))
     if task.setup is not None:
-        splits = {"train": task.load(data / "train.jsonl", tokenizer, cfg), "val": val}
-        task.setup(model, splits, cfg, "cpu", int(tokenizer.pad_token_id), False, lambda *a: None)
-    return mean_loss(model, task, val, cfg, 8, int(tokenizer.pad_token_id))
+        splits = {"train": task.load(data / "train.jsonl", tokenizer, TaskContext.of(cfg)), "val": val}
+        task.setup(model, splits, TaskContext.of(cfg), "cpu", int(tokenizer.pad_token_id), False, lambda *a: None)
+    return mean_loss(model, task, val, cfg.train, 8, int(tokenizer.pad_token_id))
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
@@ -144,12 +144,12 @@ def test_freeze_settings_are_checked(settings: list[str], message: str, tiny_con
 
 def test_training_that_cannot_fit_is_refused_before_the_first_step(tiny_config, monkeypatch) -> None:
     from tuneforge.errors import TrainingError
-    from tuneforge.train import estimate
+    from tuneforge.train import setup
 
     cfg = tiny_config("data.estimate=false")
     prepare(cfg)
     lines: list[str] = []
-    monkeypatch.setattr(estimate, "available_memory", lambda device: 200 * 2**20)
+    monkeypatch.setattr(setup, "available_memory", lambda device: 200 * 2**20)
     with pytest.raises(TrainingError, match=r"needs ~0\.\d GiB at its peak but only 0\.2 GiB") as err:
         train(cfg, log=lines.append)
     assert "train.batch_size" in err.value.hint and not (cfg.run_dir / "metrics.jsonl").exists()

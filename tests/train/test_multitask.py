@@ -14,6 +14,7 @@ from tuneforge.models import load_tokenizer
 from tuneforge.rundir import read_jsonl
 from tuneforge.train import train
 from tuneforge.train.multitask import MULTITASK, mix, shares
+from tuneforge.train.tasks import TaskContext
 
 from helpers import chat, review_rows, toy_rows, write_jsonl
 
@@ -73,14 +74,14 @@ def test_multitask_prepares_trains_and_scores_per_task(tiny_config, task_files: 
     assert "tasks" in result.text()
 
     tokenizer = load_tokenizer(cfg.model.name)
-    examples = MULTITASK.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, cfg)
-    mixed = Counter(e.task for e in mix(examples, cfg))
+    examples = MULTITASK.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, TaskContext.of(cfg))
+    mixed = Counter(e.task for e in mix(examples, TaskContext.of(cfg)))
     natural = Counter(e.task for e in examples)
     assert sum(mixed.values()) == len(examples)
     expected = 3 * natural["greet"] / (3 * natural["greet"] + natural["colour"])
     assert mixed["greet"] / len(examples) == pytest.approx(expected, abs=0.02)  # weight 3 triples its share
     hot = cfg.model_copy(update={"train": cfg.train.model_copy(update={"mixture_temperature": 1000.0})})
-    evened = Counter(e.task for e in mix(examples, hot))
+    evened = Counter(e.task for e in mix(examples, TaskContext.of(hot)))
     assert evened["greet"] / len(examples) == pytest.approx(0.75, abs=0.02)  # sizes evened out, weight 3 of 4 left
 
     train(cfg, **QUIET)

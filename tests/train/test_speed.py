@@ -112,13 +112,27 @@ def test_every_process_gets_as_many_micro_batches(tiny_model_dir: Path) -> None:
     assert [b.filler for b in ranks[0]] == [False, False] and [b.filler for b in ranks[1]] == [False, True]
 
 
-def test_token_limited_micro_batches_train_the_same(tiny_config) -> None:
-    runs = []
+def test_token_limited_micro_batches_train_the_same(tiny_config, monkeypatch) -> None:
+    from tuneforge.train import loop
+
+    real, parts = loop.optimizer_step, []
+
+    def counted(model, group, *args, **kwargs):
+        parts.append([b.input_ids.shape for b in group])
+        return real(model, group, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "optimizer_step", counted)
+    runs, split = [], []
     for limit in ("null", "40"):
+        parts.clear()
         cfg = tiny_config("train.max_steps=3", f"train.micro_batch_tokens={limit}", f"name=mb{limit}")
         prepare(cfg)
         train(cfg, **QUIET)
         runs.append(losses(cfg))
+        split.append([len(step) for step in parts])
+        if limit == "40":  # each part within the limit (rows x longest), but for a lone longer example
+            assert all(rows * width <= 40 or rows == 1 for step in parts for rows, width in step)
+    assert split[0] == [1, 1, 1] and all(n > 1 for n in split[1]), split  # the 8-example batches really split
     assert runs[1] == pytest.approx(runs[0], rel=1e-4)
 
 

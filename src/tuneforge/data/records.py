@@ -31,6 +31,17 @@ TEXT_FIELDS: dict[Kind, tuple[str, ...]] = {
 }
 
 
+def chat_prompts(rows: list[dict[str, Any]]) -> tuple[list[Messages], list[str]]:
+    """Each chat row's conversation up to (not including) its last assistant answer, and that answer."""
+    prompts, references = [], []
+    for row in rows:
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompts.append(messages[:last])
+        references.append(messages[last]["content"])
+    return prompts, references
+
+
 @dataclass(frozen=True)
 class Source:
     """File and 1-based line (or table row) a record was read from; line 0 means the file as a whole."""

@@ -186,27 +186,23 @@ def _check_message(msg: Any, source: Source, where: str) -> list[Issue]:
         )
     if role == "assistant" and msg.get("tool_calls") and msg.get("content") is None:
         return issues  # a tool call instead of text is a complete assistant turn
-    content = msg.get("content")
+    return issues + _check_content(msg.get("content"), source, f"{where}.content")
+
+
+def _check_content(content: Any, source: Source, where: str) -> list[Issue]:
+    """A message's content must be a non-empty string."""
     if content is None:
-        issues.append(error("missing_content", source, f"{where}.content", "no 'content'", "add the message text"))
-    elif not isinstance(content, str):
-        issues.append(
+        return [error("missing_content", source, where, "no 'content'", "add the message text")]
+    if not isinstance(content, str):
+        return [
             error(
                 "content_not_string",
                 source,
-                f"{where}.content",
+                where,
                 f"content must be a string, got {type(content).__name__}",
                 "write the text as a string",
             )
-        )
-    elif not content.strip():
-        issues.append(
-            error(
-                "empty_content",
-                source,
-                f"{where}.content",
-                "content is empty",
-                "write the message text or drop the message",
-            )
-        )
-    return issues
+        ]
+    if not content.strip():
+        return [error("empty_content", source, where, "content is empty", "write the message text or drop the message")]
+    return []

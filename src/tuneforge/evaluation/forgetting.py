@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from tuneforge.config import RunConfig
-from tuneforge.evaluation.metrics import normalize
 from tuneforge.generation import SamplingParams, use_adapter
+from tuneforge.metrics import normalize
 
 PROBE = Path(__file__).parent / "probes" / "general.json"
 ANSWER_TOKENS = 24

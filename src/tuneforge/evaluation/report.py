@@ -18,9 +18,11 @@ import numpy as np
 import yaml
 
 from tuneforge import __version__
+from tuneforge.config import PrivacyConfig
 from tuneforge.errors import RunError
 from tuneforge.evaluation.charts import COLOURS, curve, score_bars
-from tuneforge.evaluation.metrics import is_loss, lower_is_better
+from tuneforge.evaluation.predictions import redactor
+from tuneforge.metrics import is_loss, lower_is_better
 from tuneforge.rundir import (
     CONFIG_FILE,
     DATA_REPORT,
@@ -28,13 +30,13 @@ from tuneforge.rundir import (
     METRICS,
     PREDICTIONS,
     REPORT,
+    TUNED,
     atomic_write_text,
     read_jsonl,
     require,
     split_path,
 )
 
-TUNED = "tuned"
 EXAMPLES = 6  # test examples shown side by side
 SHOWN_CHARS = 1500  # longer texts are cut on the page (predictions.jsonl keeps them whole)
 KEY_SETTINGS = [
@@ -63,9 +65,7 @@ def write_report(run_dir: Path) -> Path:
         "intervals": {},
         "details": {},
     }
-    evaluation = (
-        optional | {"forgetting": None, "seconds": None} | _read_json(require(run_dir, EVAL, "evaluate"))
-    )
+    evaluation = optional | {"forgetting": None, "seconds": None} | _read_json(require(run_dir, EVAL, "evaluate"))
     config_path = require(run_dir, CONFIG_FILE, "prepare")
     config_text = config_path.read_text(encoding="utf-8")
     config = yaml.safe_load(config_text) or {}
@@ -84,7 +84,7 @@ def write_report(run_dir: Path) -> Path:
         "details": detail_rows(evaluation),
         "bars": _bars(evaluation),
         "confusion": confusion_view(evaluation),
-        "examples": examples(run_dir, evaluation),
+        "examples": examples(run_dir, evaluation, _redactor(config)),
         "forgetting": evaluation.get("forgetting"),
         "training": training_view(run_dir),
         "data": _optional_json(run_dir / DATA_REPORT),
@@ -224,7 +224,13 @@ def confusion_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     return {"labels": matrix["labels"], "rows": rows}
 
 
-def examples(run_dir: Path, evaluation: dict[str, Any]) -> dict[str, Any] | None:
+def _redactor(config: dict[str, Any]) -> Any:
+    """How the page shows the test inputs: masked as predictions.jsonl's texts are (see predictions.redactor)."""
+    privacy = PrivacyConfig.model_validate(config.get("privacy") or {})
+    return redactor(privacy, bool((config.get("evaluate") or {}).get("show_personal_data", False)))
+
+
+def examples(run_dir: Path, evaluation: dict[str, Any], redact: Any = str) -> dict[str, Any] | None:
     """A handful of test examples side by side: for generated answers, those where the models answered
     differently (the tuned model's regressions first, then its biggest and smallest gains in turn, so the page
     shows what it learned and what it still gets wrong); for a classifier, its most confident mistakes. None when
@@ -252,7 +258,7 @@ def examples(run_dir: Path, evaluation: dict[str, Any]) -> dict[str, Any] | None
             {
                 "index": i + 1,
                 "source": row.get("source"),
-                "input": _cut(inputs[i]) if i < len(inputs) else "",
+                "input": _cut(redact(inputs[i])) if i < len(inputs) else "",
                 "reference": _cut(row["reference"]),
                 "answers": [(m, _cut(row[m]), scores.get(m, {}).get(metric) if metric else None) for m in models],
                 "gain": gain,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneforge.evaluation.metrics import Metric
+from tuneforge.metrics import Metric
 
 ALPHA = 0.05  # 95% intervals; a difference is significant when p < ALPHA
 

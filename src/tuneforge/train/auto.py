@@ -8,7 +8,7 @@ The rules, each a line of the README:
 - lora_r: 8 below 1,000 training examples, 16 below 10,000, else 32 (more data can use more capacity);
   lora_alpha follows as 2 x r so that the scale alpha/r stays 2.
 - batch_size: the largest power of two up to 16, at most a tenth of the training examples, whose estimated peak
-  memory (train/estimate.memory_need) fits in 80% of the memory available.
+  memory (train/memory.memory_need) fits in 80% of the memory available.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tuneforge.config import RunConfig
+from tuneforge.train.memory import memory_need
+from tuneforge.train.tasks import largest_micro_batch
 
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 
@@ -77,9 +79,6 @@ def resolve_batch(
     `copies` the bytes of bf16 weight copies the run holds (see `memory_need`)."""
     if hp.batch_size:
         return hp, []
-    from tuneforge.train.estimate import memory_need
-    from tuneforge.train.tasks import largest_micro_batch
-
     ordered, size = sorted(lengths), 1
     for candidate in (16, 8, 4, 2):
         if candidate > max(1, len(ordered) // 10):

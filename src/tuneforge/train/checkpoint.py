@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from tuneforge.config import RunConfig
+from tuneforge.data.labels import class_labels
 from tuneforge.errors import TrainingError
 from tuneforge.rundir import CHECKPOINTS, MODEL_DIR, RUN_INFO, atomic_write_json
 from tuneforge.train.methods import METHODS
@@ -198,14 +199,9 @@ def save_model(
             "adapter": METHODS[cfg.train.method].adapter,
             "task": cfg.train.task,
             "run": cfg.name,
-            **({"labels": _labels(cfg)} if cfg.train.task == "classify" else {}),  # the head's classes, in order
+            # the head's classes, in order
+            **({"labels": class_labels(cfg.data, cfg.run_dir)} if cfg.train.task == "classify" else {}),
         },
     )
     _swap_in(tmp, final)
     return final
-
-
-def _labels(cfg: RunConfig) -> list[str]:
-    from tuneforge.train.classify import class_labels  # classify imports this module
-
-    return class_labels(cfg)

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tuneforge.config import RunConfig
+from tuneforge.config import TrainConfig
+from tuneforge.data.labels import class_labels
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.rundir import read_jsonl
-from tuneforge.train.tasks import Batch, Task, register, rows_with
-
-SPLITS = ("train", "val", "test")
+from tuneforge.rundir import read_jsonl, split_path
+from tuneforge.train.tasks import Batch, Task, TaskContext, register, rows_with
 
 
 @dataclass
@@ -35,21 +34,9 @@ class Labelled:
     weight: float
 
 
-def class_labels(cfg: RunConfig) -> list[str]:
-    """The classes in head order: data.labels when given, else every label of the prepared splits, sorted."""
-    if cfg.data.labels:
-        return list(cfg.data.labels)
-    found: set[str] = set()
-    for split in SPLITS:
-        path = cfg.run_dir / "data" / f"{split}.jsonl"
-        if path.is_file():
-            found.update(str(row["label"]) for row in read_jsonl(path) if "label" in row)
-    return sorted(found)
-
-
-def class_weights(cfg: RunConfig, labels: list[str]) -> list[float]:
+def class_weights(context: TaskContext, labels: list[str]) -> list[float]:
     """The loss weight of each class (in `labels` order) from train.class_weights and the training split."""
-    choice = cfg.train.class_weights
+    choice = context.train.class_weights
     if choice == "none":
         return [1.0] * len(labels)
     if isinstance(choice, dict):
@@ -61,14 +48,14 @@ def class_weights(cfg: RunConfig, labels: list[str]) -> list[float]:
         return [float(choice.get(label, 1.0)) for label in labels]
     from sklearn.utils.class_weight import compute_class_weight
 
-    counts = Counter(str(row["label"]) for row in read_jsonl(cfg.run_dir / "data" / "train.jsonl"))
+    counts = Counter(str(row["label"]) for row in read_jsonl(split_path(context.run_dir, "train")))
     present = [label for label in labels if counts[label]]
     y = np.array([label for label, n in counts.items() for _ in range(n)])
     balanced = dict(zip(present, compute_class_weight("balanced", classes=np.array(present), y=y), strict=True))
     return [float(balanced.get(label, 1.0)) for label in labels]
 
 
-def load_classify(path: Path, tokenizer: Any, cfg: RunConfig) -> list[Labelled]:
+def load_classify(path: Path, tokenizer: Any, context: TaskContext) -> list[Labelled]:
     """Encode a prepared split of classification records (text truncated to data.max_seq_len tokens)."""
     rows = rows_with(
         path,
@@ -76,7 +63,7 @@ def load_classify(path: Path, tokenizer: Any, cfg: RunConfig) -> list[Labelled]:
         "classification records",
         "train.task=classify needs records with text and label (data.format=classification)",
     )
-    labels = class_labels(cfg)
+    labels = class_labels(context.data, context.run_dir)
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({str(r["label"]) for r in rows} - set(index))
     if unknown:
@@ -84,9 +71,9 @@ def load_classify(path: Path, tokenizer: Any, cfg: RunConfig) -> list[Labelled]:
             f"{path}: labels {unknown[:5]} are not among data.labels {labels}",
             "add them to data.labels, or remove those records",
         )
-    weights = class_weights(cfg, labels)
+    weights = class_weights(context, labels)
     encoded = tokenizer(
-        [r["text"] for r in rows], add_special_tokens=True, truncation=True, max_length=cfg.data.max_seq_len
+        [r["text"] for r in rows], add_special_tokens=True, truncation=True, max_length=context.data.max_seq_len
     )["input_ids"]
     return [
         Labelled(list(ids), index[str(r["label"])], weights[index[str(r["label"])]])
@@ -112,7 +99,7 @@ def logits(model: Any, batch: Batch) -> torch.Tensor:
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
 
 
-def loss_sum(model: Any, batch: Batch, cfg: RunConfig | None = None) -> torch.Tensor:
+def loss_sum(model: Any, batch: Batch, train: TrainConfig | None = None) -> torch.Tensor:
     """Cross-entropy of each example times its class weight, summed."""
     per_example = F.cross_entropy(logits(model, batch), batch.labels, reduction="none")
     return (per_example * batch.extra["weight"]).sum()
@@ -137,6 +124,7 @@ CLASSIFY = register(
         loss_sum,
         lambda e: e.weight,
         head="classifier",
+        reads="classification",
         generative=False,
     ),
 )

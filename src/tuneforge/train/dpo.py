@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from tuneforge.config import RunConfig
+from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import Encoded, encode_chat
 from tuneforge.errors import TuneforgeError
 from tuneforge.rundir import REFERENCE_LOGPS, atomic_write_json
 from tuneforge.train.lm import collate as collate_rows
 from tuneforge.train.lm import token_logps
-from tuneforge.train.tasks import Batch, Task, register, rows_with
+from tuneforge.train.tasks import Batch, Task, TaskContext, register, rows_with
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Pair:
     reference: tuple[float, float] = (0.0, 0.0)
 
 
-def load_dpo(path: Path, tokenizer: Any, cfg: RunConfig) -> list[Pair]:
+def load_dpo(path: Path, tokenizer: Any, context: TaskContext) -> list[Pair]:
     """Encode a prepared split of preference pairs."""
     rows = rows_with(
         path,
@@ -65,13 +65,13 @@ def collate(pairs: list[Pair], pad_id: int) -> Batch:
     return rows
 
 
-def loss_sum(model: Any, batch: Batch, cfg: RunConfig) -> torch.Tensor:
+def loss_sum(model: Any, batch: Batch, train: TrainConfig) -> torch.Tensor:
     """The DPO loss summed over the pairs of a batch."""
     logps = token_logps(model, batch)
     n = logps.size(0) // 2
     reference = batch.extra["reference"]
     margin = (logps[:n] - reference[:, 0]) - (logps[n:] - reference[:, 1])
-    return -F.logsigmoid(cfg.train.dpo_beta * margin).sum()
+    return -F.logsigmoid(train.dpo_beta * margin).sum()
 
 
 @torch.no_grad()
@@ -89,17 +89,18 @@ def answer_logps(model: Any, pairs: list[Pair], batch_size: int, pad_id: int, de
 
 
 def attach_reference(
-    model: Any, splits: dict[str, list[Pair]], cfg: RunConfig, device: str, pad_id: int, fresh: bool, log: Any
+    model: Any, splits: dict[str, list[Pair]], context: TaskContext, device: str, pad_id: int, fresh: bool, log: Any
 ) -> None:
     """Give every pair its reference log-probabilities: computed with the untrained model on a fresh run (and
     saved), read back from the run on a resumed one."""
-    if cfg.train.dpo_reference == "none":
+    if context.train.dpo_reference == "none":
         return
-    path = cfg.run_dir / REFERENCE_LOGPS
+    path = context.run_dir / REFERENCE_LOGPS
     key = _fingerprint(splits)
     if fresh:
         log(f"dpo: reference log-probabilities of {sum(len(s) for s in splits.values())} pairs (model before training)")
-        batch = max(1, int(cfg.train.batch_size) if cfg.train.batch_size != "auto" else 4)
+        chosen = context.train.batch_size
+        batch = max(1, int(chosen) if chosen != "auto" else 4)
         saved = {name: answer_logps(model, pairs, batch, pad_id, device) for name, pairs in splits.items()}
         atomic_write_json(path, {"fingerprint": key, "splits": saved})
     else:
@@ -138,5 +139,6 @@ DPO = register(
         lambda p: len(p.chosen.input_ids) + len(p.rejected.input_ids),
         generative=False,
         setup=attach_reference,
+        reads="preference",
     ),
 )

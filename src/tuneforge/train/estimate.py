@@ -1,96 +1,78 @@
 """How long training will take and how much memory it needs, from a short measured probe on this machine.
 
 The probe builds the real model with the real method, then runs the real optimizer step of the training loop on
-micro-batches of the prepared training split: first on the longest examples (the memory peak, sampled while it
-runs), then on a few typical ones, length-grouped as training groups them (the speed, in real tokens per
-second). The estimate scales that speed to the split's token count and the configured epochs; one no-gradient
-pass times validation. Nothing of the probe is kept: the model is thrown away.
+micro-batches of the prepared training split, read by the task's own reader (chat for sft and multitask, texts in
+blocks for pretrain, labelled texts for classify, pairs for dpo): first on the longest examples (the memory peak,
+sampled while it runs), then on a few typical ones, length-grouped as training groups them (the speed, in real
+tokens per second). The estimate scales that speed to the split's token count and the configured epochs; one
+no-gradient pass times validation (and DPO's reference pass). Nothing of the probe is kept: the model is thrown away.
+
+`prepare` calls it through the `Estimator` it is given (the data stage does not import the train stage).
 """
 
 from __future__ import annotations
 
 import math
-import threading
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 
 from tuneforge.config import RunConfig
-from tuneforge.data.records import Record
-from tuneforge.data.tokenize import Encoded, encode_chat
+from tuneforge.data.estimation import TrainingData
 from tuneforge.models import load_tokenizer, pick_device
-from tuneforge.train.linear_ce import CHUNK_ELEMENTS
-from tuneforge.train.lm import PLAIN_HEAD, collate, loss_sum
-from tuneforge.train.loop import micro_batch_tokens, optimizer_step, setup_model
+from tuneforge.rundir import write_jsonl
+from tuneforge.train.memory import available_memory, memory_need, peak_memory
 from tuneforge.train.precision import autocast, cpu_bf16, resolve_precision
-from tuneforge.train.tasks import largest_micro_batch, micro_batches
+from tuneforge.train.setup import micro_batch_tokens, setup_model
+from tuneforge.train.steps import optimizer_step
+from tuneforge.train.tasks import TASKS, Task, TaskContext, largest_micro_batch, micro_batches
 
 PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
 
 
-def estimate_training(
-    cfg: RunConfig, lengths: np.ndarray, fetch: Callable[[int], Record], val_lengths: np.ndarray
-) -> dict[str, Any]:
-    """Measured speed and peak memory of training `cfg` on a split whose examples have `lengths` tokens.
+def estimate_training(cfg: RunConfig, data: TrainingData) -> dict[str, Any]:
+    """Measured speed and peak memory of training `cfg` on the prepared training split `data` describes.
 
-    `fetch(k)` returns the k-th training record. Returns the figures the data report shows.
+    Returns the figures the data report shows, or {"unavailable": why} when train.task reads other records.
     """
+    task = TASKS[cfg.train.task]
+    if task.reads != data.kind:
+        return {"unavailable": f"train.task={cfg.train.task} trains on {task.reads} records, these are {data.kind}"}
+    cfg, context = _probe_config(cfg, data.labels)
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
+    lengths = data.lengths
     # the answers' share of the tokens is unknown before encoding; half is typical of chat data
     model, hp = setup_model(cfg, device, precision, lambda _: None, lengths.tolist(), 0.5)
-    pad_id = int(tokenizer.pad_token_id)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # learning rate 0: the same work per step, and a throwaway model that cannot diverge whatever train.* says
-    optimizer = torch.optim.AdamW(params, lr=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    model.train()
-
-    max_tokens = micro_batch_tokens(cfg, device)
-
-    def run(batch_ids: list[int]) -> tuple[float, int]:
-        examples = [_encode(tokenizer, fetch(k)) for k in batch_ids]
-        parts = micro_batches([len(e.input_ids) for e in examples], len(examples), max_tokens)
-        group = [collate([examples[i] for i in part], pad_id) for part in parts]
-        start = time.perf_counter()
-        optimizer_step(model, group, optimizer, scheduler, params, cfg, device, precision)
-        return time.perf_counter() - start, sum(b.n_tokens for b in group)
-
+    probe = _Probe(cfg, task, context, tokenizer, model, device, precision, data)
     longest, typical = probe_batches(lengths, hp.batch_size, cfg.train.seed)
     fast = cpu_bf16(model, device, precision, cfg.train.method)
     with fast:  # as the training loop runs
-        with _peak_memory(device) as peak:
-            run(longest)
-        timed = [run(ids) for ids in typical]
-        eval_per_token = _eval_seconds_per_token(model, tokenizer, typical[0], fetch, pad_id, device, precision)
+        with peak_memory(device) as peak:
+            probe.step(longest, hp.batch_size)
+        timed = [probe.step(ids, hp.batch_size) for ids in typical]
+        eval_per_token = probe.eval_seconds_per_token(typical[0], hp.batch_size)
     seconds, tokens = sum(t for t, _ in timed), sum(n for _, n in timed)
     per_token = seconds / max(tokens, 1)
-    per_epoch = math.ceil(len(lengths) / (hp.batch_size * cfg.train.grad_accum))
-    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp.epochs))
-    epochs = total_steps / per_epoch
-    evals = math.ceil(epochs)  # the loop scores validation at every epoch end and at the last step
-    train_s = per_token * float(lengths.sum()) * epochs
-    eval_s = eval_per_token * float(val_lengths.sum()) * evals
-    peak_lengths = lengths[longest].tolist()
-    part = largest_micro_batch(peak_lengths, len(longest), max_tokens)
-    parts = memory_need(model, len(part), max(peak_lengths[i] for i in part), 0, precision, fast.copy_bytes)
+    total_steps, epochs, train_tokens, eval_s = _scaled(cfg, task, data, hp.batch_size, hp.epochs, eval_per_token)
+    parts = probe.memory(longest, hp.batch_size, fast.copy_bytes)
     return {
         "device": device,
         "precision": precision,
         "threads": torch.get_num_threads(),
         "method": cfg.train.method,
+        "task": cfg.train.task,
         "batch_size": hp.batch_size,
         "learning_rate": hp.learning_rate,
         "steps": total_steps,
         "epochs": round(epochs, 2),
         "tokens_per_s": round(1 / per_token, 1),
-        "train_seconds": round(train_s, 1),
+        "train_seconds": round(per_token * train_tokens * epochs, 1),
         "eval_seconds": round(eval_s, 1),
         "peak_memory_bytes": int(peak["bytes"]),
         "weights_bytes": parts["weights"],
@@ -99,6 +81,23 @@ def estimate_training(
         "available_memory_bytes": available_memory(device),
         "probe_tokens": int(tokens),
     }
+
+
+def _scaled(
+    cfg: RunConfig, task: Task, data: TrainingData, batch_size: int, hp_epochs: float, eval_per_token: float
+) -> tuple[int, float, float, float]:
+    """The run's optimizer steps, epochs and training tokens, and its validation seconds (DPO's reference pass
+    included) from the measured seconds per token of a no-gradient pass."""
+    per_epoch = math.ceil(_training_examples(cfg, data.lengths) / (batch_size * cfg.train.grad_accum))
+    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * hp_epochs))
+    epochs = total_steps / per_epoch
+    evals = math.ceil(epochs)  # the loop scores validation at every epoch end and at the last step
+    scale = 2.0 if task.reads == "preference" else 1.0  # a pair trains its chosen and its rejected answer
+    train_tokens, val_tokens = scale * float(data.lengths.sum()), scale * float(data.val_lengths.sum())
+    eval_s = eval_per_token * val_tokens * evals
+    if cfg.train.task == "dpo" and cfg.train.dpo_reference == "model":  # the reference pass over both splits
+        eval_s += eval_per_token * (train_tokens + val_tokens)
+    return total_steps, epochs, train_tokens, eval_s
 
 
 def probe_batches(lengths: np.ndarray, batch_size: int, seed: int) -> tuple[list[int], list[list[int]]]:
@@ -112,87 +111,79 @@ def probe_batches(lengths: np.ndarray, batch_size: int, seed: int) -> tuple[list
     return longest, [order[s : s + size].tolist() for s in starts]
 
 
-def _encode(tokenizer: Any, record: Record) -> Encoded:
-    return encode_chat(tokenizer, record.data["messages"], record.data.get("tools"))
+def _probe_config(cfg: RunConfig, labels: list[str]) -> tuple[RunConfig, TaskContext]:
+    """`cfg` as the probe trains it: a classifier's classes as prepare found them (the splits may not be written
+    yet: `prepare --check`), and no class weights (they change no timing, and 'balanced' reads the written split)."""
+    data = cfg.data.model_copy(update={"labels": labels}) if labels and not cfg.data.labels else cfg.data
+    train = cfg.train.model_copy(update={"class_weights": "none"})
+    probe = cfg.model_copy(update={"data": data, "train": train})
+    return probe, TaskContext.of(probe)
 
 
-@torch.no_grad()
-def _eval_seconds_per_token(
-    model: Any, tokenizer: Any, ids: list[int], fetch: Callable[[int], Record], pad_id: int, device: str, precision: str
-) -> float:
-    batch = collate([_encode(tokenizer, fetch(k)) for k in ids], pad_id)
-    batch = batch.to(device)
-    model.eval()
-    start = time.perf_counter()
-    with autocast(device, precision):
-        loss_sum(model, batch)
-    return (time.perf_counter() - start) / max(batch.n_tokens, 1)
+def _training_examples(cfg: RunConfig, lengths: np.ndarray) -> int:
+    """How many examples an epoch has: one per record, but for pretrain its blocks of the concatenated texts
+    (each text closed by an end-of-text token)."""
+    if cfg.train.task != "pretrain":
+        return len(lengths)
+    size = cfg.train.block_size or cfg.data.max_seq_len
+    return max(1, math.ceil(float(lengths.sum() + len(lengths)) / size))
 
 
-@contextmanager
-def _peak_memory(device: str) -> Iterator[dict[str, int]]:
-    """The peak memory of the block: GPU memory on CUDA, else resident memory sampled every 5 ms."""
-    peak = {"bytes": 0}
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        yield peak
-        peak["bytes"] = torch.cuda.max_memory_allocated()
-        return
-    process, done = psutil.Process(), threading.Event()
+class _Probe:
+    """The probe's model, optimizer and reader: examples are read from records by the task's own reader, through a
+    scratch file of prepared rows."""
 
-    def sample() -> None:
-        while not done.is_set():
-            peak["bytes"] = max(peak["bytes"], process.memory_info().rss)
-            done.wait(0.005)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task: Task,
+        context: TaskContext,
+        tokenizer: Any,
+        model: Any,
+        device: str,
+        precision: str,
+        data: TrainingData,
+    ) -> None:
+        self.cfg, self.task, self.context, self.tokenizer = cfg, task, context, tokenizer
+        self.model, self.device, self.precision, self.data = model, device, precision, data
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # learning rate 0: the same work per step, and a throwaway model that cannot diverge whatever train.* says
+        self.optimizer = torch.optim.AdamW(self.params, lr=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        self.max_tokens = micro_batch_tokens(cfg.train, device)
+        model.train()
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        thread.join()
-        peak["bytes"] = max(peak["bytes"], process.memory_info().rss)
+    def examples(self, ids: list[int], size: int) -> list[Any]:
+        """`size` examples read from the records `ids` (fewer when they hold fewer; pretrain's blocks can be more)."""
+        with tempfile.TemporaryDirectory(prefix="tuneforge-probe-") as folder:
+            path = Path(folder) / "probe.jsonl"
+            write_jsonl(path, [self.data.fetch(k).to_json() for k in ids])
+            return self.task.load(path, self.tokenizer, self.context)[:size]
 
+    def step(self, ids: list[int], size: int) -> tuple[float, int]:
+        """Seconds and real tokens of one optimizer step on the examples of records `ids`."""
+        examples = self.examples(ids, size)
+        parts = micro_batches([self.task.length(e) for e in examples], len(examples), self.max_tokens)
+        group = [self.task.collate([examples[i] for i in part], self.pad_id) for part in parts]
+        start = time.perf_counter()
+        optimizer_step(self.model, group, self.optimizer, self.scheduler, self.params, self.cfg.train, self.device,
+                       self.precision)  # fmt: skip
+        return time.perf_counter() - start, sum(b.n_tokens for b in group)
 
-def available_memory(device: str) -> int:
-    """Memory a training process could use: free GPU memory, or available RAM plus what this process holds."""
-    if device == "cuda":
-        return int(torch.cuda.mem_get_info()[0])
-    return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
+    @torch.no_grad()
+    def eval_seconds_per_token(self, ids: list[int], size: int) -> float:
+        """Seconds per real token of a no-gradient pass (validation, DPO's reference)."""
+        batch = self.task.collate(self.examples(ids, size), self.pad_id).to(self.device)
+        self.model.eval()
+        start = time.perf_counter()
+        with autocast(self.device, self.precision):
+            self.task.loss(self.model, batch, self.cfg.train)
+        self.model.train()
+        return (time.perf_counter() - start) / max(batch.n_tokens, 1)
 
-
-RUNTIME_BYTES = 400 * 2**20  # Python, torch and transformers themselves (RSS of an idle process with them loaded)
-
-
-def memory_need(
-    model: Any, batch_size: int, longest: int, loss_tokens: int, precision: str, copies: int = 0
-) -> dict[str, int]:
-    """Bytes training needs at its peak, by part, from the model's shape (no probe: it runs before training);
-    `copies`: the bytes of the bf16 copies of frozen weights the run holds besides (`precision.bf16_copy_bytes`).
-
-    Activations follow a Llama-style block: per token and layer about 11 x hidden (norm inputs, q/k/v before and
-    after the rotary embedding, attention output, residuals) + 4 x intermediate values are kept for the backward
-    pass, plus attention statistics (heads x sequence length); the output layer keeps logits, their softmax and
-    gradient for the loss tokens only (for one chunk of them where the loss is chunked: linear_ce). A slow test
-    checks it against the probe's measured peak on the embedded model (README: within 10%).
-    """
-    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
-    hidden = int(config.hidden_size)
-    inter = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
-    layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
-    width = 6 if precision == "bf16" else 4  # autocast keeps bf16 copies beside fp32 tensors
-    tokens = batch_size * longest
-    vocab = int(config.vocab_size)
-    chunked = config.model_type in PLAIN_HEAD
-    logit_rows = min(loss_tokens, max(1, CHUNK_ELEMENTS // vocab)) if chunked else loss_tokens
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    parts = {
-        "weights": sum(p.numel() * p.element_size() for p in model.parameters()) + copies,
-        "gradients_and_optimizer": trainable * 12,  # fp32 gradient + AdamW's two moments
-        "activations": tokens * layers * ((11 * hidden + 4 * inter) * width + heads * longest * 8),
-        "logits": logit_rows * vocab * 12,
-        "runtime": RUNTIME_BYTES,
-    }
-    return {**parts, "total": sum(parts.values())}
+    def memory(self, longest: list[int], size: int, copies: int) -> dict[str, int]:
+        """The estimated memory of the longest micro-batch, by part (`memory_need`)."""
+        lengths = [self.task.length(e) for e in self.examples(longest, size)]
+        part = largest_micro_batch(lengths, len(lengths), self.max_tokens)
+        return memory_need(self.model, len(part), max(lengths[i] for i in part), 0, self.precision, copies)

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from tuneforge.config import RunConfig
+from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_chat
 from tuneforge.train.linear_ce import linear_cross_entropy
-from tuneforge.train.tasks import Batch, Task, register, rows_with, unwrap
+from tuneforge.train.parallel import unwrap
+from tuneforge.train.tasks import Batch, Task, TaskContext, register, rows_with
 
 
-def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig) -> list[Encoded]:
+def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase, context: TaskContext) -> list[Encoded]:
     """Encode a prepared split (data/<split>.jsonl) for supervised fine-tuning (packed when train.packing)."""
     rows = rows_with(
         path,
@@ -33,10 +34,10 @@ def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig) -> 
         "documents set train.task=pretrain",
     )
     examples = [encode_chat(tokenizer, row["messages"], row.get("tools")) for row in rows]
-    return pack(examples, cfg.data.max_seq_len) if cfg.train.packing else examples
+    return pack(examples, context.data.max_seq_len) if context.train.packing else examples
 
 
-def load_pretrain(path: Path, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig) -> list[Encoded]:
+def load_pretrain(path: Path, tokenizer: PreTrainedTokenizerBase, context: TaskContext) -> list[Encoded]:
     """Text records of a prepared split as consecutive blocks of `block_size` tokens (the last may be shorter)."""
     rows = rows_with(
         path,
@@ -45,7 +46,7 @@ def load_pretrain(path: Path, tokenizer: PreTrainedTokenizerBase, cfg: RunConfig
         "train.task=pretrain reads raw text, documents or code (data.format=text or a folder); "
         "for chat data set train.task=sft",
     )
-    return blocks([row["text"] for row in rows], tokenizer, block_size(cfg))
+    return blocks([row["text"] for row in rows], tokenizer, block_size(context))
 
 
 def blocks(texts: list[str], tokenizer: PreTrainedTokenizerBase, size: int) -> list[Encoded]:
@@ -58,9 +59,9 @@ def blocks(texts: list[str], tokenizer: PreTrainedTokenizerBase, size: int) -> l
     return [Encoded(b, list(b)) for b in cut if len(b) > 1]
 
 
-def block_size(cfg: RunConfig) -> int:
+def block_size(context: TaskContext) -> int:
     """Tokens per packed block of the pretrain task."""
-    return cfg.train.block_size or cfg.data.max_seq_len
+    return context.train.block_size or context.data.max_seq_len
 
 
 def pack(examples: list[Encoded], width: int) -> list[Encoded]:
@@ -120,7 +121,7 @@ def collate(examples: list[Encoded], pad_id: int) -> Batch:
 PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo2", "starcoder2"})
 
 
-def loss_sum(model: torch.nn.Module, batch: Batch, cfg: RunConfig | None = None) -> torch.Tensor:
+def loss_sum(model: torch.nn.Module, batch: Batch, train: TrainConfig | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy over the loss tokens of a batch.
 
     For plain-head architectures the output layer and the loss run in chunks (`linear_ce`): the logits of all
@@ -201,4 +202,4 @@ def loss_tokens(example: Encoded) -> float:
 
 
 SFT = register("sft", Task(load_sft, collate, loss_sum, loss_tokens))
-PRETRAIN = register("pretrain", Task(load_pretrain, collate, loss_sum, loss_tokens, generative=False))
+PRETRAIN = register("pretrain", Task(load_pretrain, collate, loss_sum, loss_tokens, generative=False, reads="text"))

@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
 from tuneforge.config import TrainConfig
 from tuneforge.errors import ConfigError
-from tuneforge.models import quiet_peft
+from tuneforge.models import decoder_layers, quiet_peft
 from tuneforge.train.auto import Hyper
 
 
@@ -150,31 +150,6 @@ def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
 
 
 HEADS = ("score", "classifier")  # what transformers calls the classification head of decoders and encoders
-LAYER_PATHS = (
-    "model.layers",
-    "transformer.h",
-    "gpt_neox.layers",
-    "model.decoder.layers",
-    "bert.encoder.layer",
-    "roberta.encoder.layer",
-    "deberta.encoder.layer",
-    "distilbert.transformer.layer",
-    "model.encoder.layers",
-)
-
-
-def decoder_layers(model: Any) -> Any:
-    """The list of transformer blocks (model.model.layers for Llama-style models, bert.encoder.layer for BERT)."""
-    for path in LAYER_PATHS:
-        node = model
-        for part in path.split("."):
-            node = getattr(node, part, None)
-        if isinstance(node, torch.nn.ModuleList):
-            return node
-    raise ConfigError(
-        f"train.method=freeze cannot find the decoder layers of {type(model).__name__}",
-        "use train.trainable_modules with module names instead of train.trainable_layers",
-    )
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config import RunConfig
 from tuneforge.data.tokenize import Encoded, encode_chat
 from tuneforge.train.lm import collate, loss_sum, loss_tokens, pack
-from tuneforge.train.tasks import Task, register, rows_with
+from tuneforge.train.tasks import Task, TaskContext, register, rows_with
 
 
 @dataclass
@@ -28,7 +27,7 @@ class TaskExample(Encoded):
     task: str = ""
 
 
-def load_multitask(path: Path, tokenizer: Any, cfg: RunConfig) -> list[TaskExample]:
+def load_multitask(path: Path, tokenizer: Any, context: TaskContext) -> list[TaskExample]:
     """Encode a prepared split of tagged chat records (packed per task when train.packing)."""
     rows = rows_with(
         path, "task", "tagged multitask records", "prepare the run again with data.datasets and train.task=multitask"
@@ -38,8 +37,8 @@ def load_multitask(path: Path, tokenizer: Any, cfg: RunConfig) -> list[TaskExamp
         by_task[row["task"]].append(encode_chat(tokenizer, row["messages"], row.get("tools")))
     out: list[TaskExample] = []
     for name, examples in by_task.items():
-        if cfg.train.packing:
-            examples = pack(examples, cfg.data.max_seq_len)
+        if context.train.packing:
+            examples = pack(examples, context.data.max_seq_len)
         out += [TaskExample(e.input_ids, e.labels, e.position_ids, task=name) for e in examples]
     return out
 
@@ -51,14 +50,14 @@ def shares(sizes: dict[str, int], weights: dict[str, float], temperature: float)
     return {t: v / total for t, v in raw.items()}
 
 
-def mix(examples: list[TaskExample], cfg: RunConfig) -> list[TaskExample]:
+def mix(examples: list[TaskExample], context: TaskContext) -> list[TaskExample]:
     """The training split resampled to the configured task shares (as many examples as it holds)."""
     by_task: dict[str, list[TaskExample]] = defaultdict(list)
     for e in examples:
         by_task[e.task].append(e)
-    weights = {d.name: d.weight for d in cfg.data.datasets}
-    share = shares({t: len(v) for t, v in by_task.items()}, weights, cfg.train.mixture_temperature)
-    rng = random.Random(cfg.train.seed)
+    weights = {d.name: d.weight for d in context.data.datasets}
+    share = shares({t: len(v) for t, v in by_task.items()}, weights, context.train.mixture_temperature)
+    rng = random.Random(context.train.seed)
     out: list[TaskExample] = []
     for task in sorted(share):
         want, pool = max(1, round(share[task] * len(examples))), by_task[task]

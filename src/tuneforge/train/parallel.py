@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from tuneforge.errors import ConfigError
+from tuneforge.models import decoder_layers
 
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
 
@@ -64,8 +65,6 @@ class Parallel:
         if self.engine == "ddp":
             return self.accelerator.prepare_model(model)
         from torch.distributed.fsdp import fully_shard
-
-        from tuneforge.train.methods import decoder_layers
 
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         for block in decoder_layers(inner):
@@ -219,6 +218,17 @@ def is_deepspeed_engine(model: Any) -> bool:
     """Whether `model` is DeepSpeed's engine (without importing DeepSpeed when nothing did)."""
     deepspeed = sys.modules.get("deepspeed")
     return deepspeed is not None and isinstance(model, deepspeed.DeepSpeedEngine)
+
+
+def unwrap(model: Any) -> tuple[Any, bool]:
+    """The model inside a DistributedDataParallel or DeepSpeed wrapper, and whether the engine's own forward must
+    run (DDP's syncs the gradients, DeepSpeed's keeps its bookkeeping; an FSDP2-sharded model gathers its weights
+    in the hooks of its top-level forward)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or is_deepspeed_engine(model):
+        return model.module, True
+    return model, isinstance(model, FSDPModule)
 
 
 def detect(device: str, sharding: str = "none") -> Parallel:

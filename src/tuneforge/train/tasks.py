@@ -5,6 +5,10 @@ over a batch's loss units: tokens for the language-modelling tasks (`sft`, `pret
 weighted by class for `classify` (classify.py), preference pairs for `dpo` (dpo.py). The training loop divides
 each step's summed loss by the step's units, so gradient accumulation and data parallelism equal one big batch
 whatever the task. `multitask` (multitask.py) mixes the language-modelling tasks of several datasets.
+
+A task sees only the config sections it needs: `TaskContext` (the data and train sections and the run directory) to
+read a split, and the train section for its loss. The registry is filled by the task modules, which the package's
+`__init__` imports.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any, Literal
 
 import torch
 
-from tuneforge.config import RunConfig
+from tuneforge.config import DataConfig, RunConfig, TrainConfig
+from tuneforge.data.records import Kind
 from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
 
@@ -57,25 +62,41 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class TaskContext:
+    """What a task reads besides the split itself: the data and train config sections, and the run directory
+    (the classes of a classifier and DPO's reference log-probabilities live there)."""
+
+    data: DataConfig
+    train: TrainConfig
+    run_dir: Path
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> TaskContext:
+        """The context of a run."""
+        return cls(cfg.data, cfg.train, cfg.run_dir)
+
+
+@dataclass(frozen=True)
 class Task:
     """What one `train.task` does with data and model.
 
-    load(path, tokenizer, cfg) -> examples of a prepared split; collate(examples, pad_id) -> Batch;
-    loss(model, batch, cfg) -> the loss summed over the batch's units; units(example) -> the loss units one
+    load(path, tokenizer, context) -> examples of a prepared split; collate(examples, pad_id) -> Batch;
+    loss(model, batch, train) -> the loss summed over the batch's units; units(example) -> the loss units one
     example carries; length(example) -> its tokens (for length grouping and memory; by default those of its
-    `input_ids`); head: the model class.
+    `input_ids`); head: the model class; reads: the kind of records its prepared splits hold.
     """
 
-    load: Callable[[Path, Any, RunConfig], list[Any]]
+    load: Callable[[Path, Any, TaskContext], list[Any]]
     collate: Callable[[list[Any], int], Batch]
-    loss: Callable[[Any, Batch, RunConfig], torch.Tensor]
+    loss: Callable[[Any, Batch, TrainConfig], torch.Tensor]
     units: Callable[[Any], float]
     length: Callable[[Any], int] = lambda example: len(example.input_ids)
     head: Literal["causal", "classifier"] = "causal"
+    reads: Kind = "chat"
     generative: bool = True  # evaluation generates answers (else it scores the head or pairs)
-    # setup(model, splits, cfg, device, pad_id, fresh, log): once before the first step (dpo's reference)
-    setup: Callable[[Any, dict[str, list[Any]], RunConfig, str, int, bool, Any], None] | None = None
-    mix: Callable[[list[Any], RunConfig], list[Any]] | None = None  # resamples the training split (multitask)
+    # setup(model, splits, context, device, pad_id, fresh, log): once before the first step (dpo's reference)
+    setup: Callable[[Any, dict[str, list[Any]], TaskContext, str, int, bool, Any], None] | None = None
+    mix: Callable[[list[Any], TaskContext], list[Any]] | None = None  # resamples the training split (multitask)
     group: Callable[[Any], str] | None = None  # the group an example is scored under (multitask: its task)
 
 
@@ -167,15 +188,15 @@ def collate_step(
 
 
 def mean_loss(
-    model: Any, task: Task, examples: list[Any], cfg: RunConfig, batch_size: int, pad_id: int, device: str = "cpu"
+    model: Any, task: Task, examples: list[Any], train: TrainConfig, batch_size: int, pad_id: int, device: str = "cpu"
 ) -> float:
     """The task's loss per unit over `examples` (no gradients, model in eval mode)."""
-    return group_losses(model, task, examples, cfg, batch_size, pad_id, device)[""]
+    return group_losses(model, task, examples, train, batch_size, pad_id, device)[""]
 
 
 @torch.no_grad()
 def group_losses(
-    model: Any, task: Task, examples: list[Any], cfg: RunConfig, batch_size: int, pad_id: int, device: str = "cpu"
+    model: Any, task: Task, examples: list[Any], train: TrainConfig, batch_size: int, pad_id: int, device: str = "cpu"
 ) -> dict[str, float]:
     """The loss per unit over all `examples` (key "") and, for a task with groups, over each group's."""
     was_training = model.training
@@ -188,25 +209,9 @@ def group_losses(
         total, units = 0.0, 0.0
         for start in range(0, len(members), batch_size):
             batch = task.collate(members[start : start + batch_size], pad_id).to(device)
-            total += float(task.loss(model, batch, cfg))
+            total += float(task.loss(model, batch, train))
             units += batch.n_loss
         sums[name] = (total, units)
     model.train(was_training)
     sums[""] = (sum(t for t, _ in sums.values()), sum(c for _, c in sums.values()))
     return {name: total / count if count else 0.0 for name, (total, count) in sums.items()}
-
-
-def unwrap(model: Any) -> tuple[Any, bool]:
-    """The model inside a DistributedDataParallel or DeepSpeed wrapper, and whether the engine's own forward must
-    run (DDP's syncs the gradients, DeepSpeed's keeps its bookkeeping; an FSDP2-sharded model gathers its weights
-    in the hooks of its top-level forward)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    from tuneforge.train.parallel import is_deepspeed_engine
-
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or is_deepspeed_engine(model):
-        return model.module, True
-    return model, isinstance(model, FSDPModule)
-
-
-from tuneforge.train import classify, dpo, lm, multitask  # noqa: E402,F401  (each registers its tasks)

@@ -1,0 +1,196 @@
+"""The `train:` config section: method, task, hyperparameters, precision, checkpoints, parallelism."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from tuneforge.config.base import Auto, Section
+
+
+class TrainConfig(Section):
+    method: Literal["lora", "dora", "qlora", "full", "freeze"] = Field(
+        "lora",
+        description="Fine-tuning method. 'lora': low-rank adapters (PEFT); 'dora': LoRA with weight decomposition; "
+        "'qlora': LoRA on a 4-bit base (CUDA + bitsandbytes only); 'full': every weight trains; 'freeze': only "
+        "train.trainable_layers / train.trainable_modules train. lora/dora/qlora save an adapter, full/freeze a "
+        "whole model.",
+    )
+    lora_r: PositiveInt | Auto = Field(
+        16, description="LoRA rank, or 'auto': 8 below 1,000 training examples, 16 below 10,000, else 32."
+    )
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on the LoRA input. Off by default: on CPU drawing the masks costs ~20% of a step.",
+    )
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."
+    )
+    task: Literal["sft", "pretrain", "classify", "dpo", "multitask"] = Field(
+        "sft",
+        description="'sft': chat data, loss on the assistant answers; 'pretrain': continued pre-training (domain "
+        "adaptation) on text records packed into blocks of train.block_size tokens, loss on every token; "
+        "'classify': a classification head on an encoder or decoder (classification data); 'dpo': preference "
+        "tuning on chosen/rejected pairs; 'multitask': the chat datasets of data.datasets mixed in one model.",
+    )
+    packing: bool = Field(
+        False,
+        description="task sft/multitask: pack several examples into each row of up to data.max_seq_len tokens "
+        "(no padding; attention never crosses from one example into another). batch_size then counts rows.",
+    )
+    class_weights: Literal["none", "balanced"] | dict[str, PositiveFloat] = Field(
+        "none",
+        description="task classify: loss weight per class: 'none', 'balanced' (each class weighs as much in all: "
+        "n / (classes x count), scikit-learn's rule) or {label: weight}.",
+    )
+    dpo_beta: PositiveFloat = Field(
+        0.1, description="task dpo: how far the model may move from the reference (higher: stays closer)."
+    )
+    dpo_reference: Literal["model", "none"] = Field(
+        "model",
+        description="task dpo: 'model': the model before training is the reference (its log-probabilities are "
+        "computed once); 'none': reference-free.",
+    )
+    mixture_temperature: PositiveFloat = Field(
+        1.0,
+        description="task multitask: a task's share of the mix is ~ weight x size^(1/T); T > 1 evens out small and "
+        "large datasets (T=1: proportional to size).",
+    )
+    block_size: int | None = Field(
+        None, ge=8, description="task=pretrain: tokens per packed block (default: data.max_seq_len)."
+    )
+    trainable_layers: int = Field(
+        0, ge=0, description="method=freeze: how many of the last decoder layers train (0: none, only the modules)."
+    )
+    trainable_modules: list[str] = Field(
+        default_factory=list,
+        description="method=freeze: modules that train besides the layers, by name or regex as "
+        "model.named_modules() lists them, e.g. [lm_head, 'model.norm'].",
+    )
+    epochs: PositiveFloat | Auto = Field(
+        2.0,
+        description="Passes over the training split (fractions allowed), or 'auto': 3, raised to see at least 100 "
+        "and lowered to see at most 25,000 examples (OpenAI's rule).",
+    )
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: PositiveInt | Auto = Field(
+        8,
+        description="Examples per forward pass, or 'auto': the largest power of two up to 16 (and a tenth of the "
+        "examples) whose estimated peak memory fits 80% of the memory available.",
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="Forward passes per optimizer step (effective batch = batch_size * grad_accum)."
+    )
+    micro_batch_tokens: PositiveInt | Auto | None = Field(
+        "auto",
+        description="Split each batch into micro-batches of at most this many tokens (examples x the longest's "
+        "length; one long example alone may exceed it), gradients accumulated: the same update, far less "
+        "activation memory. 'auto': 512 on CPU (on long batches faster there too: 1.6x the tokens/s at 0.3x the "
+        "peak memory of whole batches on BENCHMARKS.md's LoRA run), no split on GPUs; null: never split.",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Put examples of similar length in the same optimizer step (less padding; worth it on GPUs, "
+        "where batches are not split) instead of plain random order. On CPU, micro-batches already cut the "
+        "padding: BENCHMARKS.md's LoRA run is as fast without grouping and its held-out loss 0.03 lower.",
+    )
+    learning_rate: PositiveFloat | Auto = Field(
+        3e-4,
+        description="Peak learning rate of AdamW, or 'auto': 2e-4 for lora/dora/qlora; for full/freeze 3e-5 "
+        "below 1B parameters, else 1e-5.",
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of steps with linear warm-up before the decay (warm-up step k of w runs at "
+        "(k+1)/(w+1) of the peak: none at 0).",
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after the warm-up: cosine or linear decay to 0, or constant."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Score the validation split every N optimizer steps (default: at each epoch end)."
+    )
+    eval_generate: int = Field(
+        0,
+        ge=0,
+        description="At each validation, also generate answers for the first N validation examples and score them "
+        "with evaluate.metrics (val_<metric> in metrics.jsonl); 0 = losses only. Chat tasks (sft, multitask).",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop when the validation loss has not improved for N evaluations, and keep the best model "
+        "(its weights are saved to checkpoints/best whenever it improves).",
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="An improvement smaller than this does not count for early stopping."
+    )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Trackers besides metrics.jsonl: tensorboard (runs/<name>/tensorboard) and/or mlflow "
+        "($MLFLOW_TRACKING_URI, else runs/<name>/mlflow.db).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: much less memory for "
+        "long sequences, about a third more compute.",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="'auto': bf16 autocast where it is faster: GPUs with bf16, CPUs with AMX tiles, and CPUs whose "
+        "bf16 matmuls a one-off measurement finds at least 1.5x as fast as fp32 ones (e.g. AMD Zen 4); else fp32.",
+    )
+    save_steps: int = Field(50, ge=1, description="Write a checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
+    seed: int = Field(0, description="Seed for adapter initialisation, dropout and data order.")
+    deterministic: bool = Field(
+        False,
+        description="Use only deterministic PyTorch kernels (bit-identical reruns on the same machine; some GPU "
+        "kernels are slower or refuse to run).",
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for PyTorch (default: all cores).")
+    sharding: Literal["none", "fsdp", "zero2", "zero3"] = Field(
+        "none",
+        description="With several processes (torchrun / accelerate launch): 'none' keeps a whole model per process "
+        "(DistributedDataParallel); 'fsdp' shards weights, gradients and optimizer state across them (PyTorch "
+        "FSDP2), for models too large for one device; 'zero2' / 'zero3' do it with DeepSpeed ZeRO stage 2 "
+        "(gradients and optimizer state) / 3 (weights too), needs tuneforge[deepspeed]. An accelerate config "
+        "with distributed_type FSDP or DEEPSPEED asks for the same.",
+    )
+
+    @model_validator(mode="after")
+    def _sharding_without_early_stopping(self) -> TrainConfig:
+        if self.sharding != "none" and self.early_stopping_patience:
+            raise ValueError(
+                f"train.early_stopping_patience with train.sharding={self.sharding} is not supported yet (the best "
+                "weights are not restored into a sharded model); stop by train.max_steps or epochs, or use "
+                "sharding none"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _generation_needs_chat(self) -> TrainConfig:
+        if self.eval_generate and self.task not in ("sft", "multitask"):
+            raise ValueError(
+                f"train.eval_generate scores generated answers (task sft or multitask), not task {self.task}"
+            )
+        if self.eval_generate and self.sharding != "none":
+            raise ValueError("train.eval_generate is not supported with train.sharding yet; set one of them off")
+        return self
+
+    @model_validator(mode="after")
+    def _packing_needs_chat(self) -> TrainConfig:
+        if self.packing and self.task not in ("sft", "multitask"):
+            raise ValueError(
+                f"train.packing packs chat examples (task sft or multitask), not task {self.task}"
+                + (" (pretrain packs its blocks already)" if self.task == "pretrain" else "")
+            )
+        return self
