@@ -17,7 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tuneforge.config import load_config
 
-from helpers import ROOT, review_rows, toy_rows, write_jsonl
+from helpers import ROOT, review_rows, stand_in_mkl, toy_rows, use_mkl_or_skip, write_jsonl
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -180,10 +180,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     return cfg.run_dir
 
 
-@pytest.fixture
-def fp32_packs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MKL packs in use whatever this CPU's one-off speed measurement found (it decides speed; these tests check
-    what the packs compute)."""
+@pytest.fixture(params=["mkl", "stand-in"])
+def fp32_packs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """fp32 packs in use whatever this CPU's one-off speed measurement found (it decides speed; these tests check what
+    the packs compute): MKL's own ("mkl": skipped where this torch has none, failed there when TUNEFORGE_REQUIRE_MKL is
+    set), and a plain-torch stand-in for MKL ("stand-in": the packs' bookkeeping checked on any CPU)."""
     from tuneforge.cpu import weight_packs
 
+    if request.param == "mkl":
+        use_mkl_or_skip()
+    else:
+        stand_in_mkl(monkeypatch)
     monkeypatch.setattr(weight_packs, "_packs_pay", lambda: True)
+    return str(request.param)

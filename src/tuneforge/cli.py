@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -186,23 +187,28 @@ def serve(
     """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
     import uvicorn
 
-    from tuneforge.serve import ServeSettings, create_app
+    from tuneforge.serve import create_app
 
     with user_errors():
-        defaults = load_run(run_dirs[0]).serve
-        env = api_key_env or defaults.api_key_env
-        key = os.environ.get(env) or None
-        limit = max_tokens or defaults.max_new_tokens
-        batch = max_batch or defaults.max_batch
-        application = create_app(ServeSettings(tuple(run_dirs), key, limit, batch))
-        host, port = host or defaults.host, port or defaults.port
+        given = {
+            "host": host,
+            "port": port,
+            "api_key_env": api_key_env,
+            "max_new_tokens": max_tokens,
+            "max_batch": max_batch,
+        }
+        # the options as overrides of the run's serve: section, validated by its rules (JSON: a value stays a string)
+        overrides = [f"serve.{name}={json.dumps(value)}" for name, value in given.items() if value is not None]
+        config = load_run(run_dirs[0], overrides).serve
+        key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
+        application = create_app(run_dirs, config, api_key=key)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
         out.print(
-            f"serving {names} on http://{host}:{port}/v1 (API key from ${env}: {state}; up to {batch} "
-            "concurrent requests answered in one batch)"
+            f"serving {names} on http://{config.host}:{config.port}/v1 (API key from ${config.api_key_env}: {state}; "
+            f"up to {config.max_batch} concurrent requests answered in one batch)"
         )
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+        uvicorn.run(application, host=config.host, port=config.port, log_level="warning")
 
 
 @app.command()

@@ -86,6 +86,9 @@ class EvalConfig(Section):
 
 
 class ServeConfig(Section):
+    """How `tuneforge serve` (tuneforge.serve.create_app) serves runs. The API key is not a field: configs are saved in
+    run directories, so the key stays in the environment variable `api_key_env` names."""
+
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server to the network.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port.")
     api_key_env: str = Field(

@@ -1,5 +1,5 @@
-"""OpenAI-compatible serving."""
+"""OpenAI-compatible serving: create_app(run_dirs, serve) with the run config's `serve:` section (ServeConfig)."""
 
-from tuneforge.serve.app import ServeSettings, create_app
+from tuneforge.serve.app import create_app
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["create_app"]

@@ -1,49 +1,51 @@
-"""create_app(settings): the engine on app.state, the OpenAI routers, API-key check."""
+"""create_app(run_dirs, serve): the engine on app.state, the OpenAI routers, the API-key check."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from tuneforge.config import ServeConfig
-from tuneforge.serve.engine import Engine
-from tuneforge.serve.errors import api_error, validation_error
+from tuneforge.serve.engine import Engine, ServingEngine
+from tuneforge.serve.errors import api_error, http_error, server_error, validation_error
 from tuneforge.serve.routes import chat, models
 
-_DEFAULTS = ServeConfig()  # the `serve:` config section's defaults
+OPEN_PATHS = frozenset({"/health"})  # answered without the API key; every other path (the docs too) needs it
 
 
-@dataclass(frozen=True)
-class ServeSettings:
-    """What a server serves and how it guards access."""
-
-    run_dirs: tuple[Path, ...]
-    api_key: str | None = None  # None: no key required
-    max_new_tokens: int = _DEFAULTS.max_new_tokens
-    max_batch: int = _DEFAULTS.max_batch  # concurrent requests answered in one batch
-
-
-def create_app(settings: ServeSettings, engine: Any | None = None) -> FastAPI:
-    """Build the FastAPI app; `engine` may be given (tests), else it loads the runs of `settings`."""
+def create_app(
+    run_dirs: Sequence[Path],
+    serve: ServeConfig | None = None,
+    *,
+    api_key: str | None = None,
+    engine: ServingEngine | None = None,
+) -> FastAPI:
+    """The FastAPI app serving `run_dirs` as `serve` (the config's `serve:` section) says. `api_key` (None: none is
+    required) is passed apart from the config, which is written to run directories: the CLI reads it from the
+    environment variable `serve.api_key_env` names. `engine` may be given (tests); else the runs are loaded."""
+    serve = serve or ServeConfig()
     app = FastAPI(title="tuneforge", version="0.1.0", docs_url="/docs")
-    app.state.settings = settings
-    app.state.engine = engine if engine is not None else Engine(list(settings.run_dirs), settings.max_batch)
+    app.state.serve = serve
+    if engine is None:
+        engine = Engine(list(run_dirs), serve.max_batch)  # (mypy holds the Engine to the ServingEngine protocol here)
+    app.state.engine = engine
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
     app.include_router(models.router)
     app.include_router(chat.router)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if settings.api_key and request.url.path.startswith("/v1/"):
+        if api_key and request.url.path not in OPEN_PATHS:
             given = request.headers.get("authorization", "")
-            expected = f"Bearer {settings.api_key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return api_error(
                     401,
                     "Incorrect or missing API key; send 'Authorization: Bearer <key>'.",
@@ -57,4 +59,15 @@ def create_app(settings: ServeSettings, engine: Any | None = None) -> FastAPI:
         """Liveness, and how many batches of each size the engine has answered (batch size -> count)."""
         return {"status": "ok", "batches": dict(sorted(app.state.engine.batch_sizes.items()))}
 
+    _drop_422(app.openapi())
     return app
+
+
+def _drop_422(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 for every route with a body; this server answers validation errors with 400 (see
+    errors.py), which each route documents. The schema is FastAPI's cached one, so /openapi.json serves the change."""
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            operation["responses"].pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)

@@ -30,16 +30,19 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tuneforge.config import ServeConfig
 from tuneforge.cpu.weight_packs import packed_weights
+from tuneforge.data.tokenize import encode_prompt
 from tuneforge.errors import RunError
 from tuneforge.generation import Completion, Messages, SamplingParams, TokenQueue, follow, generate, use_adapter
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import MODEL_DIR, RUN_INFO
 
 GATHER_S = 0.1  # how long a request that finds the model idle waits for others to join its batch
+# transformers' model_max_length when a tokenizer does not know its model's (int(1e30)): any length above is unknown
+_UNKNOWN_LENGTH = 10**12
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,24 @@ class ServedModel:
     id: str
     adapter: str | None
     created: int
+
+
+class ServingEngine(Protocol):
+    """What the app and its routes use of an engine: the Engine below, or a test's fake."""
+
+    models: dict[str, ServedModel]  # model id -> what answers as it
+    base_id: str
+    default_id: str
+    batch_sizes: Counter[int]  # batch size -> how many batches of it ran
+    context_length: int | None  # the most tokens a prompt and its answer take together (None: unknown)
+
+    def prompt_tokens(self, messages: Messages, at_most: int) -> int | None: ...
+
+    def complete(self, model_id: str, messages: Messages, params: SamplingParams) -> Completion: ...
+
+    def stream(self, model_id: str, messages: Messages, params: SamplingParams) -> Iterator[str | Completion]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -113,6 +134,17 @@ class Engine:
         self._thread = threading.Thread(target=self._work, args=(adapters, loaded), name="tuneforge-model", daemon=True)
         self._thread.start()
         loaded.result()  # the loading thread's error (a missing or unfitting adapter) is raised here
+        self.context_length = context_length(getattr(self.model, "config", None), self.tokenizer)
+        self._longest_token = max(map(len, self.tokenizer.get_vocab()), default=1)  # in characters (or bytes)
+
+    def prompt_tokens(self, messages: Messages, at_most: int) -> int | None:
+        """Tokens of the conversation's prompt (chat template applied), counted in the calling thread; None when its
+        characters alone show it takes more than `at_most` (then it is not tokenized: a huge prompt costs no tokenizer
+        time; the bound holds as no token stands for more characters than the longest one of the vocabulary)."""
+        chars = sum(len(str(m.get("content") or "")) for m in messages)
+        if chars > at_most * self._longest_token:
+            return None
+        return len(encode_prompt(self.tokenizer, messages))
 
     def complete(self, model_id: str, messages: Messages, params: SamplingParams) -> Completion:
         """One whole answer, generated in a batch with the requests queued beside it."""
@@ -208,6 +240,14 @@ class Engine:
                 if request.tokens is not None:
                     request.tokens.end(request.error)
                 request.done.set()
+
+
+def context_length(config: Any, tokenizer: Any) -> int | None:
+    """The most tokens the model takes: the smaller of its config's max_position_embeddings and its tokenizer's
+    model_max_length, whichever are known (None: neither is)."""
+    lengths = (getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None))
+    known = [n for n in lengths if isinstance(n, int) and 0 < n < _UNKNOWN_LENGTH]
+    return min(known, default=None)
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:

@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+# torch.manual_seed takes -2**63 .. 2**64-1; a signed 64-bit integer is the clear part of that (vLLM bounds it so too)
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+def _unicode(text: str) -> str:
+    """Refuse lone surrogates: JSON's \\ud800 escapes decode to them, and no tokenizer or UTF-8 response takes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"holds a lone surrogate at character {exc.start}: not Unicode text; send UTF-8 text"
+        ) from None
+    return text
+
+
+def _unicode_strings(value: str | list[str] | list[TextPart] | None) -> str | list[str] | list[TextPart] | None:
+    """A union field's strings checked by _unicode after the union is settled (its error then names the field alone,
+    not each member of the union)."""
+    for text in [value] if isinstance(value, str) else value or []:
+        if isinstance(text, str):
+            _unicode(text)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
+
+    _content_is_unicode = field_validator("content")(_unicode_strings)
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -28,7 +56,7 @@ class ChatCompletionRequest(BaseModel):
     # Unknown OpenAI parameters (user, metadata, ...) are accepted and ignored, as the OpenAI API does.
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    model: Text
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -37,8 +65,10 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="A signed 64-bit integer.")
     stop: str | list[str] | None = None
+
+    _stop_is_unicode = field_validator("stop")(_unicode_strings)
 
 
 class Usage(BaseModel):

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tuneforge.generation import Completion, SamplingParams
-from tuneforge.serve.errors import api_error
+from tuneforge.generation import Completion, Messages, SamplingParams
+from tuneforge.serve.engine import ServingEngine
+from tuneforge.serve.errors import api_error, error_responses
 from tuneforge.serve.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -25,10 +26,22 @@ from tuneforge.serve.protocol import (
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+# Below this a temperature samples as greedy: 1/temperature overflowed the logits to inf for the tiniest (1e-300 was
+# a 500), and long before that sampling is greedy in all but name (vLLM draws the line at the same place).
+MIN_TEMPERATURE = 1e-5
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={
+        200: {"model": ChatCompletion, "description": "The answer; with stream=true, server-sent events of chunks."},
+        **error_responses(400, 401, 404),
+    },
+)
 def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
     """OpenAI chat completions on a tuned adapter or the base model."""
-    engine = request.app.state.engine
+    engine: ServingEngine = request.app.state.engine
     if body.model not in engine.models:
         return api_error(
             404,
@@ -37,16 +50,15 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
             "model",
             "model_not_found",
         )
-    limit = request.app.state.settings.max_new_tokens
-    wanted = body.max_completion_tokens or body.max_tokens or limit
-    if wanted > limit:
-        return api_error(
-            400, f"max_tokens={wanted} is above this server's limit of {limit}", "invalid_request_error", "max_tokens"
-        )
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    requested = body.max_completion_tokens or body.max_tokens
+    wanted = _answer_length(engine, messages, requested, request.app.state.serve.max_new_tokens)
+    if isinstance(wanted, JSONResponse):
+        return wanted
     stops = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    temperature = body.temperature if body.temperature >= MIN_TEMPERATURE else 0.0
     params = SamplingParams(
-        max_new_tokens=wanted, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stops
+        max_new_tokens=wanted, temperature=temperature, top_p=body.top_p, seed=body.seed, stop=stops
     )
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
@@ -63,6 +75,37 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
             usage=_usage(final),
         ).model_dump()
     )
+
+
+def _answer_length(engine: ServingEngine, messages: Messages, requested: int | None, limit: int) -> int | JSONResponse:
+    """The answer's max_new_tokens, or the 400 that refuses the request: max_tokens above the server's limit, or the
+    prompt and max_tokens beyond the model's context. Without max_tokens the answer may take the rest of the context,
+    up to the limit (as OpenAI and vLLM do). Checked in the request's thread, before the request queues."""
+    if requested is not None and requested > limit:
+        message = f"max_tokens={requested} is above this server's limit of {limit}"
+        return api_error(400, message, "invalid_request_error", "max_tokens")
+    context = engine.context_length
+    if context is None:
+        return requested or limit
+    at_most = context - (requested or 1)  # the prompt tokens that leave room for the answer
+    prompt = engine.prompt_tokens(messages, at_most) if at_most > 0 else None
+    if prompt is not None and prompt <= at_most:
+        return requested or min(limit, context - prompt)
+    told = f"This model's maximum context length is {context} tokens"
+    if at_most <= 0:
+        told += f"; max_tokens={requested} leaves no room for the messages. Lower max_tokens."
+    elif prompt is None:
+        chars = sum(len(m["content"]) for m in messages)
+        told += f"; the messages ({chars} characters) take more than {at_most} tokens. Shorten the messages."
+    elif requested is None:
+        told += f"; the messages take {prompt} tokens, leaving no room for an answer. Shorten the messages."
+    else:
+        told += (
+            f"; you requested {prompt + requested} tokens ({prompt} in the messages, {requested} in the completion). "
+            "Shorten the messages or lower max_tokens."
+        )
+    param = "max_tokens" if at_most <= 0 else "messages"
+    return api_error(400, told, "invalid_request_error", param, "context_length_exceeded")
 
 
 def _sse(pieces: Iterator[str | Completion], rid: str, created: int, model: str, include_usage: bool) -> Iterator[str]:

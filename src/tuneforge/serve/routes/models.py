@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from tuneforge.serve.errors import error_responses
 from tuneforge.serve.protocol import ModelCard, ModelList
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=error_responses(401))
 def list_models(request: Request) -> ModelList:
     """The tuned adapters and the base model this server answers as."""
     engine = request.app.state.engine
