@@ -261,3 +261,15 @@ def test_merged_adapter_generates_what_the_unmerged_one_does(tuned) -> None:
         merged = generate(model, tokenizer, CONVERSATIONS, params)
     assert [c.text for c in merged] == [c.text for c in unmerged]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_a_quantized_base_is_never_merged_into(tuned, monkeypatch) -> None:
+    """merge=True folds an adapter into plain weights; into a quantized (QLoRA 4-bit) base it would requantize them,
+    so the adapter runs beside the base instead."""
+    model, _ = tuned
+    layers = [m for m in model.modules() if hasattr(m, "merged_adapters")]
+    with use_adapter(model, "toy", merge=True):
+        assert all(layer.merged for layer in layers)
+    monkeypatch.setattr(model.get_base_model(), "hf_quantizer", object(), raising=False)
+    with use_adapter(model, "toy", merge=True):
+        assert layers and not any(layer.merged for layer in layers)

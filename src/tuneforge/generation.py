@@ -47,7 +47,8 @@ def use_adapter(model: Any, adapter: str | None, merge: bool = False) -> Iterato
 
     merge=True folds the adapter into the base weights for the block, so it costs nothing per token (generation
     ~15% faster on CPU). Unmerging leaves float round-off in the base weights, so a long-lived server does not
-    merge per request; a one-off pass such as evaluation does.
+    merge per request; a one-off pass such as evaluation does. A quantized base (QLoRA's 4-bit) is never merged
+    into: that would requantize its weights and change what the adapter was trained on.
     """
     if not hasattr(model, "peft_config"):
         yield
@@ -57,7 +58,7 @@ def use_adapter(model: Any, adapter: str | None, merge: bool = False) -> Iterato
             yield
         return
     model.set_adapter(adapter)
-    if not merge:
+    if not merge or getattr(model.get_base_model(), "hf_quantizer", None) is not None:
         yield
         return
     model.merge_adapter([adapter])

@@ -23,6 +23,7 @@ from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.scores import TUNED, EvalReport, chosen_metrics
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import DATA_DIR, EVAL, MODEL_DIR, RUN_INFO, atomic_write_json, read_jsonl, require
+from tuneforge.train.methods import METHODS
 from tuneforge.train.tasks import TASKS
 
 Evaluator = Callable[[RunConfig, dict[str, Any], list[dict[str, Any]], Any, Answerer], EvalReport]
@@ -112,10 +113,12 @@ def _models(cfg: RunConfig, model_dir: Path) -> tuple[dict[str, Any], dict[str, 
     folders = {TUNED: model_dir, **compared_folders(cfg)}
     models: dict[str, Any] = {}
     shared = None  # the base model that carries the adapters
+    method = METHODS[cfg.train.method]  # qlora: the adapters are scored on the 4-bit base they were trained on
+    options = method.load_options(device) if method.load_options else None
     for name, folder in folders.items():
         if (folder / "adapter_config.json").is_file():
             if shared is None:
-                shared = load_model(cfg.model.name, cfg.model.revision, device=device, labels=labels)
+                shared = load_model(cfg.model.name, cfg.model.revision, device=device, labels=labels, options=options)
             shared = load_adapter(shared, folder, name).eval()
             models[name] = shared
         else:
