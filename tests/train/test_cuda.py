@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_methods import LEARNING_RATES, METHOD_SETTINGS, NO_NEAR, task_data
+from test_methods import LEARNING_RATES, METHOD_SETTINGS, NO_NEAR, task_data, validation_loss
 
 from tuneforge.data import prepare
 from tuneforge.evaluation import evaluate
@@ -19,8 +19,6 @@ from tuneforge.models import load_tokenizer
 from tuneforge.rundir import load_run
 from tuneforge.serve.engine import Engine
 from tuneforge.train import train
-from tuneforge.train.precision import autocast
-from tuneforge.train.tasks import TASKS, TaskContext, mean_loss
 
 pytestmark = pytest.mark.cuda
 GPU_METHODS = {**METHOD_SETTINGS, "qlora": []}
@@ -30,17 +28,6 @@ GPU_METHODS = {**METHOD_SETTINGS, "qlora": []}
 def _gpu() -> None:
     if not torch.cuda.is_available():
         pytest.fail("tests marked cuda need a CUDA GPU; run them with `pytest -m cuda` on a GPU machine")
-
-
-def _validation_loss(cfg, model: torch.nn.Module, tokenizer) -> float:
-    task, context = TASKS[cfg.train.task], TaskContext.of(cfg)
-    val = task.load(cfg.run_dir / "data" / "val.jsonl", tokenizer, context)
-    pad = int(tokenizer.pad_token_id)
-    with autocast("cuda", "bf16"):
-        if task.setup is not None:
-            train_set = task.load(cfg.run_dir / "data" / "train.jsonl", tokenizer, context)
-            task.setup(model, {"train": train_set, "val": val}, context, "cuda", pad, False, lambda *a: None)
-        return mean_loss(model, task, val, cfg.train, 8, pad, "cuda")
 
 
 @pytest.mark.parametrize("method", sorted(GPU_METHODS))
@@ -63,7 +50,7 @@ def test_every_method_trains_every_task_on_the_gpu_in_bf16(
     assert next(saved.parameters()).device.type == "cuda"
     if method == "qlora":  # the base really is 4-bit
         assert any(type(m).__name__ == "Linear4bit" for m in saved.modules())
-    loss = _validation_loss(cfg, saved, load_tokenizer(str(tiny_model_dir)))
+    loss = validation_loss(cfg, saved, load_tokenizer(str(tiny_model_dir)), "cuda", "bf16")
     assert loss == pytest.approx(result.val_loss, rel=0.05, abs=0.02)
 
 

@@ -17,6 +17,7 @@ from tuneforge.evaluation.evaluate import _models
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import train
 from tuneforge.train.methods import METHODS
+from tuneforge.train.precision import autocast
 from tuneforge.train.tasks import TASKS, TaskContext, mean_loss
 
 from helpers import review_rows, toy_rows, write_jsonl
@@ -61,15 +62,17 @@ LEARNING_RATES = {  # (task, method) -> learning rate where the method's default
 }
 
 
-def _validation_loss(cfg, model: torch.nn.Module, tokenizer) -> float:
-    """The run's task loss of `model` on the validation split (dpo: against the saved reference)."""
-    task = TASKS[cfg.train.task]
-    data = cfg.run_dir / "data"
-    val = task.load(data / "val.jsonl", tokenizer, TaskContext.of(cfg))
-    if task.setup is not None:
-        splits = {"train": task.load(data / "train.jsonl", tokenizer, TaskContext.of(cfg)), "val": val}
-        task.setup(model, splits, TaskContext.of(cfg), "cpu", int(tokenizer.pad_token_id), False, lambda *a: None)
-    return mean_loss(model, task, val, cfg.train, 8, int(tokenizer.pad_token_id))
+def validation_loss(cfg, model: torch.nn.Module, tokenizer, device: str = "cpu", precision: str = "fp32") -> float:
+    """The run's task loss of `model` on the validation split (dpo: against the saved reference), computed as
+    training computed it (`precision`: its autocast)."""
+    task, context = TASKS[cfg.train.task], TaskContext.of(cfg)
+    data, pad = cfg.run_dir / "data", int(tokenizer.pad_token_id)
+    val = task.load(data / "val.jsonl", tokenizer, context)
+    with autocast(device, precision):
+        if task.setup is not None:
+            splits = {"train": task.load(data / "train.jsonl", tokenizer, context), "val": val}
+            task.setup(model, splits, context, device, pad, False, lambda *a: None)
+        return mean_loss(model, task, val, cfg.train, 8, pad, device)
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
@@ -92,7 +95,7 @@ def test_method_learns_moves_what_it_trains_and_reloads(
     saved = _models(cfg, cfg.run_dir / "model")[0]["tuned"]
     tokenizer = load_tokenizer(str(tiny_model_dir))
     # the saved model scores the validation split exactly as the model did at the end of training
-    assert _validation_loss(cfg, saved, tokenizer) == pytest.approx(result.val_loss, abs=1e-4)
+    assert validation_loss(cfg, saved, tokenizer) == pytest.approx(result.val_loss, abs=1e-4)
 
     labels = ["neg", "pos"] if task == "classify" else None
     base = {k: v for k, v in load_model(str(tiny_model_dir), labels=labels).state_dict().items() if HEAD not in k}
