@@ -72,8 +72,8 @@ def estimate_training(cfg: RunConfig, data: TrainingData) -> dict[str, Any]:
         "steps": total_steps,
         "epochs": round(epochs, 2),
         "tokens_per_s": round(1 / per_token, 1),
-        "train_seconds": round(per_token * train_tokens * epochs, 1),
-        "eval_seconds": round(eval_s, 1),
+        "train_seconds": round(per_token * train_tokens * epochs, 3),
+        "eval_seconds": round(eval_s, 3),  # tiny runs validate in milliseconds
         "peak_memory_bytes": int(peak["bytes"]),
         "weights_bytes": parts["weights"],
         "optimizer_bytes": parts["gradients_and_optimizer"],
