@@ -9,7 +9,10 @@ On a CPU two more things decide whether bf16 training pays, both measured on ben
   LoRA that is the whole base model, a third of a GB written per micro-batch. `CpuBf16` holds the frozen Linear
   weights in bf16 for the run instead: the same numbers autocast would make, cast once.
 - PyTorch's CPU flash attention is slower in bf16 than in fp32 (forward and backward of the model's shapes: 7-15 ms
-  against 3-12 ms), so `CpuBf16` runs attention in fp32 (`ATTENTION`: transformers' SDPA on fp32 copies of q, k, v).
+  against 3-12 ms; on the AMX Xeon too below ~250 tokens a row), so `CpuBf16` runs attention in fp32 (`ATTENTION`:
+  transformers' SDPA on fp32 copies of q, k, v).
+- PEFT's LoRA Linear under autocast rounds away small adapter terms and costs three products and two passes over
+  its output; `CpuBf16` computes each as one bf16 product instead (fused_lora.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.cpu.timing import median_seconds
+from tuneforge.train.fused_lora import FusedLora, fusable
 
 BF16_GAIN = 1.5  # bf16 matmuls at least this much faster than fp32 ones: bf16 autocast on a CPU without AMX
 ATTENTION = "tuneforge_sdpa_fp32"  # the attention implementation CpuBf16 sets (registered with transformers)
@@ -79,8 +83,10 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[A
 
 def cpu_bf16(model: Any, device: str, precision: str, method: str, processes: int = 1) -> CpuBf16:
     """What a training run takes on top of autocast: on the bf16 CPU path attention in fp32, and with LoRA in one
-    process the frozen weights in bf16 (a swapped weight would confuse an engine that synchronises weights)."""
-    return CpuBf16(model, _holds_frozen(device, precision, method, processes), device == "cpu" and precision == "bf16")
+    process the frozen weights in bf16 and the LoRA Linears fused (a swapped weight would confuse an engine that
+    synchronises weights)."""
+    frozen = _holds_frozen(device, precision, method, processes)
+    return CpuBf16(model, frozen, device == "cpu" and precision == "bf16", fuse=frozen)
 
 
 def bf16_copy_bytes(model: Any, device: str, precision: str, method: str, processes: int = 1) -> int:
@@ -95,6 +101,12 @@ def _holds_frozen(device: str, precision: str, method: str, processes: int) -> b
     return device == "cpu" and precision == "bf16" and method == "lora" and processes == 1
 
 
+def _bf16(weight: torch.Tensor, joint: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The bf16 copy of a frozen weight: a fused LoRA Linear's is the frozen part of its joint matrix."""
+    held = joint.get(id(weight))
+    return held if held is not None else weight.detach().bfloat16()
+
+
 def _frozen_linears(model: Any) -> list[torch.nn.Linear]:
     return [
         module
@@ -104,20 +116,24 @@ def _frozen_linears(model: Any) -> list[torch.nn.Linear]:
 
 
 class CpuBf16:
-    """While entered: `model`'s frozen fp32 Linear weights are held in bf16 (if `frozen`) and its SDPA attention runs
-    in fp32 (if `attention`). For bf16 autocast training on a CPU (with neither, it changes nothing); `paused()` gives
-    the model back as it was (for generation, which runs outside autocast).
+    """While entered: `model`'s frozen fp32 Linear weights are held in bf16 (if `frozen`), its LoRA Linears run as
+    one bf16 product each (if `fuse`, see fused_lora.py) and its SDPA attention runs in fp32 (if `attention`). For
+    bf16 autocast training on a CPU (with none, it changes nothing); `paused()` gives the model back as it was (for
+    generation, which runs outside autocast).
 
-    The bf16 copies hold exactly what autocast's cast of each weight gives, so the run computes the same numbers
-    (tested); they take half the frozen weights' memory more, while the fp32 weights wait for the exit.
+    The bf16 copies hold exactly what autocast's cast of each weight gives, so without `fuse` the run computes the
+    same numbers (tested); they take half the frozen weights' memory more, while the fp32 weights wait for the exit.
+    A fused LoRA Linear's copy is the frozen part of its joint matrix [W | B].
     """
 
-    def __init__(self, model: Any, frozen: bool, attention: bool) -> None:
+    def __init__(self, model: Any, frozen: bool, attention: bool, fuse: bool = False) -> None:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         sdpa = getattr(getattr(inner, "config", None), "_attn_implementation", None) == "sdpa"
         self.inner = inner if attention and sdpa else None
+        self.fused = [FusedLora(module) for module in model.modules() if frozen and fuse and fusable(module)]
+        joint = {id(f.module.base_layer.weight): f.weight for f in self.fused}
         self.swaps = [
-            (module, module.weight, torch.nn.Parameter(module.weight.detach().bfloat16(), requires_grad=False))
+            (module, module.weight, torch.nn.Parameter(_bf16(module.weight, joint), requires_grad=False))
             for module in (_frozen_linears(model) if frozen else [])
         ]
 
@@ -145,6 +161,8 @@ class CpuBf16:
     def _set(self, on: bool) -> None:
         for module, fp32, bf16 in self.swaps:
             module.weight = bf16 if on else fp32
+        for fused in self.fused:
+            fused.on(on)
         if self.inner is not None:
             if on:
                 _register_attention()
