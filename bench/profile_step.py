@@ -2,25 +2,30 @@
 
     python bench/profile_step.py                          # fp32 and bf16, 3 profiled steps each (~2 min)
     python bench/profile_step.py --steps 2 --set train.micro_batch_tokens=1024
-    python bench/profile_step.py --precisions bf16 --table 30      # and the 30 costliest ops by self time
+    python bench/profile_step.py --runs bf16 --table 30               # and the 30 costliest ops by self time
+    python bench/profile_step.py --runs fp32 bf16 bf16:train.compile=true --set train.threads=1
 
-Both runs are built in one process exactly as `tuneforge train` builds them for bench/train.py's LoRA run (the same
-seeded data, config and steps; `--set key=value` changes both) and driven by the loop's own `optimizer_step`.
-First the steps run unprofiled, in turns (fp32 step i, bf16 step i, ...), so a slow spell of a shared machine
-falls on both: real tokens/s and their ratio. Then each run's next `--steps` steps run under the profiler
-(record_shapes) and every op's self time is put in one category:
+The runs (`--runs`: a precision, and after a colon comma-separated overrides of that run alone) are built in one
+process exactly as `tuneforge train` builds them for bench/train.py's LoRA run (the same seeded data, config and
+steps; `--set key=value` changes all) and driven by the loop's own `optimizer_step`. First the steps run
+unprofiled, in turns (fp32 step i, bf16 step i, ...), so a slow spell of a shared machine falls on all: real
+tokens/s and their ratio to the first run's. Then the next `--steps` steps run under the profiler (record_shapes),
+again in turns, and every op's self time is put in one category:
 
-  matmul base / LoRA      aten::mm & co. of the frozen layers, and of the adapters (a dimension equal to r)
+  matmul base / LoRA      aten::mm & co. of the frozen layers, and of the adapters (a dimension equal to r; on the
+                          fused bf16 path, fused_lora.py, B's product rides in the base one)
   loss                    the chunked output layer + cross-entropy (linear_ce), its matmuls and the rest
-  attention               the SDPA kernels, forward and backward, and their own casts
+  attention               the SDPA kernels, forward and backward (the fp32 copies of q, k, v count as casts)
   casts                   dtype conversions (aten::to / _to_copy and the copy_ under them)
   elementwise             every other computing op: silu, mul, add, RMSNorm's pow/mean/rsqrt, rotary, ...
+                          (with train.compile: Inductor's fused kernels)
   views & allocation      view, reshape, transpose, empty, ... (no arithmetic)
-  autograd nodes          the backward nodes' own time (MmBackward0 ...) outside the ops they call
+  autograd nodes          the backward nodes' own time (MmBackward0 ...) outside the ops they call, and
+                          torch.compile's own (guards, the compiled function's wrappers)
   optimizer               gradient clipping, AdamW and zero_grad
   outside ops             the step's wall time the profiler saw in no op: Python, the loop, the engine
 
-The profiler's per-op cost inflates the small ops: compare shares between the two precisions, not the profiled
+The profiler's per-op cost inflates the small ops: compare shares between the runs, not the profiled
 milliseconds with the unprofiled ones.
 """
 
@@ -65,7 +70,7 @@ def _load_bench() -> Any:
 class Run:
     """bench/train.py's LoRA run in `precision`, set up as loop.train sets it up; `step(i)` runs optimizer step i."""
 
-    def __init__(self, bench: Any, data: Path, work: Path, precision: str, overrides: list[str]) -> None:
+    def __init__(self, bench: Any, data: Path, work: Path, spec: str, overrides: list[str]) -> None:
         from tuneforge.config import load_config
         from tuneforge.data import prepare
         from tuneforge.models import load_tokenizer
@@ -74,11 +79,12 @@ class Run:
         from tuneforge.train.precision import cpu_bf16
         from tuneforge.train.tasks import TASKS, step_groups
 
+        precision, _, own = spec.partition(":")
         cfg = load_config(
             None,
             [
                 f"data.path={data}",
-                f"output_dir={work / precision}",
+                f"output_dir={work / ''.join(c if c.isalnum() else '_' for c in spec)}",
                 "name=bench",
                 "data.val_size=0.0",
                 "data.test_size=0.0",
@@ -95,6 +101,7 @@ class Run:
                 "train.seed=0",
                 f"train.precision={precision}",
                 *overrides,
+                *(o for o in own.split(",") if o),
             ],
         )
         prepare(cfg)
@@ -107,7 +114,7 @@ class Run:
         self.lengths = [self.task.length(e) for e in self.examples]
         model, hp = loop.setup_model(cfg, "cpu", precision, lambda *a: None, self.lengths, 0.5)
         self.max_tokens = loop.micro_batch_tokens(cfg, "cpu")
-        self.fast = cpu_bf16(model, "cpu", precision, cfg.train.method)
+        self.fast = cpu_bf16(model, "cpu", precision, cfg.train.method, compile=cfg.train.compile)
         self.model, self.params, self.optimizer, self.scheduler, _ = loop._optimization(
             model, cfg, hp, 100, None, Parallel()
         )
@@ -151,6 +158,8 @@ def categorise(event: Any, rank: int, after_backward: bool) -> str:
         return "loss: output-layer matmuls" if name in MATMULS else "loss: softmax & rest"
     if any("scaled_dot_product" in a or "ScaledDotProduct" in a for a in [name, *above]):
         return "attention backward" if any(a.startswith("autograd::") for a in above) else "attention forward"
+    if name.startswith("## Call CompiledFxGraph"):  # torch.compile's fused kernels, between the products it calls
+        return "elementwise"
     if name in MATMULS:
         dims = {d for shape in event.input_shapes or [] for d in shape[-2:]}
         return "matmul LoRA" if rank in dims else "matmul base"
@@ -183,29 +192,37 @@ def _clip_ids(events: list[Any]) -> frozenset[int]:
     return frozenset(found)
 
 
-def breakdown(run: Run, first: int, steps: int) -> tuple[dict[str, float], Any, int]:
-    """Milliseconds per step by category over `steps` profiled steps from `first`, the profiler's op table and the
-    real tokens of those steps."""
+def breakdown(run: Run, step: int) -> tuple[dict[str, float], Any, int]:
+    """Milliseconds by category of optimizer step `step` run under the profiler, its op table and its real tokens."""
     total: dict[str, float] = collections.defaultdict(float)
-    tokens, wall = 0, 0.0
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for i in range(first, first + steps):
-            _, n, seconds, _ = run.step(i)
-            tokens, wall = tokens + n, wall + seconds
+        _, tokens, wall, _ = run.step(step)
     events = [e for e in prof.events() if e.device_type.name == "CPU"]
     rank = int(run.cfg.train.lora_r) if run.cfg.train.lora_r != "auto" else 16
     clipping = _clip_ids(events)
     for e in events:
         total[categorise(e, rank, _top(e).id in clipping)] += e.self_cpu_time_total / 1000
     total["outside ops"] = max(0.0, 1000 * wall - sum(total.values()))
-    return {k: v / steps for k, v in total.items()}, prof.key_averages(), tokens
+    return total, prof.key_averages(), tokens
+
+
+def _profiled(runs: dict[str, Run], first: int, steps: int) -> dict[str, tuple[dict[str, float], Any, int]]:
+    """Per run: milliseconds per step by category over steps `first`.. (run in turns, each profiled alone), the op
+    table of its last one and the real tokens of all."""
+    results: dict[str, tuple[dict[str, float], Any, int]] = {}
+    for i in range(first, first + steps):
+        for p, run in runs.items():
+            ms, table, tokens = breakdown(run, i)
+            before, _, seen = results.get(p, ({}, None, 0))
+            results[p] = ({k: before.get(k, 0.0) + ms.get(k, 0.0) / steps for k in ORDER}, table, seen + tokens)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3, help="profiled steps per precision (after the timed ones)")
-    parser.add_argument("--timed", type=int, default=4, help="unprofiled steps per precision, in turns")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated (default fp32,bf16)")
+    parser.add_argument("--steps", type=int, default=3, help="profiled steps per run (after the timed ones)")
+    parser.add_argument("--timed", type=int, default=4, help="unprofiled steps per run, in turns")
+    parser.add_argument("--runs", nargs="+", default=["fp32", "bf16"], help="PRECISION[:KEY=VALUE,...] each")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (both)")
     parser.add_argument("--table", type=int, default=0, help="also print this many costliest ops per precision")
     args = parser.parse_args()
@@ -213,16 +230,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tf-profile-") as tmp:
         work = Path(tmp)
         bench.write_data(work / "all.jsonl", 300)  # bench/train.py's first 300 examples: its training set
-        runs = {p: Run(bench, work / "all.jsonl", work, p, args.set) for p in args.precisions.split(",")}
+        runs = {spec: Run(bench, work / "all.jsonl", work, spec, args.set) for spec in args.runs}
         for run in runs.values():
             run.step(0)  # warm-up: first touches, autocast caches, oneDNN's primitive caches
         _timed(runs, args.timed)
         first = 1 + args.timed
-        results = {p: breakdown(run, first, args.steps) for p, run in runs.items()}
+        if not args.steps:
+            return
+        results = _profiled(runs, first, args.steps)
         _print(results, args.steps)
         for p, (_, table, _) in results.items():
             if args.table:
-                print(f"\n{p}: the {args.table} costliest ops by self time over {args.steps} steps")
+                print(f"\n{p}: the {args.table} costliest ops by self time in its last profiled step")
                 print(table.table(sort_by="self_cpu_time_total", row_limit=args.table))
 
 
@@ -234,26 +253,27 @@ def _timed(runs: dict[str, Run], steps: int) -> None:
         for p, run in runs.items():
             _, n, seconds, cpu_seconds = run.step(i)
             tokens[p], wall[p], cpu[p] = tokens[p] + n, wall[p] + seconds, cpu[p] + cpu_seconds
+    first = next(iter(runs))
     for name, spent in (("wall", wall), ("CPU", cpu)):
-        speed = [tokens[p] / spent[p] for p in runs]
-        line = ", ".join(f"{p} {v:.0f}" for p, v in zip(runs, speed, strict=True))
-        ratio = f"; {' / '.join(reversed(list(runs)))} {speed[-1] / speed[0]:.2f}x" if len(runs) == 2 else ""
-        print(f"unprofiled steps 1-{steps} in turns, real tokens/s by {name} time: {line}{ratio}")
+        speed = {p: tokens[p] / spent[p] for p in runs}
+        line = ", ".join(f"{p} {v:.0f} ({v / speed[first]:.2f}x)" for p, v in speed.items())
+        print(f"unprofiled steps 1-{steps} in turns, real tokens/s by {name} time: {line}")
 
 
 def _print(results: dict[str, tuple[dict[str, float], Any, int]], steps: int) -> None:
     names = list(results)
-    print(f"\nprofiled steps ({steps} per precision), ms per step and share of the step:")
-    print(f"{'category':<28}" + "".join(f"{p + ' ms':>11}{'share':>7}" for p in names))
+    width = {p: max(10, len(p) + 4) for p in names}
+    print(f"\nprofiled steps ({steps} per run), ms per step and share of the step:")
+    print(f"{'category':<28}" + "".join(f"{p + ' ms':>{width[p]}}{'share':>7}" for p in names))
     walls = {p: sum(r[0].values()) for p, r in results.items()}
     for category in ORDER:
         row = f"{category:<28}"
         for p in names:
             ms = results[p][0].get(category, 0.0)
-            row += f"{ms:>11.1f}{100 * ms / walls[p]:>6.1f}%"
+            row += f"{ms:>{width[p]}.1f}{100 * ms / walls[p]:>6.1f}%"
         print(row)
-    print(f"{'step (profiled)':<28}" + "".join(f"{walls[p]:>11.1f}{'':>7}" for p in names))
-    print(f"{'real tokens per step':<28}" + "".join(f"{results[p][2] / steps:>11.0f}{'':>7}" for p in names))
+    print(f"{'step (profiled)':<28}" + "".join(f"{walls[p]:>{width[p]}.1f}{'':>7}" for p in names))
+    print(f"{'real tokens per step':<28}" + "".join(f"{results[p][2] / steps:>{width[p]}.0f}{'':>7}" for p in names))
 
 
 if __name__ == "__main__":

@@ -105,6 +105,26 @@ def test_the_training_path_fuses_the_lora_linears_while_entered_and_stays_near_f
     assert cpu_bf16(model, "cpu", "bf16", "lora", processes=2).fused == []  # weights an engine synchronises: as is
 
 
+def test_compiled_decoder_layers_compute_what_the_eager_ones_do_and_only_while_entered(tiny_model_dir: Path) -> None:
+    model, batch = _lora_model_and_batch(tiny_model_dir)
+    eager = cpu_bf16(model, "cpu", "bf16", "lora")
+    with eager:
+        want = _loss_and_grads(model, batch)
+    fast = cpu_bf16(model, "cpu", "bf16", "lora", compile=True)
+    layers = model.get_base_model().model.layers
+    assert [layer for layer, _ in fast.compiled] == list(layers)
+    with fast:
+        assert all("forward" in vars(layer) for layer in layers)
+        got = _loss_and_grads(model, batch)
+        with fast.paused():  # generation: the eager layers
+            assert not any("forward" in vars(layer) for layer in layers)
+    assert not any("forward" in vars(layer) for layer in layers)
+    assert got[0] == pytest.approx(want[0], rel=1e-3)
+    assert all(F.cosine_similarity(got[1][n].flatten(), want[1][n].flatten(), dim=0) > 0.99 for n in want[1])
+    assert cpu_bf16(model, "cpu", "bf16", "lora").compiled == []  # only when asked for
+    assert cpu_bf16(model, "cpu", "fp32", "lora", compile=True).compiled == []  # only on the bf16 LoRA path
+
+
 def test_attention_runs_in_fp32_under_bf16_autocast_and_only_while_entered(tiny_model_dir: Path, monkeypatch) -> None:
     model, batch = _lora_model_and_batch(tiny_model_dir)
     seen: list[torch.dtype] = []

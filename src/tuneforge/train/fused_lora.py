@@ -91,6 +91,8 @@ def _bf16_rows(x: torch.Tensor) -> torch.Tensor:
     """`x` as bf16 rows; q, k and v (gate and up) read the same fp32 input one after another: cast once for them."""
     if x.dtype == BF16:
         return x.reshape(-1, x.shape[-1])
+    if torch.compiler.is_compiling():  # a compiled graph casts once by itself
+        return x.reshape(-1, x.shape[-1]).to(BF16)
     if _last and _last[0][0] is x and _last[0][1] == x._version:
         return _last[0][2]
     rows = x.reshape(-1, x.shape[-1]).to(BF16)

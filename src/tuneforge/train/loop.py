@@ -126,7 +126,7 @@ def train(cfg: RunConfig, log: Any = print, resume: bool = False) -> TrainResult
     share = _loss_share(task, train_set, pad_id) if cfg.train.batch_size == "auto" else 0.5
     model, hp = setup_model(cfg, device, precision, log, lengths, share)
     max_tokens = micro_batch_tokens(cfg, device)
-    fast = cpu_bf16(model, device, precision, cfg.train.method, par.world)
+    fast = cpu_bf16(model, device, precision, cfg.train.method, par.world, cfg.train.compile)
     _check_memory(model, task, train_set, hp.batch_size, max_tokens, device, precision, fast.copy_bytes, log)
     if task.setup is not None:  # DPO's reference log-probabilities: computed as the training steps compute
         with autocast(device, precision), fast:
