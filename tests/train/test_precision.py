@@ -7,13 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
 
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import encode_chat
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.train import precision, train
 from tuneforge.train.lm import collate, loss_sum
-from tuneforge.train.precision import ATTENTION, CpuBf16, bf16_copy_bytes, precision_note, resolve_precision
+from tuneforge.train.precision import (
+    ATTENTION,
+    CpuBf16,
+    bf16_copy_bytes,
+    cpu_bf16,
+    precision_note,
+    resolve_precision,
+)
 
 
 @pytest.mark.parametrize(("gain", "chosen"), [(2.4, "bf16"), (0.6, "fp32")])
@@ -77,6 +85,44 @@ def test_frozen_weights_held_in_bf16_give_autocasts_loss_and_gradients_bit_for_b
     after = dict(model.named_parameters())
     assert all(after[n] is before[n] for n in before)  # the fp32 weights themselves are back, not copies
     assert model.get_base_model().lm_head.weight is model.get_base_model().model.embed_tokens.weight  # tied again
+
+
+def test_the_training_path_fuses_the_lora_linears_while_entered_and_stays_near_fp32(tiny_model_dir: Path) -> None:
+    model, batch = _lora_model_and_batch(tiny_model_dir)
+    model.zero_grad()
+    reference = loss_sum(model, batch)  # fp32
+    reference.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    fast = cpu_bf16(model, "cpu", "bf16", "lora")
+    lora = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    assert len(fast.fused) == len(lora) == 2 * 7  # every adapted Linear of the 2-layer model
+    with fast:
+        assert all("forward" in vars(m) for m in lora)
+        loss, grads = _loss_and_grads(model, batch)
+    assert not any("forward" in vars(m) for m in lora)  # PEFT's own forward again
+    assert loss == pytest.approx(reference.item(), rel=1e-2)
+    assert all(F.cosine_similarity(grads[n].flatten(), want[n].flatten(), dim=0) > 0.99 for n in want)
+    assert cpu_bf16(model, "cpu", "bf16", "lora", processes=2).fused == []  # weights an engine synchronises: as is
+
+
+def test_compiled_decoder_layers_compute_what_the_eager_ones_do_and_only_while_entered(tiny_model_dir: Path) -> None:
+    model, batch = _lora_model_and_batch(tiny_model_dir)
+    eager = cpu_bf16(model, "cpu", "bf16", "lora")
+    with eager:
+        want = _loss_and_grads(model, batch)
+    fast = cpu_bf16(model, "cpu", "bf16", "lora", compile=True)
+    layers = model.get_base_model().model.layers
+    assert [layer for layer, _ in fast.compiled] == list(layers)
+    with fast:
+        assert all("forward" in vars(layer) for layer in layers)
+        got = _loss_and_grads(model, batch)
+        with fast.paused():  # generation: the eager layers
+            assert not any("forward" in vars(layer) for layer in layers)
+    assert not any("forward" in vars(layer) for layer in layers)
+    assert got[0] == pytest.approx(want[0], rel=1e-3)
+    assert all(F.cosine_similarity(got[1][n].flatten(), want[1][n].flatten(), dim=0) > 0.99 for n in want[1])
+    assert cpu_bf16(model, "cpu", "bf16", "lora").compiled == []  # only when asked for
+    assert cpu_bf16(model, "cpu", "fp32", "lora", compile=True).compiled == []  # only on the bf16 LoRA path
 
 
 def test_attention_runs_in_fp32_under_bf16_autocast_and_only_while_entered(tiny_model_dir: Path, monkeypatch) -> None:

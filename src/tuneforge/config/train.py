@@ -148,6 +148,12 @@ class TrainConfig(Section):
         description="'auto': bf16 autocast where it is faster: GPUs with bf16, CPUs with AMX tiles, and CPUs whose "
         "bf16 matmuls a one-off measurement finds at least 1.5x as fast as fp32 ones (e.g. AMD Zen 4); else fp32.",
     )
+    compile: bool = Field(
+        False,
+        description="LoRA with bf16 on a CPU: run the decoder layers through torch.compile (needs a C++ compiler; "
+        "not with gradient checkpointing): faster steps after a one-off compile of under a minute to a few minutes "
+        "(BENCHMARKS.md), worth it for runs longer than that.",
+    )
     save_steps: int = Field(50, ge=1, description="Write a checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
     seed: int = Field(0, description="Seed for adapter initialisation, dropout and data order.")

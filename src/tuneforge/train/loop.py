@@ -109,7 +109,7 @@ def _setup(cfg: RunConfig, log: Any, resume: bool) -> _Run:
     share = loss_share(task, train_set, pad_id) if cfg.train.batch_size == "auto" else 0.5
     model, hp = setup_model(cfg, device, precision, log, [task.length(e) for e in train_set], share)
     max_tokens = micro_batch_tokens(cfg.train, device)
-    fast = cpu_bf16(model, device, precision, cfg.train.method, par.world)
+    fast = cpu_bf16(model, device, precision, cfg.train.method, par.world, cfg.train.compile)
     check_memory(model, task, train_set, hp.batch_size, max_tokens, device, precision, fast.copy_bytes, log)
     if task.setup is not None:  # DPO's reference log-probabilities: computed as the training steps compute
         with autocast(device, precision), fast:

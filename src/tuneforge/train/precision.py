@@ -4,18 +4,26 @@
 CPUs with AMX tiles, and CPUs whose bf16 matmuls a one-off measurement finds at least BF16_GAIN x as fast (an AMD
 EPYC Zen 4 with AVX512-BF16: 2.1-2.7x; an Intel Xeon with AVX512-BF16 but no AMX: 0.6x, so it keeps fp32).
 
-On a CPU two more things decide whether bf16 training pays, both measured on bench/train.py's LoRA run (AMD EPYC):
+On a CPU more things decide whether bf16 training pays, measured on bench/train.py's LoRA run (AMD EPYC, AMX Xeon):
 - autocast casts every frozen weight to bf16 again at every micro-batch (it caches only weights that train): with
   LoRA that is the whole base model, a third of a GB written per micro-batch. `CpuBf16` holds the frozen Linear
   weights in bf16 for the run instead: the same numbers autocast would make, cast once.
 - PyTorch's CPU flash attention is slower in bf16 than in fp32 (forward and backward of the model's shapes: 7-15 ms
-  against 3-12 ms), so `CpuBf16` runs attention in fp32 (`ATTENTION`: transformers' SDPA on fp32 copies of q, k, v).
+  against 3-12 ms; on the AMX Xeon too below ~250 tokens a row), so `CpuBf16` runs attention in fp32 (`ATTENTION`:
+  transformers' SDPA on fp32 copies of q, k, v).
+- PEFT's LoRA Linear under autocast rounds away small adapter terms and costs three products and two passes over
+  its output; `CpuBf16` computes each as one bf16 product instead (fused_lora.py).
+- What is left besides the products costs the same in bf16 as in fp32 (bench/profile_step.py, AMX Xeon, one
+  thread: elementwise ops 1.0 s, attention 0.7 s, per-op overhead 0.7 s of a 4.6 s bf16 step); `train.compile`
+  takes the per-op overhead and the casts away (1.2-1.3x the bf16 tokens/s) after a one-off compile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.cpu.timing import median_seconds
+from tuneforge.errors import ConfigError
+from tuneforge.train.fused_lora import FusedLora, fusable
 
 BF16_GAIN = 1.5  # bf16 matmuls at least this much faster than fp32 ones: bf16 autocast on a CPU without AMX
 ATTENTION = "tuneforge_sdpa_fp32"  # the attention implementation CpuBf16 sets (registered with transformers)
@@ -77,10 +87,14 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[A
     return contextlib.nullcontext()
 
 
-def cpu_bf16(model: Any, device: str, precision: str, method: str, processes: int = 1) -> CpuBf16:
+def cpu_bf16(
+    model: Any, device: str, precision: str, method: str, processes: int = 1, compile: bool = False
+) -> CpuBf16:
     """What a training run takes on top of autocast: on the bf16 CPU path attention in fp32, and with LoRA in one
-    process the frozen weights in bf16 (a swapped weight would confuse an engine that synchronises weights)."""
-    return CpuBf16(model, _holds_frozen(device, precision, method, processes), device == "cpu" and precision == "bf16")
+    process the frozen weights in bf16 and the LoRA Linears fused (a swapped weight would confuse an engine that
+    synchronises weights), their decoder layers compiled if `compile` (`train.compile`) and a compiler is here."""
+    frozen = _holds_frozen(device, precision, method, processes)
+    return CpuBf16(model, frozen, device == "cpu" and precision == "bf16", fuse=frozen, compile=frozen and compile)
 
 
 def bf16_copy_bytes(model: Any, device: str, precision: str, method: str, processes: int = 1) -> int:
@@ -95,6 +109,12 @@ def _holds_frozen(device: str, precision: str, method: str, processes: int) -> b
     return device == "cpu" and precision == "bf16" and method == "lora" and processes == 1
 
 
+def _bf16(weight: torch.Tensor, joint: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The bf16 copy of a frozen weight: a fused LoRA Linear's is the frozen part of its joint matrix."""
+    held = joint.get(id(weight))
+    return held if held is not None else weight.detach().bfloat16()
+
+
 def _frozen_linears(model: Any) -> list[torch.nn.Linear]:
     return [
         module
@@ -103,21 +123,44 @@ def _frozen_linears(model: Any) -> list[torch.nn.Linear]:
     ]
 
 
-class CpuBf16:
-    """While entered: `model`'s frozen fp32 Linear weights are held in bf16 (if `frozen`) and its SDPA attention runs
-    in fp32 (if `attention`). For bf16 autocast training on a CPU (with neither, it changes nothing); `paused()` gives
-    the model back as it was (for generation, which runs outside autocast).
+def _compiled_layers(model: Any) -> list[tuple[torch.nn.Module, Any]]:
+    """Each decoder layer of `model` and its forward through one shared `torch.compile` (dynamic shapes: one graph
+    serves every layer and micro-batch shape); none without a C++ compiler for Inductor, under gradient checkpointing
+    or where the layers are not found."""
+    from tuneforge.models import decoder_layers
 
-    The bf16 copies hold exactly what autocast's cast of each weight gives, so the run computes the same numbers
-    (tested); they take half the frozen weights' memory more, while the fp32 weights wait for the exit.
+    checkpointing = any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+    if checkpointing or shutil.which(os.environ.get("CXX") or "g++") is None:
+        return []
+    try:
+        layers = list(decoder_layers(model))
+    except ConfigError:
+        return []
+    compiled = {kind: torch.compile(kind.forward, dynamic=True) for kind in {type(layer) for layer in layers}}
+    return [(layer, functools.partial(compiled[type(layer)], layer)) for layer in layers]
+
+
+class CpuBf16:
+    """While entered: `model`'s frozen fp32 Linear weights are held in bf16 (if `frozen`), its LoRA Linears run as
+    one bf16 product each (if `fuse`, see fused_lora.py), its decoder layers run compiled (if `compile` and they
+    can be, see `_compiled_layers`) and its SDPA attention runs in fp32 (if `attention`). For bf16 autocast training
+    on a CPU (with none, it changes nothing); `paused()` gives the model back as it was (for generation, which runs
+    outside autocast).
+
+    The bf16 copies hold exactly what autocast's cast of each weight gives, so without `fuse` the run computes the
+    same numbers (tested); they take half the frozen weights' memory more, while the fp32 weights wait for the exit.
+    A fused LoRA Linear's copy is the frozen part of its joint matrix [W | B].
     """
 
-    def __init__(self, model: Any, frozen: bool, attention: bool) -> None:
+    def __init__(self, model: Any, frozen: bool, attention: bool, fuse: bool = False, compile: bool = False) -> None:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.compiled = _compiled_layers(inner) if compile else []
         sdpa = getattr(getattr(inner, "config", None), "_attn_implementation", None) == "sdpa"
         self.inner = inner if attention and sdpa else None
+        self.fused = [FusedLora(module) for module in model.modules() if frozen and fuse and fusable(module)]
+        joint = {id(f.module.base_layer.weight): f.weight for f in self.fused}
         self.swaps = [
-            (module, module.weight, torch.nn.Parameter(module.weight.detach().bfloat16(), requires_grad=False))
+            (module, module.weight, torch.nn.Parameter(_bf16(module.weight, joint), requires_grad=False))
             for module in (_frozen_linears(model) if frozen else [])
         ]
 
@@ -145,6 +188,13 @@ class CpuBf16:
     def _set(self, on: bool) -> None:
         for module, fp32, bf16 in self.swaps:
             module.weight = bf16 if on else fp32
+        for fused in self.fused:
+            fused.on(on)
+        for layer, forward in self.compiled:
+            if on:
+                layer.forward = forward
+            else:
+                layer.__dict__.pop("forward", None)
         if self.inner is not None:
             if on:
                 _register_attention()
