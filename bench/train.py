@@ -1,26 +1,44 @@
-"""LoRA and full SFT of the embedded model: tuneforge against TRL's SFTTrainer (+ PEFT) in the same run.
+"""Training of the embedded model, tuneforge against the standard Hugging Face trainer in the same run.
 
-    python bench/train.py                    # LoRA and full, 8 timed steps each after 1 warm-up step (~20 min)
+    python bench/train.py                    # LoRA and full SFT, 8 timed steps each after 1 warm-up step (~20 min)
     python bench/train.py --steps 3 --only lora
     python bench/train.py --only lora --tools tuneforge --set train.micro_batch_tokens=null   # one lever, measured
+    python bench/train.py --only classify    # sentiment classification, one epoch (237 steps) each
+    python bench/train.py --only classify --steps 40
 
-The data is a fixed, seeded chat set (`--examples` 300; German and English words from faker's lorem lists, each
-example 30-400 tokens with the model's chat template). Every variant trains max_seq_len 512, effective batch 8,
-the same number of optimizer steps, in its own process (so its peak RSS is its own):
+SFT (`lora`, `full`): a fixed, seeded chat set (`--examples` 300; German and English words from faker's lorem
+lists, each example 30-400 tokens with the model's chat template), max_seq_len 512, effective batch 8:
   tuneforge  - `tuneforge train` as configured below (its defaults otherwise; `--set key=value` changes one);
   TRL        - `SFTTrainer(model, SFTConfig(...), peft_config=LoraConfig(...))` with the settings a user would set
                (batch, steps, learning rate, max_length) and TRL's defaults for everything else.
-Printed per variant: real tokens/s (non-padding tokens the optimizer steps saw, after warm-up), wall time of the
-timed steps, peak RSS, the held-out loss of the assistant answers after training (the same function and examples
-for both), the precision it trained in, the model FLOP utilisation (6N FLOPs per token for full, 4N for LoRA,
-against this CPU's matmul peak in that precision, measured at the start) and the ratios tuneforge / TRL.
-TRL's defaults include bf16 autocast and gradient checkpointing. `pip install -e ".[bench]"` first (TRL is not a
-tuneforge dependency).
+TRL's defaults include bf16 autocast and gradient checkpointing.
+
+`classify`: a sequence-classification head (AutoModelForSequenceClassification, 3 classes) with LoRA r 16, alpha 32
+on all linear layers (PEFT task_type SEQ_CLS, so the new head trains in full), batch 16, max_seq_len 128, learning
+rate 1e-3 (configs/reviews.yaml), class weights none, on 3,792 seeded German and English shop reviews from
+examples/reviews/generate.py (6-65 tokens, 28 on average; positive, negative, neutral): one epoch is 237 steps,
+the default (`--steps N`: N timed steps after the warm-up). Held out: 400 reviews in wordings never trained on.
+  tuneforge  - `tuneforge train` with train.task=classify, train.method=lora (its defaults otherwise);
+  Trainer    - transformers' `Trainer` as its docs teach: tokenizer(truncation=True, max_length=128),
+               `DataCollatorWithPadding`, `get_peft_model(model, LoraConfig(..., task_type="SEQ_CLS"))`, and
+               `TrainingArguments` with batch, steps, learning rate and bf16=True (what a user on a CPU with AMX
+               tiles would set: Trainer's default is fp32 on CPU); its defaults
+               otherwise: random order with no length grouping, fused AdamW, linear decay without warm-up (tuneforge:
+               cosine after 10% warm-up), clipping at 1.0, no gradient checkpointing, no dataloader workers.
+               TRL has no classification trainer.
+
+Every variant trains the same number of optimizer steps, in its own process (so its peak RSS is its own). Printed per
+variant: real tokens/s (non-padding tokens the optimizer steps saw, after warm-up), examples/s, wall time of the
+timed steps, peak RSS, the held-out loss (SFT: of the assistant answers; classify: cross-entropy, and accuracy) after
+training (the same function and examples for both), the precision it trained in, the model FLOP utilisation (6N
+FLOPs per token for full, 4N for LoRA, against this CPU's matmul peak in that precision, measured at the start) and
+the ratios tuneforge / baseline. `pip install -e ".[bench]"` first (TRL is not a tuneforge dependency).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import resource
@@ -33,10 +51,14 @@ from typing import Any
 
 SYSTEM = "Answer briefly."
 LORA = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
-LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
-BATCH, MAX_LEN, HELD_OUT = 8, 512, 40
+LEARNING_RATE = {"lora": 2e-4, "full": 2e-5, "classify": 1e-3}
+BATCH = {"lora": 8, "full": 8, "classify": 16}
+MAX_LEN = {"lora": 512, "full": 512, "classify": 128}
+HELD_OUT = {"lora": 40, "full": 40, "classify": 400}
+BASELINE = {"lora": "trl", "full": "trl", "classify": "trainer"}
+REVIEWS, LABELS = 3792, ["negative", "neutral", "positive"]  # classify: 237 steps of 16, the issue's shape
 ANSWER_ONLY = "trl.answer_only"  # --set trl.answer_only: TRL gets prompt-completion rows (loss on the answers only)
-TRL_SEED = "trl.seed="  # --set trl.seed=N: TRL's seed (tuneforge's is train.seed)
+TRL_SEED = "trl.seed="  # --set trl.seed=N: the baseline's seed, TRL's or Trainer's (tuneforge's is train.seed)
 
 
 def write_data(path: Path, n: int, seed: int = 0) -> None:
@@ -61,17 +83,44 @@ def write_data(path: Path, n: int, seed: int = 0) -> None:
             fh.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
-def held_out_loss(model: Any, model_dir: str, data: Path) -> float:
-    """Mean loss per answer token of the last HELD_OUT examples (never trained on), tuneforge's SFT encoding."""
+def write_reviews(train: Path, held: Path, n: int, seed: int = 0) -> None:
+    """n shop reviews in training wordings and HELD_OUT["classify"] in wordings never trained on, drawn by
+    examples/reviews/generate.py's `review` from one seeded generator."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "reviews" / "generate.py"
+    spec = importlib.util.spec_from_file_location("reviews_generate", path)
+    assert spec is not None and spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    rng = random.Random(seed)
+    for target, count, held_out in ((train, n, False), (held, HELD_OUT["classify"], True)):
+        rows = [generate.review(rng, held_out) for _ in range(count)]
+        target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def held_out_scores(model: Any, model_dir: str, data: Path, method: str) -> dict[str, float]:
+    """The held-out examples' (never trained on) mean loss, tuneforge's encoding and loss: per answer token for SFT,
+    cross-entropy per review for classify (and its accuracy)."""
     from tuneforge.config import load_config
     from tuneforge.models import load_tokenizer
-    from tuneforge.train.lm import SFT
-    from tuneforge.train.tasks import TaskContext, mean_loss
+    from tuneforge.train.tasks import TASKS, TaskContext, mean_loss
 
-    cfg = load_config(None, [f"model.name={model_dir}", f"data.max_seq_len={MAX_LEN}"])
+    task = "classify" if method == "classify" else "sft"
+    cfg = load_config(
+        None,
+        [f"model.name={model_dir}", f"data.max_seq_len={MAX_LEN[method]}", f"train.task={task}"]
+        + ([f"data.labels=[{','.join(LABELS)}]"] if method == "classify" else []),
+    )
     tokenizer = load_tokenizer(model_dir)
-    examples = SFT.load(data, tokenizer, TaskContext.of(cfg))
-    return float(mean_loss(model, SFT, examples, cfg.train, BATCH, int(tokenizer.pad_token_id)))
+    pad_id = int(tokenizer.pad_token_id)
+    examples = TASKS[task].load(data, tokenizer, TaskContext.of(cfg))
+    scores = {"held_out_loss": float(mean_loss(model, TASKS[task], examples, cfg.train, BATCH[method], pad_id))}
+    if method == "classify":
+        from tuneforge.train.classify import probabilities
+
+        predicted = probabilities(model, examples, 32, pad_id, "cpu").argmax(-1)
+        scores["held_out_accuracy"] = float(sum(int(p) == e.label for p, e in zip(predicted, examples, strict=True)))
+        scores["held_out_accuracy"] /= len(examples)
+    return scores
 
 
 def run_tuneforge(
@@ -82,6 +131,7 @@ def run_tuneforge(
     from tuneforge.models import load_model
     from tuneforge.train import train
 
+    task = ["train.task=classify", f"data.labels=[{','.join(LABELS)}]"] if method == "classify" else []
     cfg = load_config(
         None,
         [
@@ -93,10 +143,11 @@ def run_tuneforge(
             "data.estimate=false",
             "clean.dedup=false",
             "privacy.mode='off'",
-            f"data.max_seq_len={MAX_LEN}",
-            f"train.method={method}",
-            *([f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['lora_alpha']}"] if method == "lora" else []),
-            f"train.batch_size={BATCH}",
+            f"data.max_seq_len={MAX_LEN[method]}",
+            *task,
+            f"train.method={'full' if method == 'full' else 'lora'}",
+            *([f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['lora_alpha']}"] if method != "full" else []),
+            f"train.batch_size={BATCH[method]}",
             f"train.learning_rate={LEARNING_RATE[method]}",
             f"train.max_steps={warmup + steps}",
             "train.save_steps=100000",
@@ -110,15 +161,16 @@ def run_tuneforge(
     done = {r["step"]: r["tokens_per_s"] * r["elapsed_s"] for r in rows}  # cumulative real tokens per step
     seconds = rows[-1]["elapsed_s"] - rows[warmup - 1]["elapsed_s"] if warmup else rows[-1]["elapsed_s"]
     tokens = done[rows[-1]["step"]] - (done[warmup] if warmup else 0.0)
-    model = load_model(str(result.model_dir)) if method == "full" else _with_adapter(cfg, result.model_dir)
-    held_out = held_out_loss(model, cfg.model.name, held)
-    return {"tokens": tokens, "seconds": seconds, "held_out_loss": held_out, "precision": result.precision}
+    model = load_model(str(result.model_dir)) if method == "full" else _with_adapter(cfg, result.model_dir, method)
+    scores = held_out_scores(model, cfg.model.name, held, method)
+    return {"tokens": tokens, "seconds": seconds, **scores, "precision": result.precision}
 
 
-def _with_adapter(cfg: Any, adapter_dir: Path) -> Any:
+def _with_adapter(cfg: Any, adapter_dir: Path, method: str) -> Any:
     from tuneforge.models import load_adapter, load_model
 
-    return load_adapter(load_model(cfg.model.name), adapter_dir, "bench").eval()
+    base = load_model(cfg.model.name, labels=LABELS if method == "classify" else None)
+    return load_adapter(base, adapter_dir, "bench").eval()
 
 
 def run_trl(
@@ -126,7 +178,7 @@ def run_trl(
 ) -> dict[str, Any]:
     import datasets
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from tuneforge.models import ensure_embedded
@@ -137,14 +189,14 @@ def run_trl(
         rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
     args = SFTConfig(
         output_dir=str(out / "trl"),
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=BATCH[method],
         max_steps=warmup + steps,
         learning_rate=LEARNING_RATE[method],
-        max_length=MAX_LEN,
+        max_length=MAX_LEN[method],
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        seed=next((int(o[len(TRL_SEED) :]) for o in overrides if o.startswith(TRL_SEED)), 0),
+        seed=_baseline_seed(overrides),
         use_cpu=True,
     )
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -156,6 +208,72 @@ def run_trl(
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=peft,
     )
+    tokens, seconds = _timed_training(trainer, steps, warmup)
+    scores = held_out_scores(trainer.model.eval(), model_dir, held, method)
+    return {"tokens": tokens, "seconds": seconds, **scores, "precision": "bf16" if args.bf16 else "fp32"}
+
+
+def run_trainer(
+    method: str, data: Path, held: Path, steps: int, warmup: int, out: Path, overrides: list[str]
+) -> dict[str, Any]:
+    """transformers' Trainer on the classification head, as its sequence-classification guide teaches (with PEFT)."""
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from tuneforge.models import ensure_embedded
+
+    model_dir = str(ensure_embedded())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    index = {label: i for i, label in enumerate(LABELS)}
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    dataset = datasets.Dataset.from_list([{"text": r["text"], "label": index[r["label"]]} for r in rows])
+    dataset = dataset.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=MAX_LEN[method]), batched=True, remove_columns="text"
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id=index
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id  # a decoder pools its last non-padding token
+    model = get_peft_model(model, LoraConfig(**LORA, task_type="SEQ_CLS"))
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=BATCH[method],
+        max_steps=warmup + steps,
+        learning_rate=LEARNING_RATE[method],
+        bf16=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=_baseline_seed(overrides),
+        use_cpu=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+    )
+    tokens, seconds = _timed_training(trainer, steps, warmup)
+    scores = held_out_scores(trainer.model.eval(), model_dir, held, method)
+    return {"tokens": tokens, "seconds": seconds, **scores, "precision": "bf16" if args.bf16 else "fp32"}
+
+
+def _baseline_seed(overrides: list[str]) -> int:
+    return next((int(o[len(TRL_SEED) :]) for o in overrides if o.startswith(TRL_SEED)), 0)
+
+
+def _timed_training(trainer: Any, steps: int, warmup: int) -> tuple[float, float]:
+    """Train; the real (non-padding) tokens and the seconds of the steps after the warm-up."""
+    from transformers import TrainerCallback
+
     seen: list[int] = []
     collate = trainer.data_collator
 
@@ -177,15 +295,7 @@ def run_trl(
     start = time.perf_counter()
     trainer.train()
     stamps = [start, *times]
-    seconds = stamps[-1] - stamps[warmup]
-    tokens = float(sum(seen[warmup : warmup + steps]))
-    held_out = held_out_loss(trainer.model.eval(), model_dir, held)
-    return {
-        "tokens": tokens,
-        "seconds": seconds,
-        "held_out_loss": held_out,
-        "precision": "bf16" if args.bf16 else "fp32",
-    }
+    return float(sum(seen[warmup : warmup + steps])), stamps[-1] - stamps[warmup]
 
 
 def peak_matmul_flops(dtype: str, seconds: float = 3.0) -> float:
@@ -204,18 +314,24 @@ def peak_matmul_flops(dtype: str, seconds: float = 3.0) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant")
+    parser.add_argument(
+        "--steps", type=int, help="timed optimizer steps per variant (default: SFT 8; classify the rest of one epoch)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    parser.add_argument("--examples", type=int, default=300, help="training examples (+40 held out)")
-    parser.add_argument("--only", choices=["lora", "full"], help="run one method only")
-    parser.add_argument("--tools", default="trl,tuneforge", help="which to run, comma-separated (default both)")
+    parser.add_argument("--examples", type=int, default=300, help="SFT training examples (+40 held out)")
+    parser.add_argument("--only", choices=["lora", "full", "classify"], help="run one method only")
+    parser.add_argument(
+        "--tools",
+        default="baseline,tuneforge",
+        help="which to run, comma-separated (default both; baseline: TRL for SFT, Trainer for classify)",
+    )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help=f"a tuneforge config override (repeatable); {ANSWER_ONLY}: TRL's loss on the answers only; "
-        f"{TRL_SEED}N: TRL's seed",
+        f"{TRL_SEED}N: the baseline's seed",
     )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -223,9 +339,10 @@ def main() -> None:
     if args.variant:
         tool, method = args.variant.split("-")
         work = Path(args.workdir)
-        runner = run_tuneforge if tool == "tuneforge" else run_trl
-        held, out = work / "held.jsonl", work / tool
-        result = runner(method, work / "train.jsonl", held, args.steps, args.warmup, out, args.set)
+        runner = {"tuneforge": run_tuneforge, "trl": run_trl, "trainer": run_trainer}[tool]
+        data = "reviews" if method == "classify" else "chat"
+        held, out = work / f"{data}-held.jsonl", work / tool
+        result = runner(method, work / f"{data}.jsonl", held, args.steps, args.warmup, out, args.set)
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -233,10 +350,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
         work = Path(tmp)
-        write_data(work / "all.jsonl", args.examples + HELD_OUT)
+        write_data(work / "all.jsonl", args.examples + HELD_OUT["lora"])
         lines = (work / "all.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
-        (work / "train.jsonl").write_text("".join(lines[: args.examples]), encoding="utf-8")
-        (work / "held.jsonl").write_text("".join(lines[args.examples :]), encoding="utf-8")
+        (work / "chat.jsonl").write_text("".join(lines[: args.examples]), encoding="utf-8")
+        (work / "chat-held.jsonl").write_text("".join(lines[args.examples :]), encoding="utf-8")
+        write_reviews(work / "reviews.jsonl", work / "reviews-held.jsonl", REVIEWS)
         n_params = sum(p.numel() for p in load_model("smollm2-135m-instruct").parameters())
         peak = {dtype: peak_matmul_flops(dtype) for dtype in ("fp32", "bf16")}
         print(
@@ -245,37 +363,51 @@ def main() -> None:
         )
         methods = [args.only] if args.only else ["lora", "full"]
         for method in methods:
+            steps = args.steps or (REVIEWS // BATCH[method] - args.warmup if method == "classify" else 8)
             results = {}
             for tool in args.tools.split(","):
+                tool = BASELINE[method] if tool == "baseline" else tool
                 cmd = [sys.executable, __file__, "--variant", f"{tool}-{method}", "--workdir", tmp]
-                cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+                cmd += ["--steps", str(steps), "--warmup", str(args.warmup)]
                 cmd += [f"--set={o}" for o in args.set]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{tool}-{method} failed:\n{done.stderr[-3000:]}")
                 results[tool] = json.loads(done.stdout.strip().splitlines()[-1])
-            report(method, results, n_params, peak, args.steps)
+            report(method, results, n_params, peak, steps)
 
 
 def report(method: str, results: dict[str, dict[str, Any]], n_params: int, peak: dict[str, float], steps: int) -> None:
-    per_token = (4 if method == "lora" else 6) * n_params
-    print(f"\n{method} SFT, {steps} timed steps of batch {BATCH}, max_seq_len {MAX_LEN}")
+    per_token = (6 if method == "full" else 4) * n_params
+    what = "classification (LoRA)" if method == "classify" else f"{method} SFT"
+    print(f"\n{what}, {steps} timed steps of batch {BATCH[method]}, max_seq_len {MAX_LEN[method]}")
     print(
-        f"{'':<11}{'real tok/s':>11}{'wall s':>8}{'peak RSS MiB':>14}{'held-out loss':>15}{'precision':>10}{'MFU':>7}"
+        f"{'':<11}{'real tok/s':>11}{'ex/s':>7}{'wall s':>8}{'peak RSS MiB':>14}{'held-out loss':>15}"
+        f"{'accuracy':>10}{'precision':>10}{'MFU':>7}"
     )
     for tool, r in results.items():
         speed = r["tokens"] / r["seconds"]
+        accuracy = f"{r['held_out_accuracy']:.4f}" if "held_out_accuracy" in r else "-"
         print(
-            f"{tool:<11}{speed:>11.1f}{r['seconds']:>8.1f}{r['peak_rss_mib']:>14.0f}{r['held_out_loss']:>15.4f}"
-            f"{r['precision']:>10}{100 * speed * per_token / peak[r['precision']]:>6.1f}%"
+            f"{tool:<11}{speed:>11.1f}{steps * BATCH[method] / r['seconds']:>7.1f}{r['seconds']:>8.1f}"
+            f"{r['peak_rss_mib']:>14.0f}{r['held_out_loss']:>15.4f}{accuracy:>10}{r['precision']:>10}"
+            f"{100 * speed * per_token / peak[r['precision']]:>6.1f}%"
         )
-    if len(results) < 2:
+    baseline = BASELINE[method]
+    if "tuneforge" not in results or baseline not in results:
         return
-    ours, theirs = results["tuneforge"], results["trl"]
+    ours, theirs = results["tuneforge"], results[baseline]
     speedup = (ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"])
+    name = {"trl": "TRL", "trainer": "Trainer"}[baseline]
+    accuracy = (
+        f", held-out accuracy {ours['held_out_accuracy']:.4f} vs {theirs['held_out_accuracy']:.4f}"
+        if method == "classify"
+        else ""
+    )
     print(
-        f"tuneforge / TRL: {speedup:.2f}x real tokens/s, {ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS,"
-        f" held-out loss {ours['held_out_loss']:.4f} vs {theirs['held_out_loss']:.4f}"
+        f"tuneforge / {name}: {speedup:.2f}x real tokens/s ({theirs['seconds'] / ours['seconds']:.2f}x examples/s), "
+        f"{ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f}x peak RSS, held-out loss {ours['held_out_loss']:.4f} "
+        f"vs {theirs['held_out_loss']:.4f}{accuracy}"
     )
 
 

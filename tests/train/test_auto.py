@@ -7,7 +7,7 @@ import pytest
 from tuneforge.config import load_config
 from tuneforge.data import prepare
 from tuneforge.train import train
-from tuneforge.train.auto import Hyper, resolve, resolve_batch
+from tuneforge.train.auto import Hyper, group_by_length, resolve, resolve_batch
 
 
 @pytest.mark.parametrize(
@@ -36,6 +36,22 @@ def test_auto_lora_rank_grows_with_the_data(n_train: int, r: int) -> None:
 def test_set_values_stay_as_they_are() -> None:
     hp, notes = resolve(load_config(None, ["train.lora_r=4", "train.lora_alpha=7"]), 50, 10**8)
     assert hp == Hyper(epochs=2.0, batch_size=8, learning_rate=3e-4, lora_r=4, lora_alpha=7) and notes == []
+
+
+@pytest.mark.parametrize(
+    ("task", "setting", "grouped"),
+    [("classify", "auto", True), ("sft", "auto", False), ("classify", "false", False), ("sft", "true", True)],
+)
+def test_auto_length_grouping_is_on_for_classification(task: str, setting: str, grouped: bool) -> None:
+    cfg = load_config(None, [f"train.task={task}", f"train.group_by_length={setting}"])
+    _, notes = resolve(cfg, 500, 10**8)
+    assert group_by_length(cfg.train) is grouped
+    noted = [n for n in notes if n.startswith("group_by_length")]
+    assert noted == (
+        ["group_by_length auto -> true (task classify: steps of similar-length examples, less padding)"]
+        if setting == "auto" and grouped
+        else []
+    )
 
 
 def test_auto_batch_size_fits_the_memory(tiny_config) -> None:

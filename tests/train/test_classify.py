@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tuneforge.data import prepare
 from tuneforge.errors import ConfigError, RunError
@@ -16,7 +17,9 @@ from tuneforge.evaluation.evaluate import _models
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.rundir import read_jsonl
 from tuneforge.train import train
-from tuneforge.train.classify import CLASSIFY, class_weights, collate, loss_sum
+from tuneforge.train.auto import Hyper
+from tuneforge.train.classify import CLASSIFY, Labelled, class_weights, collate, logits, loss_sum
+from tuneforge.train.methods import apply_lora
 from tuneforge.train.tasks import TaskContext
 
 from helpers import review_rows, write_jsonl
@@ -154,3 +157,74 @@ def test_a_classifier_is_not_served(tiny_config, tiny_bert_dir: Path, reviews: P
     with pytest.raises(RunError, match="holds a classifier") as err:
         _run_info(cfg.run_dir)
     assert "tuneforge evaluate" in err.value.hint
+
+
+def test_a_run_without_a_validation_split_trains(tiny_config, tiny_bert_dir: Path, reviews: Path) -> None:
+    """data.val_size=0 leaves an empty val.jsonl, which the tokenizer cannot encode: it loads as no examples."""
+    cfg = classify_config(tiny_config, tiny_bert_dir, reviews, "train.max_steps=1", "data.val_size=0.0")
+    prepare(cfg)
+    assert (cfg.run_dir / "data" / "val.jsonl").read_text() == ""
+    assert train(cfg, **QUIET).val_loss is None
+
+
+class _Upcasts(TorchDispatchMode):
+    """Counts the elements of bf16 tensors copied to fp32 (autocast's own casts go the other way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            source = args[1] if func is torch.ops.aten.copy_.default else args[0]
+            if source.dtype == torch.bfloat16 and out.dtype == torch.float32:
+                self.elements += source.numel()
+        return out
+
+
+def test_a_decoders_head_runs_on_the_pooled_positions_with_the_plain_logits_and_gradients(
+    tiny_config, tiny_model_dir: Path
+) -> None:
+    """The decoder fast path (head on each row's last real token only, no fp32 round trip of LoRA inputs under
+    bf16 autocast) gives the logits and gradients of the model's own forward, which pools after the head."""
+    cfg = tiny_config("train.task=classify", "train.method=lora")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    model = apply_lora(
+        load_model(str(tiny_model_dir), labels=["neg", "pos", "meh"]), cfg.train, Hyper(1, 4, 1e-3, 4, 8)
+    )
+    texts = ["great, arrived early", "kaputt", "it does what it should, nothing special at all", "ok"]
+    ids = tokenizer(texts)["input_ids"]
+    batch = collate([Labelled(list(t), i % 3, 1.0 + i) for i, t in enumerate(ids)], int(tokenizer.pad_token_id))
+    assert len({len(t) for t in ids}) == len(ids)  # right padding of several widths
+    seen: list[torch.Size] = []
+    model.get_base_model().score.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+
+    def plain_loss() -> torch.Tensor:
+        plain = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        return (F.cross_entropy(plain, batch.labels, reduction="none") * batch.extra["weight"]).sum()
+
+    results = []
+    for loss_fn in (lambda: loss_sum(model, batch), plain_loss):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    hidden = model.get_base_model().config.hidden_size
+    assert seen[0] == (4, hidden) and seen[1] == (*batch.input_ids.shape, hidden)  # pooled rows, then all positions
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], atol=1e-5, rtol=1e-4), (
+            name,
+            (grad - results[1][1][name]).abs().max(),
+        )
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        with _Upcasts() as plain_casts:
+            plain = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        with _Upcasts() as fast_casts:
+            fast = logits(model, batch)
+    assert torch.equal(fast, plain)
+    assert fast_casts.elements == fast.numel() < plain_casts.elements  # only the logits' own .float()

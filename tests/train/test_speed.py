@@ -1,6 +1,7 @@
 """The speed and memory levers of training: each computes what it replaces (bench/train.py measures the gain)."""
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,13 @@ import torch.nn.functional as F
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import encode_chat
 from tuneforge.models import load_model, load_tokenizer
-from tuneforge.train import linear_ce, train
+from tuneforge.train import linear_ce, loop, setup, train
 from tuneforge.train.linear_ce import linear_cross_entropy
 from tuneforge.train.lm import SFT, collate, loss_sum
 from tuneforge.train.precision import resolve_precision
 from tuneforge.train.tasks import collate_step, largest_micro_batch, micro_batches
 
-from helpers import full_logits_loss
+from helpers import full_logits_loss, write_jsonl
 
 QUIET = {"log": lambda *a: None}
 
@@ -161,3 +162,45 @@ def test_the_log_says_which_precision_path_was_taken_and_why(tiny_config) -> Non
     line = next(line for line in lines if line.startswith("precision"))
     assert line.startswith(f"precision {chosen}")
     assert ("AMX" in line) and ("fallback" in line if chosen == "fp32" else "fast path" in line), line
+
+
+def test_classify_steps_are_length_grouped_and_whole_by_default(
+    tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Short texts of varied length: a classifier's steps group similar lengths (little padding), and on CPU a step
+    of 16 texts of up to max_seq_len 128 tokens is one micro-batch (a split would only repeat per-call work)."""
+    rng = random.Random(0)
+    words = ["gut", "great", "kaputt", "broken", "fine", "ok", "order", "day", "lamp", "kettle", "late", "early"]
+    rows = [
+        {"text": " ".join(rng.choices(words, k=rng.randint(1, 25))), "label": rng.choice(["pos", "neg"])}
+        for _ in range(160)
+    ]
+    data = write_jsonl(tmp_path / "varied.jsonl", rows)
+    seen: list[tuple[int, int]] = []  # (cells, real tokens) of every micro-batch trained on
+    real_step = loop.optimizer_step
+
+    def spy(model, group, *args, **kwargs):
+        seen.extend((b.input_ids.numel(), b.n_tokens) for b in group)
+        return real_step(model, group, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "optimizer_step", spy)
+    padding = {}
+    for grouped in ("default", "false"):
+        cfg = tiny_config(
+            f"data.path={data}",
+            "train.task=classify",
+            "train.batch_size=16",
+            "data.max_seq_len=128",
+            "data.estimate=false",
+            "clean.near_dup_threshold=0",
+            *([] if grouped == "default" else [f"train.group_by_length={grouped}"]),
+            f"name=grouped-{grouped}",
+        )
+        prepare(cfg)
+        seen.clear()
+        train(cfg, **QUIET)
+        padding[grouped] = 1 - sum(real for _, real in seen) / sum(cells for cells, _ in seen)
+        assert micro_batches([128] * 16, 16, setup.micro_batch_tokens(cfg.train, "cpu")) == [list(range(16))]
+    assert padding["default"] < 0.2 and padding["false"] > 0.4, padding
+    sft = tiny_config()
+    assert (setup.micro_batch_tokens(sft.train, "cpu"), setup.micro_batch_tokens(sft.train, "cuda")) == (512, None)

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.modeling_layers import GenericForSequenceClassification
 
 from tuneforge.config import TrainConfig
 from tuneforge.data.labels import class_labels
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.rundir import read_jsonl, split_path
+from tuneforge.train.parallel import unwrap
 from tuneforge.train.tasks import Batch, Task, TaskContext, register, rows_with
 
 
@@ -63,6 +65,8 @@ def load_classify(path: Path, tokenizer: Any, context: TaskContext) -> list[Labe
         "classification records",
         "train.task=classify needs records with text and label (data.format=classification)",
     )
+    if not rows:  # an empty split (data.val_size=0 writes an empty val.jsonl); the tokenizer fails on no texts
+        return []
     labels = class_labels(context.data, context.run_dir)
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted({str(r["label"]) for r in rows} - set(index))
@@ -95,8 +99,30 @@ def collate(examples: list[Labelled], pad_id: int) -> Batch:
 
 
 def logits(model: Any, batch: Batch) -> torch.Tensor:
-    """Class logits (fp32) of a batch."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+    """Class logits (fp32) of a batch.
+
+    A decoder's classifier (transformers' GenericForSequenceClassification: Llama, Qwen, Mistral, ...) applies its
+    head to every position and keeps each row's last non-padding one; here the head runs on those positions alone,
+    picked by the same rule. Under bf16 autocast, PEFT's LoRA layers no longer cast a bf16 input up to their fp32
+    weights' dtype, which autocast casts straight back (the same numbers): two full-size copies forward and two
+    backward in each LoRA layer fed by a bf16 tensor (o_proj, down_proj).
+    """
+    from peft.helpers import disable_input_dtype_casting
+
+    inner, wrapped = unwrap(model)
+    seq: Any = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    pad_id = getattr(getattr(seq, "config", None), "pad_token_id", None)
+    bf16 = torch.is_autocast_enabled(batch.input_ids.device.type)
+    with disable_input_dtype_casting(inner, active=bf16):
+        if wrapped or pad_id is None or not isinstance(seq, GenericForSequenceClassification):
+            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        backbone = getattr(seq, seq.base_model_prefix)
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        ids = batch.input_ids
+        positions = torch.arange(ids.size(1), device=ids.device, dtype=torch.int32)
+        last = (positions * (ids != pad_id).to(torch.int32)).argmax(-1)  # the rightmost non-padding token
+        pooled = hidden.last_hidden_state[torch.arange(ids.size(0), device=ids.device), last]
+        return seq.score(pooled).float()
 
 
 def loss_sum(model: Any, batch: Batch, train: TrainConfig | None = None) -> torch.Tensor:

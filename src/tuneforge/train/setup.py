@@ -17,7 +17,7 @@ from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models import load_model
 from tuneforge.rundir import split_path
-from tuneforge.train.auto import Hyper, resolve, resolve_batch
+from tuneforge.train.auto import CPU_MICRO_BATCH_TOKENS_BY_TASK, Hyper, resolve, resolve_batch
 from tuneforge.train.checkpoint import Progress, load_checkpoint, restore_weights
 from tuneforge.train.memory import available_memory, memory_need
 from tuneforge.train.methods import METHODS, count_parameters
@@ -32,10 +32,11 @@ CPU_MICRO_BATCH_TOKENS = 512
 
 
 def micro_batch_tokens(train: TrainConfig, device: str) -> int | None:
-    """The token limit of one micro-batch (`train.micro_batch_tokens`; 'auto': 512 on CPU, none on GPUs)."""
+    """The token limit of one micro-batch (`train.micro_batch_tokens`; 'auto': 512 on CPU or the task's own limit
+    there, none on GPUs)."""
     chosen = train.micro_batch_tokens
     if chosen == "auto":
-        return CPU_MICRO_BATCH_TOKENS if device == "cpu" else None
+        return CPU_MICRO_BATCH_TOKENS_BY_TASK.get(train.task, CPU_MICRO_BATCH_TOKENS) if device == "cpu" else None
     return chosen
 
 

@@ -16,6 +16,7 @@ from tuneforge.errors import TrainingError
 from tuneforge.generation import SamplingParams, generate_texts
 from tuneforge.metrics import chosen
 from tuneforge.rundir import BEST, atomic_write_text, read_jsonl, split_path
+from tuneforge.train.auto import group_by_length
 from tuneforge.train.checkpoint import Progress, save_weights
 from tuneforge.train.parallel import Parallel
 from tuneforge.train.precision import autocast
@@ -40,7 +41,7 @@ def endless_steps(
     lengths = [task.length(e) for e in train_set]
     per_step, epoch = batch_size * train.grad_accum * par.world, 0
     while True:
-        groups = step_groups(lengths, per_step, train.seed + epoch, train.group_by_length)
+        groups = step_groups(lengths, per_step, train.seed + epoch, group_by_length(train))
         for group in groups[done:]:
             examples = [train_set[i] for i in group]
             mine = collate_step(task, examples, batch_size, pad_id, par.rank, par.world, max_tokens)
