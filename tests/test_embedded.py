@@ -128,8 +128,9 @@ def test_the_real_model_learns_a_preference_with_dpo(tmp_path: Path) -> None:
             f"output_dir={tmp_path}",
             "name=dpo",
             "train.task=dpo",
-            # fp32: in bf16 the reference pass and the first step batch the pairs differently, and products of other
-            # shapes round differently (a CI run's first loss was 0.6989), so "starts as its reference" is exact only here
+            # fp32: in bf16 the reference pass and the first step batch the pairs differently, and products of
+            # other shapes round differently (a CI run's first loss was 0.6989): "starts as its reference" is exact
+            # only here
             "train.precision=fp32",
             "train.learning_rate=5e-4",
             "train.max_steps=4",
