@@ -76,35 +76,17 @@ class Run:
         from tuneforge.models import load_tokenizer
         from tuneforge.rundir import split_path
         from tuneforge.train import steps
+        from tuneforge.train.auto import group_by_length
         from tuneforge.train.parallel import Parallel
         from tuneforge.train.precision import cpu_bf16
         from tuneforge.train.setup import micro_batch_tokens, optimization, setup_model
         from tuneforge.train.tasks import TASKS, TaskContext, step_groups
 
         precision, _, own = spec.partition(":")
+        out = work / "".join(c if c.isalnum() else "_" for c in spec)
+        settings = bench.tuneforge_settings("lora", data, out, 100)
         cfg = load_config(
-            None,
-            [
-                f"data.path={data}",
-                f"output_dir={work / ''.join(c if c.isalnum() else '_' for c in spec)}",
-                "name=bench",
-                "data.val_size=0.0",
-                "data.test_size=0.0",
-                "data.estimate=false",
-                "clean.dedup=false",
-                "privacy.mode='off'",
-                f"data.max_seq_len={bench.MAX_LEN}",
-                "train.method=lora",
-                f"train.lora_r={bench.LORA['r']}",
-                f"train.lora_alpha={bench.LORA['lora_alpha']}",
-                f"train.batch_size={bench.BATCH}",
-                f"train.learning_rate={bench.LEARNING_RATE['lora']}",
-                "train.max_steps=100",
-                "train.seed=0",
-                f"train.precision={precision}",
-                *overrides,
-                *(o for o in own.split(",") if o),
-            ],
+            None, [*settings, f"train.precision={precision}", *overrides, *(o for o in own.split(",") if o)]
         )
         prepare(cfg)
         if cfg.train.threads:  # as loop.train sets them
@@ -122,7 +104,7 @@ class Run:
         )
         self.model.train()
         self.pad, self.batch = int(tokenizer.pad_token_id), hp.batch_size
-        self.groups = step_groups(self.lengths, hp.batch_size, cfg.train.seed, cfg.train.group_by_length)
+        self.groups = step_groups(self.lengths, hp.batch_size, cfg.train.seed, group_by_length(cfg.train))
 
     def step(self, i: int) -> tuple[float, int, float, float]:
         """Optimizer step `i`: its loss, real tokens, seconds and CPU seconds of this process."""

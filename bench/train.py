@@ -123,6 +123,30 @@ def held_out_scores(model: Any, model_dir: str, data: Path, method: str) -> dict
     return scores
 
 
+def tuneforge_settings(method: str, data: Path, out: Path, max_steps: int) -> list[str]:
+    """The config overrides of tuneforge's `method` run (also bench/profile_step.py's runs)."""
+    task = ["train.task=classify", f"data.labels=[{','.join(LABELS)}]"] if method == "classify" else []
+    return [
+        f"data.path={data}",
+        f"output_dir={out}",
+        "name=bench",
+        "data.val_size=0.0",
+        "data.test_size=0.0",
+        "data.estimate=false",
+        "clean.dedup=false",
+        "privacy.mode='off'",
+        f"data.max_seq_len={MAX_LEN[method]}",
+        *task,
+        f"train.method={'full' if method == 'full' else 'lora'}",
+        *([f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['lora_alpha']}"] if method != "full" else []),
+        f"train.batch_size={BATCH[method]}",
+        f"train.learning_rate={LEARNING_RATE[method]}",
+        f"train.max_steps={max_steps}",
+        "train.save_steps=100000",
+        "train.seed=0",
+    ]
+
+
 def run_tuneforge(
     method: str, data: Path, held: Path, steps: int, warmup: int, out: Path, overrides: list[str]
 ) -> dict[str, Any]:
@@ -131,30 +155,8 @@ def run_tuneforge(
     from tuneforge.models import load_model
     from tuneforge.train import train
 
-    task = ["train.task=classify", f"data.labels=[{','.join(LABELS)}]"] if method == "classify" else []
-    cfg = load_config(
-        None,
-        [
-            f"data.path={data}",
-            f"output_dir={out}",
-            "name=bench",
-            "data.val_size=0.0",
-            "data.test_size=0.0",
-            "data.estimate=false",
-            "clean.dedup=false",
-            "privacy.mode='off'",
-            f"data.max_seq_len={MAX_LEN[method]}",
-            *task,
-            f"train.method={'full' if method == 'full' else 'lora'}",
-            *([f"train.lora_r={LORA['r']}", f"train.lora_alpha={LORA['lora_alpha']}"] if method != "full" else []),
-            f"train.batch_size={BATCH[method]}",
-            f"train.learning_rate={LEARNING_RATE[method]}",
-            f"train.max_steps={warmup + steps}",
-            "train.save_steps=100000",
-            "train.seed=0",
-            *(o for o in overrides if not o.startswith("trl.")),
-        ],
-    )
+    settings = tuneforge_settings(method, data, out, warmup + steps)
+    cfg = load_config(None, [*settings, *(o for o in overrides if not o.startswith("trl."))])
     prepare(cfg)
     result = train(cfg, log=lambda *a: None)
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
