@@ -4,6 +4,7 @@
     python bench/profile_step.py --steps 2 --set train.micro_batch_tokens=1024
     python bench/profile_step.py --runs bf16 --table 30               # and the 30 costliest ops by self time
     python bench/profile_step.py --runs fp32 bf16 bf16:train.compile=true --set train.threads=1
+    python bench/profile_step.py --method classify    # bench/train.py's classification run instead
 
 The runs (`--runs`: a precision, and after a colon comma-separated overrides of that run alone) are built in one
 process exactly as `tuneforge train` builds them for bench/train.py's LoRA run (the same seeded data, config and
@@ -68,9 +69,10 @@ def _load_bench() -> Any:
 
 
 class Run:
-    """bench/train.py's LoRA run in `precision`, set up as loop.train sets it up; `step(i)` runs optimizer step i."""
+    """bench/train.py's LoRA (or classify) run in `precision`, set up as loop.train sets it up; `step(i)` runs
+    optimizer step i."""
 
-    def __init__(self, bench: Any, data: Path, work: Path, spec: str, overrides: list[str]) -> None:
+    def __init__(self, bench: Any, data: Path, work: Path, spec: str, overrides: list[str], method: str) -> None:
         from tuneforge.config import load_config
         from tuneforge.data import prepare
         from tuneforge.models import load_tokenizer
@@ -84,7 +86,7 @@ class Run:
 
         precision, _, own = spec.partition(":")
         out = work / "".join(c if c.isalnum() else "_" for c in spec)
-        settings = bench.tuneforge_settings("lora", data, out, 100)
+        settings = bench.tuneforge_settings(method, data, out, 100)
         cfg = load_config(
             None, [*settings, f"train.precision={precision}", *overrides, *(o for o in own.split(",") if o)]
         )
@@ -204,6 +206,7 @@ def _profiled(runs: dict[str, Run], first: int, steps: int) -> dict[str, tuple[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", choices=["lora", "classify"], default="lora", help="bench/train.py's run")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per run (after the timed ones)")
     parser.add_argument("--timed", type=int, default=4, help="unprofiled steps per run, in turns")
     parser.add_argument("--runs", nargs="+", default=["fp32", "bf16"], help="PRECISION[:KEY=VALUE,...] each")
@@ -213,8 +216,13 @@ def main() -> None:
     bench = _load_bench()
     with tempfile.TemporaryDirectory(prefix="tf-profile-") as tmp:
         work = Path(tmp)
-        bench.write_data(work / "all.jsonl", 300)  # bench/train.py's first 300 examples: its training set
-        runs = {spec: Run(bench, work / "all.jsonl", work, spec, args.set) for spec in args.runs}
+        if args.method == "classify":  # bench/train.py's reviews
+            data = work / "reviews.jsonl"
+            bench.write_reviews(data, work / "reviews-held.jsonl", bench.REVIEWS)
+        else:
+            data = work / "all.jsonl"
+            bench.write_data(data, 300)  # bench/train.py's first 300 examples: its training set
+        runs = {spec: Run(bench, data, work, spec, args.set, args.method) for spec in args.runs}
         for run in runs.values():
             run.step(0)  # warm-up: first touches, autocast caches, oneDNN's primitive caches
         _timed(runs, args.timed)
