@@ -155,7 +155,7 @@ class TrainConfig(Section):
         False,
         description="LoRA with bf16 on a CPU: run the decoder layers through torch.compile (needs a C++ compiler; "
         "not with gradient checkpointing): faster steps after a one-off compile of under a minute to a few minutes "
-        "(BENCHMARKS.md), worth it for runs longer than that.",
+        "(BENCHMARKS.md), worth it for runs many times longer than that.",
     )
     save_steps: int = Field(50, ge=1, description="Write a checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Keep only the newest N checkpoints.")
