@@ -27,7 +27,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "classification": ("text", "label"),
     "text": ("text",),
 }
-# One-line example of each format: the README table and `prepare --help` show these.
+# One-line example of each format: docs/data.md's table and `prepare --help` show these.
 EXAMPLES: dict[str, str] = {
     "chat": '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}',
     "sharegpt": '{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}',

@@ -1,6 +1,6 @@
 """`"auto"` hyperparameters: epochs, learning rate, LoRA rank and batch size chosen from data and model size.
 
-The rules, each a line of the README:
+The rules (docs/training.md lists them for users):
 - epochs: 3, raised so that training sees at least 100 examples and lowered so that it sees at most 25,000
   (at most 25 epochs, at least 1): the rule of OpenAI's fine-tuning API for `n_epochs: "auto"`.
 - learning_rate: 2e-4 for the adapter methods (lora, dora, qlora); for full and freeze 3e-5 below 1B

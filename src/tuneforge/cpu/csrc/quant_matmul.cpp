@@ -7,7 +7,7 @@
 // bit for bit the model's) and multiplies in fp32: only the order of the sums differs from F.linear. It reads 4.8x
 // fewer bytes than the fp32 weights, which is what binds a decode step on a CPU.
 //
-// Built by torch.utils.cpp_extension on first use (tuneforge/quantized.py), for the CPU it runs on (-march=native).
+// Built by torch.utils.cpp_extension on first use (tuneforge/cpu/gguf_blocks.py), for the CPU it runs on (-march=native).
 // Without AVX-512 `built_with_avx512()` is false and tuneforge keeps the fp32 path.
 
 #include <torch/extension.h>
