@@ -133,6 +133,10 @@ class FakeEngine:
             return None
         return sum(-(-len(t) // 4) + 4 for t in texts) + 2
 
+    def text_tokens(self, text: str) -> int:
+        """Four characters make a token."""
+        return -(-len(text) // 4)
+
     def complete(self, model_id: str, messages: Messages, params: SamplingParams) -> Completion:
         """The canned answer."""
         self.models[model_id]  # an unknown model fails as in the Engine

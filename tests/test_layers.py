@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"train"},
     {"evaluation"},
     {"tune"},
+    {"rag"},  # index, retrieve, answer with citations
     {"workflow"},  # the whole run: prepare -> train -> evaluate
     {"serve"},
     {"chat", "cli", "__main__"},

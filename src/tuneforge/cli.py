@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -171,6 +171,105 @@ def tune(target: Target, overrides: Overrides = None) -> None:
         out.print(f"best val_loss {result.best_val_loss:.5f}; config -> {result.best_config}", markup=False)
 
 
+@app.command(epilog=FIELDS_HELP)
+def index(
+    target: Target,
+    overrides: Overrides = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option("--rebuild", help="Delete the index and build it again (needed to change the embedding model)."),
+    ] = False,
+) -> None:
+    """Build or update the RAG index of rag.sources (folders of documents or code, text files, JSONL/CSV/Parquet
+    tables): chunks by structure, embeds, stores. Run again after the files change: only new and changed files are
+    embedded again, deleted ones are dropped."""
+    from tuneforge.rag import build_index
+
+    with user_errors():
+        cfg = resolve_target(target, overrides)
+        summary = build_index(cfg.rag, cfg.index_dir, log=log, rebuild=rebuild)
+        out.print(summary.text(), markup=False, highlight=False)
+
+
+@app.command()
+def ask(
+    target: Annotated[str, typer.Argument(help="An index folder, or a config / run directory whose rag: it uses.")],
+    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    where: Annotated[
+        str | None, typer.Option("--filter", help="Metadata filter, e.g. \"price < 12 and colour = 'red'\".")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="Answer with this run's tuned model.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Answer with this model [default: the config's model.name].")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Passages to retrieve [default: rag.top_k].")] = None,
+    retrieval: Annotated[str | None, typer.Option(help="hybrid, dense or keyword [default: rag.retrieval].")] = None,
+    search_only: Annotated[bool, typer.Option("--search-only", help="Show the passages; generate no answer.")] = False,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
+) -> None:
+    """Answer a question from an index, citing the passages it used as [1], [2] (file:lines or table#row)."""
+    from tuneforge.generation import SamplingParams
+    from tuneforge.rag import Index, answer, retrieve_sources
+    from tuneforge.serve.engine import Engine
+
+    with user_errors():
+        folder, rag, base = _rag_target(target)
+        rag = rag.model_copy(update={k: v for k, v in {"top_k": top_k, "retrieval": retrieval}.items() if v})
+        rag = type(rag).model_validate(rag.model_dump())  # --retrieval checked as the config field is
+        found = Index(folder)
+        if search_only:
+            sources, why = retrieve_sources(question, found, rag.model_copy(update={"min_similarity": None}), where)
+            _print_sources(sources, full=True)
+            return
+        engine = Engine([run_dir] if run_dir else [], max_batch=1, base=None if run_dir else model or base)
+        try:
+            params = SamplingParams(max_new_tokens=max_tokens)
+            reply = answer(
+                question, found, rag, lambda m: engine.complete(engine.default_id, m, params).text,
+                engine.text_tokens, where,
+            )  # fmt: skip
+        finally:
+            engine.close()
+        out.print(reply.text, markup=False, highlight=False)
+        _print_sources(reply.sources, cited=reply.cited)
+
+
+def _rag_target(target: str) -> tuple[Path, Any, str]:
+    """(index folder, rag settings, answering model) of an index folder, a config or a run directory."""
+    from tuneforge.config import RagConfig
+    from tuneforge.rag.store import INDEX_FILE
+
+    if (Path(target) / INDEX_FILE).is_file():
+        return Path(target), RagConfig(), EMBEDDED_MODEL
+    cfg = resolve_target(target, None)
+    return cfg.index_dir, cfg.rag, cfg.model.name
+
+
+def _print_sources(sources: list[Any], cited: list[int] | None = None, full: bool = False) -> None:
+    if not sources:
+        return
+    log("\nsources:" if cited is None else f"\nsources (cited: {', '.join(map(str, cited)) or 'none'}):")
+    for s in sources:
+        score = f"similarity {s.similarity:.3f}" if s.similarity is not None else f"score {s.score:.3f}"
+        log(f"[{s.number}] {s.where}" + (f" ({s.title})" if s.title else "") + f"  {score}")
+        text = s.text if full or len(s.text) <= 400 else s.text[:400] + " ..."
+        log("    " + text.replace("\n", "\n    "))
+
+
+INDEX_HELP = "Retrieve from this index (made by tuneforge index) [default: the run's own index, if it has one]."
+
+
+def _retrieval(index_dir: Path | None, cfg: RunConfig) -> Any:
+    """The retrieval service of an --index folder, or of the run's own index when it has one (else None)."""
+    from tuneforge.rag.store import INDEX_FILE
+    from tuneforge.serve.retrieval import RetrievalService
+
+    folder = index_dir or cfg.index_dir
+    if index_dir is None and not (folder / INDEX_FILE).is_file():
+        return None
+    return RetrievalService.open(folder, cfg.rag)
+
+
 def _serve_help(name: str) -> str:
     return f"{ServeConfig.model_fields[name].description} [default: serve.{name} of the first run's config]"
 
@@ -183,8 +282,10 @@ def serve(
     api_key_env: Annotated[str | None, typer.Option(help=_serve_help("api_key_env"))] = None,
     max_tokens: Annotated[int | None, typer.Option(help=_serve_help("max_new_tokens"))] = None,
     max_batch: Annotated[int | None, typer.Option(min=1, help=_serve_help("max_batch"))] = None,
+    index_dir: Annotated[Path | None, typer.Option("--index", help=INDEX_HELP)] = None,
 ) -> None:
-    """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions)."""
+    """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings); with an
+    index, answers use and cite its passages."""
     import uvicorn
 
     from tuneforge.serve import create_app
@@ -199,14 +300,17 @@ def serve(
         }
         # the options as overrides of the run's serve: section, validated by its rules (JSON: a value stays a string)
         overrides = [f"serve.{name}={json.dumps(value)}" for name, value in given.items() if value is not None]
-        config = load_run(run_dirs[0], overrides).serve
+        run_cfg = load_run(run_dirs[0], overrides)
+        config = run_cfg.serve
         key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
-        application = create_app(run_dirs, config, api_key=key)
+        retrieval = _retrieval(index_dir, run_cfg)
+        application = create_app(run_dirs, config, api_key=key, retrieval=retrieval)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
         out.print(
             f"serving {names} on http://{config.host}:{config.port}/v1 (API key from ${config.api_key_env}: {state}; "
             f"up to {config.max_batch} concurrent requests answered in one batch)"
+            + (f"; retrieval from {retrieval.index.folder} ({retrieval.model})" if retrieval else "")
         )
         uvicorn.run(application, host=config.host, port=config.port, log_level="warning")
 
@@ -218,20 +322,25 @@ def chat(
     system: Annotated[str | None, typer.Option(help="System prompt for the conversation.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 is greedy; higher samples more freely.")] = 0.0,
+    index_dir: Annotated[Path | None, typer.Option("--index", help=INDEX_HELP)] = None,
 ) -> None:
-    """Chat with a tuned model in the terminal (/reset, /system TEXT, /exit)."""
+    """Chat with a tuned model in the terminal (/reset, /system TEXT, /exit); with an index, sources under each
+    answer."""
     from tuneforge.chat import chat_loop
     from tuneforge.generation import SamplingParams
     from tuneforge.serve.engine import Engine
 
     with user_errors():
+        retrieval = _retrieval(index_dir, load_run(run_dir))
         engine = Engine([run_dir], max_batch=1)  # one user: no batch to wait for
         model_id = engine.base_id if base else engine.default_id
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
         try:
-            chat_loop(engine, model_id, params, _read_line, sys.stdout, system)
+            chat_loop(engine, model_id, params, _read_line, sys.stdout, system, retrieval)
         finally:
             engine.close()
+            if retrieval is not None:
+                retrieval.close()
 
 
 @app.command()

@@ -36,3 +36,7 @@ class RunError(TuneforgeError):
 
 class TrainingError(TuneforgeError):
     """Training cannot go on (for example the loss became NaN, or a checkpoint is damaged)."""
+
+
+class RetrievalError(TuneforgeError):
+    """A RAG index is missing, damaged or built by another embedding model, or a metadata filter is invalid."""

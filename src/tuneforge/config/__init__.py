@@ -2,7 +2,8 @@
 
 Every field has a default and a description; the descriptions are the documentation (`tuneforge run --help` prints
 them, docs/configuration.md holds them), so they are written for users. The sections live in data.py (model, data,
-clean, privacy), train.py (train) and run.py (evaluate, serve, tune and RunConfig); load.py reads and validates.
+clean, privacy), train.py (train), rag.py (rag) and run.py (evaluate, serve, tune and RunConfig); load.py reads
+and validates.
 """
 
 from tuneforge.config.base import EMBEDDED_MODEL, Auto, Section
@@ -16,10 +17,12 @@ from tuneforge.config.data import (
     PrivacyConfig,
 )
 from tuneforge.config.load import apply_override, describe_fields, dump_config, load_config, validate_config
+from tuneforge.config.rag import EMBEDDED_EMBEDDERS, RagConfig
 from tuneforge.config.run import EvalConfig, RunConfig, ServeConfig, TuneConfig
 from tuneforge.config.train import TrainConfig
 
 __all__ = [
+    "EMBEDDED_EMBEDDERS",
     "EMBEDDED_MODEL",
     "Auto",
     "CleanConfig",
@@ -30,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "PiiName",
     "PrivacyConfig",
+    "RagConfig",
     "RunConfig",
     "Section",
     "ServeConfig",

@@ -75,12 +75,15 @@ def _show(value: Any) -> str:
 
 def _resolve_data_path(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
-    if not isinstance(data, dict):
-        return
-    places = [(data, key) for key in ("path", "test_path")]
+    data = data if isinstance(data, dict) else {}
+    places: list[tuple[Any, Any]] = [(data, key) for key in ("path", "test_path")]
     places += [(d, "path") for d in data.get("datasets") or [] if isinstance(d, dict)]
+    rag = raw.get("rag")
+    if isinstance(rag, dict):
+        sources = rag.get("sources")
+        places += [(sources, i) for i in range(len(sources))] if isinstance(sources, list) else []
     for node, key in places:
-        value = node.get(key)
+        value = node[key] if isinstance(node, list) else node.get(key)
         if isinstance(value, str) and not value.startswith("hf:") and not Path(value).is_absolute():
             node[key] = str((base / value).resolve())
 

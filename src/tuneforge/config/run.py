@@ -9,6 +9,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_v
 
 from tuneforge.config.base import Section
 from tuneforge.config.data import CleanConfig, DataConfig, ModelConfig, PrivacyConfig
+from tuneforge.config.rag import RagConfig
 from tuneforge.config.train import TrainConfig
 
 
@@ -128,6 +129,12 @@ class RunConfig(Section):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    rag: RagConfig = Field(default_factory=RagConfig)
+
+    @property
+    def index_dir(self) -> Path:
+        """Where this config's RAG index lives (rag.index_dir, or beside the run)."""
+        return self.rag.index_dir or self.run_dir / "index"
 
     @property
     def run_dir(self) -> Path:

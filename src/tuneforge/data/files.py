@@ -46,14 +46,17 @@ class Skipped:
 Item = Row | Issue | Skipped
 
 
-def read_rows(spec: str, hf_subset: str | None = None, hf_split: str = "train") -> Iterator[Item]:
-    """Rows of a data file, a folder of documents, or a Hugging Face dataset (`hf:NAME`)."""
+def read_rows(
+    spec: str, hf_subset: str | None = None, hf_split: str = "train", max_bytes: int | None = None
+) -> Iterator[Item]:
+    """Rows of a data file, a folder of documents, or a Hugging Face dataset (`hf:NAME`); a folder's files larger
+    than `max_bytes` are skipped."""
     if spec.startswith(HF_PREFIX):
         yield from _read_hf(spec[len(HF_PREFIX) :], hf_subset, hf_split)
         return
     path = Path(spec)
     if path.is_dir():
-        yield from _read_folder(path)
+        yield from _read_folder(path, max_bytes)
         return
     suffix = path.suffix.lower()
     if suffix in JSONL:
@@ -222,7 +225,7 @@ def _pq_hint() -> str:
     return "write it again with pandas.DataFrame.to_parquet or pyarrow.parquet.write_table"
 
 
-def _read_folder(root: Path) -> Iterator[Item]:
+def _read_folder(root: Path, max_bytes: int | None = None) -> Iterator[Item]:
     """Every text file under `root` (sorted, .gitignore honoured, binaries skipped) as one text row."""
     import pathspec
 
@@ -247,7 +250,7 @@ def _read_folder(root: Path) -> Iterator[Item]:
                 yield Skipped(str(path), "gitignore")
                 continue
             found = True
-            yield from _read_document(path, group=str(path.relative_to(root)))
+            yield from _read_document(path, group=str(path.relative_to(root)), max_bytes=max_bytes)
     if not found:
         yield error("empty_folder", Source(str(root), 0), None, "no files in the folder", "point data.path at data")
 
@@ -260,9 +263,18 @@ def _ignored(path: Path, is_dir: bool, ignores: list[tuple[Any, Any]]) -> bool:
     return False
 
 
-def _read_document(path: Path, group: str | None) -> Iterator[Item]:
-    """One text file as a `text` row; binary files are skipped, undecodable ones are encoding errors."""
-    data = path.read_bytes()
+def _read_document(path: Path, group: str | None, max_bytes: int | None = None) -> Iterator[Item]:
+    """One text file as a `text` row; binary, unreadable and too large files are skipped, undecodable ones are
+    encoding errors."""
+    try:
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            yield Skipped(str(path), f"larger than {max_bytes / 1e6:g} MB ({size / 1e6:.1f} MB)")
+            return
+        data = path.read_bytes()
+    except OSError as exc:
+        yield Skipped(str(path), f"unreadable ({exc.strerror or exc})")
+        return
     if b"\x00" in data[:BINARY_PROBE]:
         yield Skipped(str(path), "binary")
         return

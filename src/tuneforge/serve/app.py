@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException
 from tuneforge.config import ServeConfig
 from tuneforge.serve.engine import Engine, ServingEngine
 from tuneforge.serve.errors import api_error, http_error, server_error, validation_error
-from tuneforge.serve.routes import chat, models
+from tuneforge.serve.retrieval import RetrievalService
+from tuneforge.serve.routes import chat, embeddings, models
 
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key; every other path (the docs too) needs it
 
@@ -25,21 +26,25 @@ def create_app(
     *,
     api_key: str | None = None,
     engine: ServingEngine | None = None,
+    retrieval: RetrievalService | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `run_dirs` as `serve` (the config's `serve:` section) says. `api_key` (None: none is
     required) is passed apart from the config, which is written to run directories: the CLI reads it from the
-    environment variable `serve.api_key_env` names. `engine` may be given (tests); else the runs are loaded."""
+    environment variable `serve.api_key_env` names. `engine` may be given (tests); else the runs are loaded. With
+    `retrieval` (an index), chat answers use and cite its passages, and /v1/embeddings serves its model."""
     serve = serve or ServeConfig()
     app = FastAPI(title="tuneforge", version="0.1.0", docs_url="/docs")
     app.state.serve = serve
     if engine is None:
         engine = Engine(list(run_dirs), serve.max_batch)  # (mypy holds the Engine to the ServingEngine protocol here)
     app.state.engine = engine
+    app.state.retrieval = retrieval
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, server_error)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(embeddings.router)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -65,6 +65,8 @@ class ServingEngine(Protocol):
 
     def prompt_tokens(self, messages: Messages, at_most: int) -> int | None: ...
 
+    def text_tokens(self, text: str) -> int: ...
+
     def complete(self, model_id: str, messages: Messages, params: SamplingParams) -> Completion: ...
 
     def stream(self, model_id: str, messages: Messages, params: SamplingParams) -> Iterator[str | Completion]: ...
@@ -101,10 +103,11 @@ class _Task:
 class Engine:
     """Loads the base model once in its own thread, attaches each run's adapter, answers requests (see the module)."""
 
-    def __init__(self, run_dirs: list[Path], max_batch: int = ServeConfig().max_batch) -> None:
-        if not run_dirs:
+    def __init__(self, run_dirs: list[Path], max_batch: int = ServeConfig().max_batch, base: str | None = None) -> None:
+        """Serve the runs' adapters on their base model; with no runs, the model `base` alone."""
+        if not run_dirs and base is None:
             raise RunError("no run directory to serve", "pass at least one run directory, e.g. runs/contracts")
-        infos = [_run_info(d) for d in run_dirs]
+        infos = [_run_info(d) for d in run_dirs] or [{"base_model": base}]
         bases = {i["base_model"] for i in infos}
         if len(bases) > 1:
             raise RunError(
@@ -116,7 +119,7 @@ class Engine:
         now = int(time.time())
         self.models: dict[str, ServedModel] = {}
         adapters: list[tuple[Path, str]] = []
-        for run_dir, info in zip(run_dirs, infos, strict=True):
+        for run_dir, info in zip(run_dirs, infos[: len(run_dirs)], strict=True):
             name = info.get("run") or run_dir.name
             if name in self.models:
                 raise RunError(f"two runs are named {name!r}", "serve runs with different names")
@@ -145,6 +148,10 @@ class Engine:
         if chars > at_most * self._longest_token:
             return None
         return len(encode_prompt(self.tokenizer, messages))
+
+    def text_tokens(self, text: str) -> int:
+        """Tokens of a plain text (no chat template), counted in the calling thread."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def complete(self, model_id: str, messages: Messages, params: SamplingParams) -> Completion:
         """One whole answer, generated in a batch with the requests queued beside it."""

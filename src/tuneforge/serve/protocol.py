@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -52,6 +52,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class RagOptions(BaseModel):
+    """tuneforge's extension of a chat request (the openai client sends it with extra_body={"rag": {...}})."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: Text | None = Field(None, description="Metadata filter, e.g. \"price < 12 and colour = 'red'\".")
+    top_k: int | None = Field(None, ge=1, le=100, description="Passages given to the model (default: rag.top_k).")
+
+
 class ChatCompletionRequest(BaseModel):
     # Unknown OpenAI parameters (user, metadata, ...) are accepted and ignored, as the OpenAI API does.
     model_config = ConfigDict(extra="ignore")
@@ -67,6 +76,9 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX, description="A signed 64-bit integer.")
     stop: str | list[str] | None = None
+    rag: RagOptions | bool | None = Field(
+        None, description="tuneforge: false answers without retrieval; options for this request's retrieval."
+    )
 
     _stop_is_unicode = field_validator("stop")(_unicode_strings)
 
@@ -89,6 +101,22 @@ class Choice(BaseModel):
     logprobs: None = None
 
 
+class Citation(BaseModel):
+    """A retrieved passage given to the model (tuneforge's extension of the response: `citations`)."""
+
+    index: int
+    source: str  # path:first-last line, or table.csv#row
+    path: str
+    start_line: int
+    end_line: int
+    title: str | None
+    score: float
+    similarity: float | None
+    metadata: dict[str, Any]
+    text: str
+    cited: bool  # the answer names it as [index]
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -96,6 +124,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
+    citations: list[Citation] | None = None
 
 
 class Delta(BaseModel):
@@ -117,6 +146,44 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    citations: list[Citation] | None = None  # on the first chunk, when the answer uses retrieval
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text
+    input: Text | list[Text] = Field(description="A text or a list of texts (token arrays are not supported).")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts or any(not t for t in texts):
+            raise ValueError("input must hold at least one text, and no empty string")
+        if len(texts) > 2048:
+            raise ValueError(f"at most 2048 texts per request, got {len(texts)}")
+        return value
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from tuneforge.errors import TuneforgeError
 from tuneforge.generation import Completion, Messages, SamplingParams
+from tuneforge.rag import Source
+from tuneforge.rag.answer import cited_numbers
 from tuneforge.serve.engine import ServingEngine
 from tuneforge.serve.errors import api_error, error_responses
 from tuneforge.serve.protocol import (
@@ -19,9 +22,12 @@ from tuneforge.serve.protocol import (
     ChatCompletionRequest,
     Choice,
     ChunkChoice,
+    Citation,
     Delta,
+    RagOptions,
     Usage,
 )
+from tuneforge.serve.retrieval import RetrievalService, footer, refusal
 
 router = APIRouter()
 
@@ -40,7 +46,8 @@ MIN_TEMPERATURE = 1e-5
     },
 )
 def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    """OpenAI chat completions on a tuned adapter or the base model."""
+    """OpenAI chat completions on a tuned adapter or the base model; with an index, the answer uses the passages
+    retrieved for the last user message, cites them, and lists them in `citations`."""
     engine: ServingEngine = request.app.state.engine
     if body.model not in engine.models:
         return api_error(
@@ -51,6 +58,10 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
             "model_not_found",
         )
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    retrieved = _retrieve(request.app.state.retrieval, body, messages, engine)
+    if isinstance(retrieved, JSONResponse):
+        return retrieved
+    messages, sources, refused = retrieved
     requested = body.max_completion_tokens or body.max_tokens
     wanted = _answer_length(engine, messages, requested, request.app.state.serve.max_new_tokens)
     if isinstance(wanted, JSONResponse):
@@ -61,20 +72,69 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
         max_new_tokens=wanted, temperature=temperature, top_p=body.top_p, seed=body.seed, stop=stops
     )
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    citations = None if sources is None else [_citation(s, []) for s in sources]
     if body.stream:
-        pieces = engine.stream(body.model, messages, params)
+        pieces: Iterator[str | Completion] = (
+            iter([refused, Completion(refused, 0, 0, "stop")])
+            if refused
+            else engine.stream(body.model, messages, params)
+        )
+        pieces = _with_footer(pieces, sources) if sources else pieces
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(pieces, rid, created, body.model, include_usage), media_type="text/event-stream")
-    final = engine.complete(body.model, messages, params)
+        events = _sse(pieces, rid, created, body.model, include_usage, citations)
+        return StreamingResponse(events, media_type="text/event-stream")
+    final = Completion(refused, 0, 0, "stop") if refused else engine.complete(body.model, messages, params)
+    text = final.text
+    if sources:
+        cited = cited_numbers(final.text, len(sources))
+        text += footer(sources, cited)
+        citations = [_citation(s, cited) for s in sources]
     return JSONResponse(
         ChatCompletion(
             id=rid,
             created=created,
             model=body.model,
-            choices=[Choice(message=AssistantMessage(content=final.text), finish_reason=final.finish_reason)],
+            choices=[Choice(message=AssistantMessage(content=text), finish_reason=final.finish_reason)],
             usage=_usage(final),
-        ).model_dump()
+            citations=citations,
+        ).model_dump(exclude={"citations"} if citations is None else None)
     )
+
+
+def _retrieve(
+    service: RetrievalService | None, body: ChatCompletionRequest, messages: Messages, engine: ServingEngine
+) -> tuple[Messages, list[Source] | None, str | None] | JSONResponse:
+    """The messages with the retrieved passages, the passages (None: no retrieval) and the refusal when nothing
+    retrieved is close enough; or the 400 of a bad filter."""
+    if service is None or body.rag is False:
+        return messages, None, None
+    options = body.rag if isinstance(body.rag, RagOptions) else RagOptions()
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    if not question.strip():
+        return messages, None, None
+    try:
+        sources, why = service.sources(question, options.filter, options.top_k)
+    except TuneforgeError as exc:
+        return api_error(400, exc.message + (f" ({exc.hint})" if exc.hint else ""), "invalid_request_error", "rag")
+    if not sources:
+        return messages, [], refusal(why)
+    with_sources, used = service.messages(messages, sources, engine.text_tokens)
+    return with_sources, used, None
+
+
+def _with_footer(pieces: Iterator[str | Completion], sources: list[Source]) -> Iterator[str | Completion]:
+    """A streamed answer, with the sources it cited listed after its last piece."""
+    said: list[str] = []
+    for piece in pieces:
+        if isinstance(piece, Completion):
+            yield footer(sources, cited_numbers("".join(said), len(sources)))
+        else:
+            said.append(piece)
+        yield piece
+
+
+def _citation(source: Source, cited: list[int]) -> Citation:
+    return Citation(**source.to_json(), cited=source.number in cited)
 
 
 def _answer_length(engine: ServingEngine, messages: Messages, requested: int | None, limit: int) -> int | JSONResponse:
@@ -108,12 +168,19 @@ def _answer_length(engine: ServingEngine, messages: Messages, requested: int | N
     return api_error(400, told, "invalid_request_error", param, "context_length_exceeded")
 
 
-def _sse(pieces: Iterator[str | Completion], rid: str, created: int, model: str, include_usage: bool) -> Iterator[str]:
-    def event(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
-        chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
+def _sse(
+    pieces: Iterator[str | Completion],
+    rid: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+    citations: list[Citation] | None = None,
+) -> Iterator[str]:
+    def event(choices: list[ChunkChoice], usage: Usage | None = None, cites: list[Citation] | None = None) -> str:
+        chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage, citations=cites)
         return f"data: {chunk.model_dump_json(exclude_none=not include_usage or usage is None)}\n\n"
 
-    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    yield event([ChunkChoice(delta=Delta(role="assistant", content=""))], cites=citations)
     for piece in pieces:
         if isinstance(piece, Completion):
             yield event([ChunkChoice(delta=Delta(), finish_reason=piece.finish_reason)])
