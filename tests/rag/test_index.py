@@ -118,6 +118,21 @@ def test_skipped_files_are_listed_with_the_reason(tmp_path: Path) -> None:
     assert "skipped" in summary.text() and "kb/huge.txt" in summary.text()
 
 
+def test_an_unreadable_file_is_listed_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_docs(tmp_path / "kb", {"ok.txt": "Invoices are due in 30 days.", "locked.txt": "secret"})
+    real = Path.read_bytes
+
+    def denied(path: Path) -> bytes:
+        if path.name == "locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # as root, chmod 0 does not stop a read
+    summary = index(RagConfig(sources=[str(root)]), tmp_path / "index")
+    assert dict(summary.skipped) == {"kb/locked.txt": "unreadable (Permission denied)"}
+    assert summary.stats["files"] == 1
+
+
 def test_an_empty_folder_and_missing_sources_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="rag.sources not found: .*nowhere"):

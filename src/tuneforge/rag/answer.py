@@ -11,6 +11,7 @@ from typing import Any
 
 from tuneforge.config import RagConfig
 from tuneforge.data.records import Messages
+from tuneforge.rag.embed import MIN_SIMILARITY
 from tuneforge.rag.retrieve import Index
 from tuneforge.rag.store import Hit
 
@@ -77,10 +78,17 @@ def retrieve_sources(question: str, index: Index, cfg: RagConfig, where: str | N
     results = index.search(question, cfg.top_k, cfg.retrieval, where, cfg.candidates, cfg.rrf_k)
     if not results.hits:
         return [], "no passage matches the question" + (f" and the filter {where!r}" if where else "")
-    best = results.best_similarity
-    if cfg.min_similarity is not None and best is not None and best < cfg.min_similarity:
-        return [], f"no passage is similar enough (best {best:.2f} < rag.min_similarity {cfg.min_similarity})"
+    best, floor = results.best_similarity, min_similarity(cfg, index.model)
+    if floor is not None and best is not None and best < floor:
+        return [], f"no passage is similar enough (best {best:.2f} < rag.min_similarity {floor:.2f})"
     return [_source(n, hit) for n, hit in enumerate(results.hits, start=1)], ""
+
+
+def min_similarity(cfg: RagConfig, model: str) -> float | None:
+    """The similarity below which nothing retrieved counts as an answer (None: no floor)."""
+    if cfg.min_similarity == "auto":
+        return MIN_SIMILARITY.get(model)
+    return cfg.min_similarity
 
 
 def rag_messages(messages: Messages, sources: list[Source], count: Count, budget: int) -> tuple[Messages, list[Source]]:

