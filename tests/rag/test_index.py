@@ -14,7 +14,7 @@ from tuneforge.config import RagConfig
 from tuneforge.errors import ConfigError, RetrievalError
 from tuneforge.rag import Index, build_index, fuse
 from tuneforge.rag.embed import load_embedder
-from tuneforge.rag.filters import parse_filter
+from tuneforge.rag.filters import parse_filter, to_sql
 from tuneforge.rag.store import SqliteStore
 
 DOCS = {
@@ -197,10 +197,8 @@ def test_table_rows_are_indexed_with_metadata_and_filtered_before_ranking(wines:
 
 
 def test_filters_are_parameterised_sql() -> None:
-    condition = parse_filter(
-        "price <= 12.5 and (colour == 'red' or colour = \"rosé\") and region not in ('FR')",
-        {"price", "colour", "region"},
-    )
+    text = "price <= 12.5 and (colour == 'red' or colour = \"rosé\") and region not in ('FR')"
+    condition = to_sql(parse_filter(text, {"price", "colour", "region"}))
     assert condition.params == [12.5, "red", "rosé", "FR"]
     assert "?" in condition.sql and "red" not in condition.sql
     for bad in ("price <", "price ~ 3", "colour = red", "price < 3 and", "drop = 1; --"):

@@ -1,4 +1,5 @@
-"""Metadata filters: `price < 12 and colour = 'red'` -> a parameterised SQL condition over the chunks' metadata.
+"""Metadata filters: `price < 12 and colour = 'red'` -> a tree of conditions, which each store translates (the
+embedded store into parameterised SQL over the chunks' metadata, `to_sql`; Qdrant into its filter objects).
 
 A small recursive-descent parser, so a filter from the command line or an API request can never become SQL of its
 own: field names are checked against the index's metadata keys and every value travels as a parameter.
@@ -28,6 +29,26 @@ _KEYWORDS = {"and", "or", "not", "in", "like", "true", "false", "null"}
 BUILTIN_FIELDS = {"path": "path", "title": "title", "start_line": "start_line", "end_line": "end_line"}
 
 
+@dataclass(frozen=True)
+class Compare:
+    """`field op value`: op is one of = != < <= > >= like in notin (value a list for in / notin)."""
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class Logic:
+    """and / or of several conditions, or not of one."""
+
+    op: str
+    parts: tuple[Filter, ...]
+
+
+Filter = Compare | Logic
+
+
 @dataclass
 class Condition:
     """A filter as SQL (over the `chunks` table) and its parameters."""
@@ -36,13 +57,29 @@ class Condition:
     params: list[Any]
 
 
-def parse_filter(text: str, fields: set[str]) -> Condition:
-    """The SQL condition of filter `text`; `fields` are the metadata keys the index holds."""
+def parse_filter(text: str, fields: set[str]) -> Filter:
+    """The condition tree of filter `text`; `fields` are the metadata keys the index holds."""
     parser = _Parser(text, fields)
-    condition = parser.disjunction()
+    tree = parser.disjunction()
     if parser.position < len(parser.tokens):
         parser.fail(f"unexpected {parser.tokens[parser.position][1]!r}")
-    return condition
+    return tree
+
+
+def to_sql(tree: Filter) -> Condition:
+    """The filter as a parameterised SQL condition over the embedded store's `chunks` table."""
+    if isinstance(tree, Logic):
+        parts = [to_sql(p) for p in tree.parts]
+        if tree.op == "not":
+            return Condition(f"NOT ({parts[0].sql})", parts[0].params)
+        return Condition(f" {tree.op.upper()} ".join(f"({p.sql})" for p in parts), [v for p in parts for v in p.params])
+    column = BUILTIN_FIELDS.get(tree.field) or f"json_extract(metadata, '$.\"{tree.field}\"')"  # a checked key
+    if tree.op in ("in", "notin"):
+        marks = ", ".join("?" * len(tree.value))
+        return Condition(f"{column} {'NOT ' if tree.op == 'notin' else ''}IN ({marks})", list(tree.value))
+    if tree.value is None:
+        return Condition(f"{column} IS {'NOT ' if tree.op == '!=' else ''}NULL", [])
+    return Condition(f"{column} {tree.op.upper()} ?", [tree.value])
 
 
 class _Parser:
@@ -72,52 +109,46 @@ class _Parser:
         token = self.peek()
         return token is not None and token[0] == "word" and token[1].lower() == word
 
-    def disjunction(self) -> Condition:
+    def disjunction(self) -> Filter:
         parts = [self.conjunction()]
         while self.at("or"):
             self.take()
             parts.append(self.conjunction())
-        return _combine(parts, "OR")
+        return parts[0] if len(parts) == 1 else Logic("or", tuple(parts))
 
-    def conjunction(self) -> Condition:
+    def conjunction(self) -> Filter:
         parts = [self.unary()]
         while self.at("and"):
             self.take()
             parts.append(self.unary())
-        return _combine(parts, "AND")
+        return parts[0] if len(parts) == 1 else Logic("and", tuple(parts))
 
-    def unary(self) -> Condition:
+    def unary(self) -> Filter:
         if self.at("not"):
             self.take()
-            inner = self.unary()
-            return Condition(f"NOT ({inner.sql})", inner.params)
+            return Logic("not", (self.unary(),))
         if self.peek() == ("punct", "("):
             self.take()
             inner = self.disjunction()
             self.take("punct", ")")
-            return Condition(f"({inner.sql})", inner.params)
+            return inner
         return self.comparison()
 
-    def comparison(self) -> Condition:
-        column = self.column(self.take("word"))
+    def comparison(self) -> Filter:
+        field = self.column(self.take("word"))
         negated = self.at("not")
         if negated:
             self.take()
         if self.at("in"):
             self.take()
-            values = self.values()
-            marks = ", ".join("?" * len(values))
-            return Condition(f"{column} {'NOT ' if negated else ''}IN ({marks})", values)
+            return Compare(field, "notin" if negated else "in", self.values())
         if negated:
             self.fail("'not' after a field name must be followed by 'in'")
         if self.at("like"):
             self.take()
-            return Condition(f"{column} LIKE ?", [self.value()])
+            return Compare(field, "like", self.value())
         op = {"==": "=", "<>": "!="}.get(operator := self.take("op"), operator)
-        value = self.value()
-        if value is None:
-            return Condition(f"{column} IS {'NOT ' if op == '!=' else ''}NULL", [])
-        return Condition(f"{column} {op} ?", [value])
+        return Compare(field, op, self.value())
 
     def values(self) -> list[Any]:
         self.take("punct", "(")
@@ -147,7 +178,7 @@ class _Parser:
         if name.lower() in _KEYWORDS:
             self.fail(f"expected a field name, got {name!r}")
         if name in BUILTIN_FIELDS:
-            return BUILTIN_FIELDS[name]
+            return name
         if name not in self.fields:
             known = sorted(self.fields | set(BUILTIN_FIELDS))
             close = difflib.get_close_matches(name, known, n=1)
@@ -156,7 +187,7 @@ class _Parser:
                 + (f"; did you mean {close[0]!r}?" if close else "")
                 + f" (fields: {', '.join(known)})"
             )
-        return f"json_extract(metadata, '$.\"{name}\"')"  # the name matched a stored key exactly: safe to quote
+        return name  # a stored key exactly, of the characters a field token allows: safe to quote in SQL
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -173,9 +204,3 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         tokens.append((kind, match.group(kind)))
         position = match.end()
     return tokens
-
-
-def _combine(parts: list[Condition], joiner: str) -> Condition:
-    if len(parts) == 1:
-        return parts[0]
-    return Condition(f" {joiner} ".join(f"({p.sql})" for p in parts), [v for p in parts for v in p.params])

@@ -9,7 +9,7 @@ from typing import Literal
 
 from tuneforge.errors import RetrievalError
 from tuneforge.rag.embed import Embedder, load_embedder
-from tuneforge.rag.filters import Condition, parse_filter
+from tuneforge.rag.filters import Filter, parse_filter
 from tuneforge.rag.store import Hit, SqliteStore, Store
 
 Mode = Literal["hybrid", "dense", "keyword"]
@@ -83,7 +83,7 @@ class Index:
         hits = [Hit(i, chunks[i], score, similarity.get(i)) for i, score in ranked if i in chunks]
         return Results(hits, dense[0][1] if dense else None)
 
-    def _dense(self, query: str, k: int, condition: Condition | None) -> list[tuple[int, float]]:
+    def _dense(self, query: str, k: int, condition: Filter | None) -> list[tuple[int, float]]:
         vector = self.embedder.embed([query], query=True)[0]
         return self.store.dense(vector, k, condition)
 

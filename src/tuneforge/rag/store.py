@@ -23,7 +23,7 @@ import numpy as np
 
 from tuneforge.errors import RetrievalError
 from tuneforge.rag.chunk import Chunk
-from tuneforge.rag.filters import Condition
+from tuneforge.rag.filters import Filter, to_sql
 
 INDEX_FILE = "index.sqlite"
 SCHEMA_VERSION = 1
@@ -64,9 +64,9 @@ class Store(Protocol):
 
     def delete_files(self, paths: Iterable[str]) -> None: ...
 
-    def dense(self, vector: np.ndarray, k: int, where: Condition | None = None) -> list[tuple[int, float]]: ...
+    def dense(self, vector: np.ndarray, k: int, where: Filter | None = None) -> list[tuple[int, float]]: ...
 
-    def keyword(self, query: str, k: int, where: Condition | None = None) -> list[tuple[int, float]]: ...
+    def keyword(self, query: str, k: int, where: Filter | None = None) -> list[tuple[int, float]]: ...
 
     def chunks(self, ids: list[int]) -> dict[int, Chunk]: ...
 
@@ -140,11 +140,14 @@ class SqliteStore:
         self._db.executemany("DELETE FROM chunks_fts WHERE rowid = ?", [(i,) for i in ids])
         self._db.execute("DELETE FROM chunks WHERE path = ?", (path,))
 
-    def dense(self, vector: np.ndarray, k: int, where: Condition | None = None) -> list[tuple[int, float]]:
+    def dense(self, vector: np.ndarray, k: int, where: Filter | None = None) -> list[tuple[int, float]]:
         """The k chunks most similar to `vector` (exact: one matrix product), among those `where` admits."""
         ids, matrix = self._matrix()
         if where is not None:
-            allowed = np.array([i for (i,) in self._query(f"SELECT id FROM chunks WHERE {where.sql}", where.params)])
+            condition = to_sql(where)
+            allowed = np.array(
+                [i for (i,) in self._query(f"SELECT id FROM chunks WHERE {condition.sql}", condition.params)]
+            )
             keep = np.isin(ids, allowed)
             ids, matrix = ids[keep], matrix[keep]
         if not len(ids):
@@ -155,7 +158,7 @@ class SqliteStore:
         top = top[np.argsort(-scores[top], kind="stable")]
         return [(int(ids[i]), float(scores[i])) for i in top]
 
-    def keyword(self, query: str, k: int, where: Condition | None = None) -> list[tuple[int, float]]:
+    def keyword(self, query: str, k: int, where: Filter | None = None) -> list[tuple[int, float]]:
         """The k best BM25 matches of the query's words (any of them), among the chunks `where` admits."""
         words = _terms(query)
         if not words:
@@ -164,8 +167,9 @@ class SqliteStore:
         sql = "SELECT chunks_fts.rowid, bm25(chunks_fts) FROM chunks_fts"
         params: list[Any] = [match]
         if where is not None:
-            sql += " JOIN chunks ON chunks.id = chunks_fts.rowid WHERE chunks_fts MATCH ? AND " + f"({where.sql})"
-            params += where.params
+            condition = to_sql(where)
+            sql += " JOIN chunks ON chunks.id = chunks_fts.rowid WHERE chunks_fts MATCH ? AND " + f"({condition.sql})"
+            params += condition.params
         else:
             sql += " WHERE chunks_fts MATCH ?"
         rows = self._query(sql + " ORDER BY bm25(chunks_fts) LIMIT ?", [*params, k])
