@@ -235,9 +235,9 @@ def ask(
 
 def _rag_target(target: str, overrides: list[str]) -> tuple[Path, Any, str]:
     """(index folder, rag settings with the overrides, answering model) of an index folder, a config or a run."""
-    from tuneforge.rag.store import INDEX_FILE
+    from tuneforge.rag.stores import is_index
 
-    if (Path(target) / INDEX_FILE).is_file():
+    if is_index(Path(target)):
         return Path(target), load_config(None, overrides).rag, EMBEDDED_MODEL
     if not Path(target).is_file() and not (Path(target) / CONFIG_FILE).is_file():
         raise RetrievalError(
@@ -263,11 +263,11 @@ INDEX_HELP = "Retrieve from this index (made by tuneforge index) [default: the r
 
 def _retrieval(index_dir: Path | None, cfg: RunConfig) -> Any:
     """The retrieval service of an --index folder, or of the run's own index when it has one (else None)."""
-    from tuneforge.rag.store import INDEX_FILE
+    from tuneforge.rag.stores import is_index
     from tuneforge.serve.retrieval import RetrievalService
 
     folder = index_dir or cfg.index_dir
-    if index_dir is None and not (folder / INDEX_FILE).is_file():
+    if index_dir is None and not is_index(folder):
         return None
     return RetrievalService.open(folder, cfg.rag)
 

@@ -72,6 +72,13 @@ class RagConfig(Section):
         1024, ge=64, description="Most prompt tokens (of the answering model) spent on retrieved passages."
     )
 
+    store: Literal["sqlite", "qdrant"] = Field(
+        "sqlite",
+        description="sqlite = the embedded store (one file: chunks, BM25 index, vectors; exact search); qdrant = "
+        "Qdrant, at rag.store_url (a server or cluster) or, without a URL, in local mode in the index folder.",
+    )
+    store_url: str | None = Field(None, description="The Qdrant server's URL, e.g. http://qdrant:6333.")
+
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RagConfig:
         if self.chunk_overlap >= self.chunk_tokens:

@@ -27,7 +27,8 @@ from tuneforge.errors import ConfigError, RetrievalError
 from tuneforge.rag.chunk import Chunk, chunk_document, chunk_row
 from tuneforge.rag.code import CODE, chunk_code
 from tuneforge.rag.embed import Embedder, embed_all, load_embedder
-from tuneforge.rag.store import SCHEMA_VERSION, SqliteStore, Store
+from tuneforge.rag.store import SCHEMA_VERSION, Store
+from tuneforge.rag.stores import open_store
 
 Log = Callable[[str], None]
 WRITE_GROUP = 256  # chunks embedded and written together: a kill loses at most this much work
@@ -104,7 +105,7 @@ def build_index(cfg: RagConfig, index_dir: Path, log: Log = print, rebuild: bool
         )
     if rebuild and index_dir.exists():
         shutil.rmtree(index_dir)
-    store = SqliteStore(index_dir, create=True)
+    store = open_store(index_dir, create=True, kind=cfg.store, url=cfg.store_url)
     try:
         summary = _update(cfg, store, embedder, IndexSummary(index_dir, embedder.name), log)
         summary.stats = store.stats()

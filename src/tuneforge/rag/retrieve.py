@@ -10,7 +10,8 @@ from typing import Literal
 from tuneforge.errors import RetrievalError
 from tuneforge.rag.embed import Embedder, load_embedder
 from tuneforge.rag.filters import Filter, parse_filter
-from tuneforge.rag.store import Hit, SqliteStore, Store
+from tuneforge.rag.store import Hit, Store
+from tuneforge.rag.stores import open_store
 
 Mode = Literal["hybrid", "dense", "keyword"]
 
@@ -28,7 +29,7 @@ class Index:
 
     def __init__(self, folder: str | Path, embedder: Embedder | None = None) -> None:
         self.folder = Path(folder)
-        self.store: Store = SqliteStore(self.folder)
+        self.store: Store = open_store(self.folder)
         manifest = self.store.manifest()
         if manifest is None:
             raise RetrievalError(f"{self.folder} holds no finished index", "run `tuneforge index <config.yaml>`")

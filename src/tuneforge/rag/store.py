@@ -74,6 +74,8 @@ class Store(Protocol):
 
     def stats(self) -> dict[str, int]: ...
 
+    def close(self) -> None: ...
+
 
 class SqliteStore:
     """The embedded store: one SQLite file (see the module docstring)."""
@@ -124,7 +126,9 @@ class SqliteStore:
                      json.dumps(chunk.metadata, ensure_ascii=False), chunk.tokens,
                      np.asarray(vector, np.float32).tobytes()),
                 )  # fmt: skip
-                self._db.execute("INSERT INTO chunks_fts (rowid, body) VALUES (?, ?)", (cursor.lastrowid, _body(chunk)))
+                self._db.execute(
+                    "INSERT INTO chunks_fts (rowid, body) VALUES (?, ?)", (cursor.lastrowid, body_of(chunk))
+                )
             self._db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (path, digest, len(chunks)))
             self._writes += 1
 
@@ -160,7 +164,7 @@ class SqliteStore:
 
     def keyword(self, query: str, k: int, where: Filter | None = None) -> list[tuple[int, float]]:
         """The k best BM25 matches of the query's words (any of them), among the chunks `where` admits."""
-        words = _terms(query)
+        words = terms_of(query)
         if not words:
             return []
         match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
@@ -214,13 +218,15 @@ class SqliteStore:
         return self._vectors[1], self._vectors[2]
 
 
-def _body(chunk: Chunk) -> str:
+def body_of(chunk: Chunk) -> str:
     """What BM25 indexes: the title and text, plus camelCase identifiers split into their words."""
     text = f"{chunk.title or ''}\n{chunk.text}"
     split = " ".join(_CAMEL.sub(" ", m.group(0)) for m in _IDENTIFIER.finditer(text))
     return f"{text}\n{split}" if split else text
 
 
-def _terms(query: str) -> list[str]:
-    words = _WORD.findall(query) + [p for m in _IDENTIFIER.finditer(query) for p in _CAMEL.sub(" ", m.group(0)).split()]
-    return list(dict.fromkeys(w.lower() for w in words))
+def terms_of(text: str, unique: bool = True) -> list[str]:
+    """The lower-cased words of a text, camelCase identifiers also as their parts (once each when `unique`)."""
+    words = _WORD.findall(text) + [p for m in _IDENTIFIER.finditer(text) for p in _CAMEL.sub(" ", m.group(0)).split()]
+    lowered = [w.lower() for w in words]
+    return list(dict.fromkeys(lowered)) if unique else lowered
