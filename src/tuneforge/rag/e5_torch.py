@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from tuneforge.errors import ModelError
 
@@ -40,10 +41,11 @@ _LAYER = {  # e5.c tensor name -> BertModel name, for each layer
     "oln": "output.LayerNorm",
 }
 _EMBED = {
-    "word": "word_embeddings",
-    "pos": "position_embeddings",
-    "type": "token_type_embeddings",
-    "ln": "LayerNorm",
+    "emb.word": "word_embeddings.weight",
+    "emb.pos": "position_embeddings.weight",
+    "emb.type": "token_type_embeddings.weight",
+    "emb.ln.w": "LayerNorm.weight",
+    "emb.ln.b": "LayerNorm.bias",
 }
 
 
@@ -160,3 +162,39 @@ def precompiled_charsmap(norm: dict[int, str]) -> bytes:
                 stack.append((node[label], base ^ label))
     trie_bytes = struct.pack(f"<{len(units)}I", *units)
     return struct.pack("<I", len(trie_bytes)) + trie_bytes + bytes(replacements)
+
+
+def build_tokenizer(e5: E5File) -> Tokenizer:
+    """The unigram tokenizer of e5.c's `tok_content`: the code point map, runs of spaces to one, '▁' for a space
+    and before the text, Viterbi over the pieces. The `<unk>` piece itself never matches text there, hence its
+    score; an unknown character costs min score - 10 either way (no piece contains a character missing as a piece).
+    One difference remains, `tokenizers` fuses a run of unknown characters into one `<unk>`: `E5Torch` splits it."""
+    vocab = list(zip(e5.pieces, e5.scores, strict=True))
+    vocab[e5.special["unk"]] = (vocab[e5.special["unk"]][0], -1e4)
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=e5.special["unk"], byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Precompiled(precompiled_charsmap(e5.norm)), normalizers.Replace(Regex(" {2,}"), " ")]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=META, prepend_scheme="first", split=True)
+    tokenizer.decoder = decoders.Metaspace(replacement=META, prepend_scheme="first", split=True)
+    bos, eos = (e5.pieces[e5.special[k]] for k in ("bos", "eos"))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, e5.special["bos"]), (eos, e5.special["eos"])],
+    )
+    return tokenizer
+
+
+def bert_state_dict(e5: E5File) -> dict[str, torch.Tensor]:
+    """e5.c's tensors under BertModel's names (no pooler)."""
+    state = {}
+    for name, array in e5.tensors.items():
+        if name in _EMBED:
+            key, table = "embeddings." + _EMBED[name], name in ("emb.pos", "emb.type")
+            state[key] = torch.from_numpy(array.reshape(-1, int(e5.config["hidden"])) if table else array)
+        else:
+            layer, short, kind = name.split(".")
+            key = f"encoder.layer.{layer[1:]}.{_LAYER[short]}.{'weight' if kind == 'w' else 'bias'}"
+            state[key] = torch.from_numpy(array)
+    return state
