@@ -96,6 +96,7 @@ class SqliteStore:
                 f"{path} is not a readable index: {exc}", "delete the folder and index again"
             ) from None
         self._vectors: tuple[int, np.ndarray, np.ndarray] | None = None  # (data_version, ids, matrix)
+        self._fields: tuple[int, set[str]] | None = None
         self._writes = 0
 
     def close(self) -> None:
@@ -190,8 +191,12 @@ class SqliteStore:
         return {r[0]: Chunk(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7]) for r in rows}
 
     def metadata_fields(self) -> set[str]:
-        rows = self._query("SELECT DISTINCT key FROM chunks, json_each(chunks.metadata)")
-        return {r[0] for r in rows}
+        """The metadata keys of the chunks (read again only after a write: the query reads every chunk)."""
+        version = self._version()
+        if self._fields is None or self._fields[0] != version:
+            rows = self._query("SELECT DISTINCT key FROM chunks, json_each(chunks.metadata)")
+            self._fields = (version, {r[0] for r in rows})
+        return self._fields[1]
 
     def stats(self) -> dict[str, int]:
         files, chunks, tokens = self._query("SELECT (SELECT count(*) FROM files), count(*), total(tokens) FROM chunks")[
@@ -206,9 +211,13 @@ class SqliteStore:
         with self._lock:
             return self._db.execute(sql, list(params)).fetchall()
 
+    def _version(self) -> int:
+        """Changes whenever this connection or another has written since (SQLite's data_version counts others')."""
+        return int(self._query("PRAGMA data_version")[0][0]) * 1_000_003 + self._writes
+
     def _matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """Every vector as one matrix, read again when this or another connection has written since."""
-        version = self._query("PRAGMA data_version")[0][0] * 1_000_003 + self._writes
+        version = self._version()
         if self._vectors is None or self._vectors[0] != version:
             rows = self._query("SELECT id, vector FROM chunks ORDER BY id")
             ids = np.array([r[0] for r in rows], dtype=np.int64)
