@@ -100,30 +100,27 @@ def quality(args: argparse.Namespace) -> None:
                     r = score(index, queries, mode)
                     cells = "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "p50_ms")
                     print(f"  {mode:8s} {cells}  (search p50 {r['p50_ms']:.1f} ms)", flush=True)
-                threshold(index, queries, unanswerable, model)
+                offtopic = [
+                    json.loads(line) for s in args.offtopic for line in (args.data / s / "queries.jsonl").open()
+                ]
+                others = {"unanswerable": unanswerable, "off-topic": offtopic[: args.max_queries]}
+                threshold(index, queries, others, model)
 
 
-def threshold(index: Index, answerable: list[dict], unanswerable: list[dict], model: str) -> None:
-    """How well the best passage's similarity separates questions the index answers from those it cannot (the
-    queries of the set's documents left out of the index): the data behind rag.min_similarity 'auto'."""
-    if not unanswerable:
-        return
-    best = [
-        [index.search(q["query"], 1, "dense").best_similarity or 0.0 for q in qs] for qs in (answerable, unanswerable)
-    ]
+def threshold(index: Index, answerable: list[dict], others: dict[str, list[dict]], model: str) -> None:
+    """How well the best passage's similarity separates questions the index answers from those it cannot (queries
+    of the set's documents left out of the index; queries of other sets): the data behind rag.min_similarity."""
+    best = np.array([index.search(q["query"], 1, "dense").best_similarity or 0.0 for q in answerable])
     floor = MIN_SIMILARITY.get(model)
     p = np.percentile
-    print(
-        f"  best similarity: answerable p5 {p(best[0], 5):.3f} p50 {p(best[0], 50):.3f}; "
-        f"unanswerable p50 {p(best[1], 50):.3f} p95 {p(best[1], 95):.3f}"
-        + (
-            f"; at {floor}: {np.mean(np.array(best[0]) >= floor):.1%} of answerable kept, "
-            f"{np.mean(np.array(best[1]) < floor):.1%} of unanswerable refused"
-            if floor is not None
-            else ""
-        ),
-        flush=True,
-    )
+    line = f"  best similarity: answerable p5 {p(best, 5):.3f} p50 {p(best, 50):.3f}"
+    line += f" ({np.mean(best >= floor):.1%} kept at {floor})" if floor is not None else ""
+    for name, queries in others.items():
+        if queries:
+            other = np.array([index.search(q["query"], 1, "dense").best_similarity or 0.0 for q in queries])
+            line += f"; {name} p50 {p(other, 50):.3f} p95 {p(other, 95):.3f}"
+            line += f" ({np.mean(other < floor):.1%} refused)" if floor is not None else ""
+    print(line, flush=True)
 
 
 def latency(args: argparse.Namespace) -> None:
@@ -193,6 +190,7 @@ def main() -> None:
     q.add_argument("--max-docs", type=int, default=None)
     q.add_argument("--max-queries", type=int, default=300)
     q.add_argument("--chunk-tokens", type=int, default=RagConfig().chunk_tokens)
+    q.add_argument("--offtopic", nargs="*", default=[], help="sets whose queries the index cannot answer")
     lat = sub.add_parser("latency", help="store latency at given sizes (synthetic chunks)")
     lat.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000])
     lat.add_argument("--queries", type=int, default=100)

@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_index import DOCS, wines, write_docs  # noqa: F401  (wines is a fixture)
 
 from tuneforge.config import RagConfig
 from tuneforge.errors import RetrievalError
 from tuneforge.rag import Index, build_index
-
-from test_index import DOCS, wines, write_docs  # noqa: F401  (wines is a fixture)
 
 
 def index(cfg: RagConfig, folder: Path, **kw):
@@ -39,6 +38,8 @@ def test_qdrant_indexes_searches_and_updates_incrementally(tmp_path: Path) -> No
     found.store.close()
     with pytest.raises(RetrievalError, match="kept in qdrant, not sqlite"):
         index(RagConfig(sources=[str(docs)]), tmp_path / "index")
+    rebuilt = index(RagConfig(sources=[str(docs)]), tmp_path / "index", rebuild=True)
+    assert rebuilt.stats["files"] == 3 and not (tmp_path / "index" / "store.json").exists()
 
 
 def test_qdrant_filters_table_rows_by_metadata(wines: Path, tmp_path: Path) -> None:  # noqa: F811

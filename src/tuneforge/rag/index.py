@@ -27,6 +27,7 @@ from tuneforge.errors import ConfigError, RetrievalError
 from tuneforge.rag.chunk import Chunk, chunk_document, chunk_row
 from tuneforge.rag.code import CODE, chunk_code
 from tuneforge.rag.embed import Embedder, embed_all, load_embedder
+from tuneforge.rag.qdrant import QdrantStore
 from tuneforge.rag.store import SCHEMA_VERSION, Store
 from tuneforge.rag.stores import open_store
 
@@ -103,6 +104,10 @@ def build_index(cfg: RagConfig, index_dir: Path, log: Log = print, rebuild: bool
             "tokens): the rest of each chunk would never be seen",
             f"set rag.chunk_tokens to at most {embedder.max_tokens}",
         )
+    if rebuild and cfg.store == "qdrant" and cfg.store_url:
+        server = QdrantStore(index_dir, cfg.store_url, create=True)
+        server.drop()
+        server.close()
     if rebuild and index_dir.exists():
         shutil.rmtree(index_dir)
     store = open_store(index_dir, create=True, kind=cfg.store, url=cfg.store_url)

@@ -47,6 +47,12 @@ class QdrantStore:
     def close(self) -> None:
         self.client.close()
 
+    def drop(self) -> None:
+        """Delete the index's collections (a rebuild on a server, where deleting the folder deletes nothing)."""
+        for name in self.names.values():
+            if self.client.collection_exists(name):
+                self.client.delete_collection(name)
+
     def _ensure(self, dim: int | None = None) -> None:
         from qdrant_client import models
 
