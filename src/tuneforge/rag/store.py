@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from tuneforge.errors import RetrievalError
 from tuneforge.rag.chunk import Chunk
@@ -86,7 +87,9 @@ class SqliteStore:
             raise RetrievalError(f"no index at {folder}", "build it with `tuneforge index <config.yaml>`")
         folder.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        # IMMEDIATE: a write transaction takes the write lock at BEGIN, so two writers wait for each other instead of
+        # one failing with "database is locked" halfway (seen with deferred BEGIN by the store survey, 2026-12-07)
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level="IMMEDIATE")
         self._lock = threading.Lock()  # one connection shared by a server's threads
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,7 +160,8 @@ class SqliteStore:
             ids, matrix = ids[keep], matrix[keep]
         if not len(ids):
             return []
-        scores = matrix @ np.asarray(vector, np.float32)
+        with threadpool_limits(1, "blas"):  # one matrix-vector product: a second BLAS thread costs more than it saves
+            scores = matrix @ np.asarray(vector, np.float32)
         k = min(k, len(ids))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
