@@ -39,7 +39,7 @@ def test_qdrant_indexes_searches_and_updates_incrementally(tmp_path: Path) -> No
     with pytest.raises(RetrievalError, match="kept in qdrant, not sqlite"):
         index(RagConfig(sources=[str(docs)]), tmp_path / "index")
     rebuilt = index(RagConfig(sources=[str(docs)]), tmp_path / "index", rebuild=True)
-    assert rebuilt.stats["files"] == 3 and not (tmp_path / "index" / "store.json").exists()
+    assert rebuilt.stats["files"] == 2 and not (tmp_path / "index" / "store.json").exists()
 
 
 def test_qdrant_filters_table_rows_by_metadata(wines: Path, tmp_path: Path) -> None:  # noqa: F811
