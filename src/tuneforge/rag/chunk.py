@@ -207,9 +207,9 @@ def markdown_sections(text: str) -> Iterator[tuple[str | None, list[Unit]]]:
             continue
         body = paragraphs("\n".join(lines[start:i]), start + 1)
         if body and not (len(body) == 1 and _HEADING.match(body[0].text)):  # a heading alone: the next holds it
-            yield " > ".join(t for _, t in path) or None, body
+            yield _title(path), body
         level = len(match.group(1))
-        path = [(lv, t) for lv, t in path if lv < level] + [(level, match.group(2))]
+        path = _descend(path, level, match.group(2))
         start = i  # the heading line belongs to its section: a citation of the first chunk shows it
     return
 
@@ -224,13 +224,23 @@ def html_sections(text: str) -> Iterator[tuple[str | None, list[Unit]]]:
     for level, unit in parser.blocks:
         if level:
             if units and not (len(units) == 1 and path and units[0].text == path[-1][1]):  # not a bare heading
-                yield " > ".join(t for _, t in path) or None, units
-            path = [(lv, t) for lv, t in path if lv < level] + [(level, unit.text)]
+                yield _title(path), units
+            path = _descend(path, level, unit.text)
             units = [unit]
         else:
             units.append(unit)
     if units:
-        yield " > ".join(t for _, t in path) or None, units
+        yield _title(path), units
+
+
+def _title(path: list[tuple[int, str]]) -> str | None:
+    """The heading path of a section: "Install > Linux" (None above the first heading)."""
+    return " > ".join(text for _, text in path) or None
+
+
+def _descend(path: list[tuple[int, str]], level: int, heading: str) -> list[tuple[int, str]]:
+    """The heading path after a heading of `level`: the deeper or equal headings before it end there."""
+    return [(lv, text) for lv, text in path if lv < level] + [(level, heading)]
 
 
 class _Blocks(HTMLParser):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,18 +111,18 @@ class _Parser:
         return token is not None and token[0] == "word" and token[1].lower() == word
 
     def disjunction(self) -> Filter:
-        parts = [self.conjunction()]
-        while self.at("or"):
-            self.take()
-            parts.append(self.conjunction())
-        return parts[0] if len(parts) == 1 else Logic("or", tuple(parts))
+        return self.chain("or", self.conjunction)
 
     def conjunction(self) -> Filter:
-        parts = [self.unary()]
-        while self.at("and"):
+        return self.chain("and", self.unary)
+
+    def chain(self, word: str, part: Callable[[], Filter]) -> Filter:
+        """`part (word part)*` as one Logic node (or the part alone)."""
+        parts = [part()]
+        while self.at(word):
             self.take()
-            parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else Logic("and", tuple(parts))
+            parts.append(part())
+        return parts[0] if len(parts) == 1 else Logic(word, tuple(parts))
 
     def unary(self) -> Filter:
         if self.at("not"):
