@@ -95,6 +95,7 @@ def rag_messages(messages: Messages, sources: list[Source], count: Count, budget
     """The conversation with the sources that fit in `budget` tokens put before its last user message, and the
     instructions to cite them as the system message (after any system message of the caller's)."""
     used: list[Source] = []
+    blocks: list[str] = []
     spent = 0
     for source in sources:
         block = _block(source)
@@ -102,11 +103,12 @@ def rag_messages(messages: Messages, sources: list[Source], count: Count, budget
         if spent + cost > budget and used:
             break
         used.append(source)
+        blocks.append(block)
         spent += cost
     system = SYSTEM.format(refusal=REFUSAL)
     out: Messages = [dict(m) for m in messages]
     last_user = max(i for i, m in enumerate(out) if m.get("role") == "user")
-    context = "\n\n".join(_block(s) for s in used)
+    context = "\n\n".join(blocks)
     out[last_user] = {"role": "user", "content": f"Sources:\n\n{context}\n\nQuestion: {out[last_user]['content']}"}
     if out and out[0].get("role") == "system":
         out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{system}"}

@@ -181,12 +181,10 @@ def _groups(pending: list[tuple[Document, list[Chunk]]]) -> Iterator[list[tuple[
 def _chunk(doc: Document, cfg: RagConfig, embedder: Embedder) -> list[Chunk]:
     size, count = cfg.chunk_tokens, embedder.count
     if doc.row is not None:
-        chunks = chunk_row(doc.key.split("#")[0], doc.row, doc.text, doc.metadata, count, size)
-    elif doc.suffix in CODE:
-        chunks = chunk_code(doc.key, doc.text, doc.suffix, count, size)
-    else:
-        chunks = chunk_document(doc.key, doc.text, doc.suffix, count, size, cfg.chunk_overlap)
-    return chunks
+        return chunk_row(doc.key.split("#")[0], doc.row, doc.text, doc.metadata, count, size)
+    if doc.suffix in CODE:
+        return chunk_code(doc.key, doc.text, doc.suffix, count, size)
+    return chunk_document(doc.key, doc.text, doc.suffix, count, size, cfg.chunk_overlap)
 
 
 def _documents(cfg: RagConfig, summary: IndexSummary) -> Iterator[Document]:
