@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"tune"},
     {"rag"},  # index, retrieve, answer with citations
     {"workflow"},  # the whole run: prepare -> train -> evaluate
+    {"compare"},  # the bake-off: prompt vs few-shot vs RAG vs fine-tune vs both
     {"serve"},
     {"chat", "cli", "__main__"},
 ]

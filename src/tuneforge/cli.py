@@ -172,6 +172,51 @@ def tune(target: Target, overrides: Overrides = None) -> None:
 
 
 @app.command(epilog=FIELDS_HELP)
+def compare(target: Target, overrides: Overrides = None) -> None:
+    """The bake-off: answer the held-out split with the base model's instructions (prompt), k similar training
+    examples (fewshot), retrieved passages (rag), the fine-tuned model (finetune) and a model tuned with retrieved
+    passages (finetune+rag, RAFT-style); one table of quality with 95% intervals, latency, tokens and cost, and
+    advice that cites it. Prepares, indexes and trains what is missing (compare.train); writes compare.json, the
+    prompts and answers in compare/, and a section of report.html. Run again: unchanged answers are reused."""
+    from tuneforge.compare import compare as run_compare
+
+    with user_errors():
+        cfg = resolve_target(target, overrides)
+        out.print(f"run directory: {cfg.run_dir}", markup=False)
+        result = run_compare(cfg, log=log)
+        _print_compare(result.data)
+        if result.page:
+            out.print(f"report: {result.page} (section 'bake-off')", markup=False)
+
+
+def _print_compare(data: dict[str, Any]) -> None:
+    """The bake-off table, the skipped approaches and the advice."""
+    metric, rows = data.get("metric"), data.get("approaches", {})
+    currency = data["settings"]["currency"]
+    table = Table(
+        "approach", f"{metric} [95% interval]" if metric else "score", "latency p50/p95 s", "tokens in/out",
+        "machine-s/1k req", f"{currency}/1k req", "one-off s",
+        title=f"bake-off on the {data['split']} split ({data['n']} examples), {data['machine']}",
+    )  # fmt: skip
+    for name, r in rows.items():
+        bounds = r["intervals"].get(metric)
+        score = f"{r['scores'][metric]:.3f}" + (f" [{bounds[0]:.2f},{bounds[1]:.2f}]" if bounds else "")
+        latency = f"{r['latency']['p50']:.2f} / {r['latency']['p95']:.2f}" if r["latency"]["p50"] is not None else "-"
+        table.add_row(
+            name, score, latency, f"{r['tokens']['prompt']:.0f} / {r['tokens']['answer']:.0f}",
+            f"{r['running']['seconds_per_1k']:.0f}", f"{r['running']['cost_per_1k']:.4f}",
+            f"{r['one_off']['seconds']:.0f}",
+        )  # fmt: skip
+    if rows:
+        out.print(table)
+    for name, why in data.get("skipped", {}).items():
+        log(f"skipped {name}: {why}")
+    for finding in data.get("advice", {}).get("findings", []):
+        if finding["fired"]:
+            log(("" if finding["rule"] == "recommendation" else "  - ") + finding["text"])
+
+
+@app.command(epilog=FIELDS_HELP)
 def index(
     target: Target,
     overrides: Overrides = None,

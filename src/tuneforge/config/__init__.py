@@ -2,11 +2,12 @@
 
 Every field has a default and a description; the descriptions are the documentation (`tuneforge run --help` prints
 them, docs/configuration.md holds them), so they are written for users. The sections live in data.py (model, data,
-clean, privacy), train.py (train), rag.py (rag) and run.py (evaluate, serve, tune and RunConfig); load.py reads
-and validates.
+clean, privacy), train.py (train), rag.py (rag), compare.py (compare) and run.py (evaluate, serve, tune and
+RunConfig); load.py reads and validates.
 """
 
 from tuneforge.config.base import EMBEDDED_MODEL, Auto, Section
+from tuneforge.config.compare import APPROACHES, Approach, CompareConfig, Needs
 from tuneforge.config.data import (
     CleanConfig,
     DataConfig,
@@ -22,6 +23,10 @@ from tuneforge.config.run import EvalConfig, RunConfig, ServeConfig, TuneConfig
 from tuneforge.config.train import TrainConfig
 
 __all__ = [
+    "APPROACHES",
+    "Approach",
+    "CompareConfig",
+    "Needs",
     "EMBEDDED_EMBEDDERS",
     "EMBEDDED_MODEL",
     "Auto",

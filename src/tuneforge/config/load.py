@@ -56,17 +56,20 @@ def dump_config(cfg: RunConfig) -> str:
 
 def describe_fields() -> str:
     """Every config field with type, default and description: the reference printed by --help."""
+    return "\n".join(_field_lines(RunConfig, ""))
+
+
+def _field_lines(model: type[BaseModel], prefix: str) -> list[str]:
+    """One line per field of `model`, a nested section's fields under their dotted names (compare.needs.x)."""
     lines: list[str] = []
-    for section, field in RunConfig.model_fields.items():
+    for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for name, sub in annotation.model_fields.items():
-                lines.append(
-                    f"{section}.{name} (default {_show(sub.get_default(call_default_factory=True))}): {sub.description}"
-                )
+            lines += _field_lines(annotation, f"{prefix}{name}.")
         else:
-            lines.append(f"{section} (default {_show(field.default)}): {field.description}")
-    return "\n".join(lines)
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"{prefix}{name} (default {_show(default)}): {field.description}")
+    return lines
 
 
 def _show(value: Any) -> str:

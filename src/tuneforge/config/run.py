@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from tuneforge.config.base import Section
+from tuneforge.config.compare import CompareConfig
 from tuneforge.config.data import CleanConfig, DataConfig, ModelConfig, PrivacyConfig
 from tuneforge.config.rag import RagConfig
 from tuneforge.config.train import TrainConfig
@@ -130,6 +131,7 @@ class RunConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @property
     def index_dir(self) -> Path:

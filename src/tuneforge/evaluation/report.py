@@ -20,6 +20,7 @@ import yaml
 from tuneforge import __version__
 from tuneforge.config import PrivacyConfig
 from tuneforge.errors import RunError
+from tuneforge.evaluation.bakeoff_view import bakeoff_view
 from tuneforge.evaluation.charts import COLOURS, curve, score_bars
 from tuneforge.evaluation.predictions import redactor
 from tuneforge.metrics import is_loss, lower_is_better
@@ -65,7 +66,10 @@ def write_report(run_dir: Path) -> Path:
         "intervals": {},
         "details": {},
     }
-    evaluation = optional | {"forgetting": None, "seconds": None} | _read_json(require(run_dir, EVAL, "evaluate"))
+    bakeoff = bakeoff_view(run_dir)
+    # a run that was only compared (tuneforge compare) has no eval.json: its page shows the bake-off
+    evaluated = _read_json(require(run_dir, EVAL, "evaluate")) if bakeoff is None or (run_dir / EVAL).is_file() else {}
+    evaluation = optional | {"forgetting": None, "seconds": None} | evaluated
     config_path = require(run_dir, CONFIG_FILE, "prepare")
     config_text = config_path.read_text(encoding="utf-8")
     config = yaml.safe_load(config_text) or {}
@@ -88,6 +92,8 @@ def write_report(run_dir: Path) -> Path:
         "forgetting": evaluation.get("forgetting"),
         "training": training_view(run_dir),
         "data": _optional_json(run_dir / DATA_REPORT),
+        "bakeoff": bakeoff,
+        "colours_for": {m: COLOURS[i % len(COLOURS)] for i, m in enumerate(bakeoff["names"] if bakeoff else [])},
     }
     path = run_dir / REPORT
     atomic_write_text(path, _template().render(**page))
