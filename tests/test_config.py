@@ -120,3 +120,12 @@ def test_the_config_literals_name_exactly_the_registered_choices() -> None:
 def test_combinations_that_cannot_work_are_refused_on_load(settings: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, settings)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "compare").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bakeoff_benchmark_config_loads(path: Path) -> None:
+    """bench/compare/*.yaml point at bench/.cache (built by bench/compare_sets.py): they must load and be valid;
+    their data exist only where the sets were built."""
+    cfg = load_config(path)
+    assert cfg.train.task == "sft" and cfg.compare.approaches
+    assert cfg.compare.metric is None or cfg.compare.metric in (cfg.evaluate.metrics or [cfg.compare.metric])

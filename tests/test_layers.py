@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"workflow"},  # the whole run: prepare -> train -> evaluate
     {"compare"},  # the bake-off: prompt vs few-shot vs RAG vs fine-tune vs both
     {"serve"},
-    {"chat", "cli", "__main__"},
+    {"chat", "cli", "console", "__main__"},
 ]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, describe_fields, load_config
+from tuneforge.console import log, out, print_compare, print_eval, print_sources
 from tuneforge.data.formats import EXAMPLES
 from tuneforge.errors import RetrievalError, TuneforgeError
 from tuneforge.rundir import CONFIG_FILE, load_run
@@ -25,14 +25,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)  # paths and commands stay on one line, copyable
-
-
-def log(*parts: object) -> None:
-    """Print a stage's progress line as plain text: '[messages[1].role]' or '[EMAIL]' are not rich markup."""
-    out.print(*parts, markup=False, highlight=False)
-
-
 FORMATS_HELP = (
     "\b\nData formats (data.format; 'auto' recognises each row by its keys):\n"
     + "\n".join(f"  {name}: {example}" for name, example in EXAMPLES.items())
@@ -78,7 +70,7 @@ def run(target: Target, overrides: Overrides = None) -> None:
         cfg = resolve_target(target, overrides)
         out.print(f"run directory: {cfg.run_dir}")
         result = run_pipeline(cfg, log=log)
-        _print_eval(result.evaluated)
+        print_eval(result.evaluated)
 
 
 @app.command(epilog=FORMATS_HELP + "\n\n" + FIELDS_HELP)
@@ -137,7 +129,7 @@ def evaluate(target: Target, overrides: Overrides = None) -> None:
     from tuneforge.evaluation import evaluate as evaluate_run
 
     with user_errors():
-        _print_eval(evaluate_run(resolve_target(target, overrides), log=log))
+        print_eval(evaluate_run(resolve_target(target, overrides), log=log))
 
 
 @app.command()
@@ -184,36 +176,9 @@ def compare(target: Target, overrides: Overrides = None) -> None:
         cfg = resolve_target(target, overrides)
         out.print(f"run directory: {cfg.run_dir}", markup=False)
         result = run_compare(cfg, log=log)
-        _print_compare(result.data)
+        print_compare(result.data)
         if result.page:
             out.print(f"report: {result.page} (section 'bake-off')", markup=False)
-
-
-def _print_compare(data: dict[str, Any]) -> None:
-    """The bake-off table, the skipped approaches and the advice."""
-    metric, rows = data.get("metric"), data.get("approaches", {})
-    currency = data["settings"]["currency"]
-    table = Table(
-        "approach", f"{metric} [95% interval]" if metric else "score", "latency p50/p95 s", "tokens in/out",
-        "machine-s/1k req", f"{currency}/1k req", "one-off s",
-        title=f"bake-off on the {data['split']} split ({data['n']} examples), {data['machine']}",
-    )  # fmt: skip
-    for name, r in rows.items():
-        bounds = r["intervals"].get(metric)
-        score = f"{r['scores'][metric]:.3f}" + (f" [{bounds[0]:.2f},{bounds[1]:.2f}]" if bounds else "")
-        latency = f"{r['latency']['p50']:.2f} / {r['latency']['p95']:.2f}" if r["latency"]["p50"] is not None else "-"
-        table.add_row(
-            name, score, latency, f"{r['tokens']['prompt']:.0f} / {r['tokens']['answer']:.0f}",
-            f"{r['running']['seconds_per_1k']:.0f}", f"{r['running']['cost_per_1k']:.4f}",
-            f"{r['one_off']['seconds']:.0f}",
-        )  # fmt: skip
-    if rows:
-        out.print(table)
-    for name, why in data.get("skipped", {}).items():
-        log(f"skipped {name}: {why}")
-    for finding in data.get("advice", {}).get("findings", []):
-        if finding["fired"]:
-            log(("" if finding["rule"] == "recommendation" else "  - ") + finding["text"])
 
 
 @app.command(epilog=FIELDS_HELP)
@@ -263,7 +228,7 @@ def ask(
         found = Index(folder)
         if search_only:
             sources, why = retrieve_sources(question, found, rag.model_copy(update={"min_similarity": None}), where)
-            _print_sources(sources, full=True)
+            print_sources(sources, full=True)
             return
         engine = Engine([run_dir] if run_dir else [], max_batch=1, base=None if run_dir else model or base)
         try:
@@ -275,7 +240,7 @@ def ask(
         finally:
             engine.close()
         out.print(reply.text, markup=False, highlight=False)
-        _print_sources(reply.sources, cited=reply.cited)
+        print_sources(reply.sources, cited=reply.cited)
 
 
 def _rag_target(target: str, overrides: list[str]) -> tuple[Path, Any, str]:
@@ -290,17 +255,6 @@ def _rag_target(target: str, overrides: list[str]) -> tuple[Path, Any, str]:
         )
     cfg = resolve_target(target, overrides)
     return cfg.index_dir, cfg.rag, cfg.model.name
-
-
-def _print_sources(sources: list[Any], cited: list[int] | None = None, full: bool = False) -> None:
-    if not sources:
-        return
-    log("\nsources:" if cited is None else f"\nsources (cited: {', '.join(map(str, cited)) or 'none'}):")
-    for s in sources:
-        score = f"similarity {s.similarity:.3f}" if s.similarity is not None else f"score {s.score:.3f}"
-        log(f"[{s.number}] {s.where}" + (f" ({s.title})" if s.title else "") + f"  {score}")
-        text = s.text if full or len(s.text) <= 400 else s.text[:400] + " ..."
-        log("    " + text.replace("\n", "\n    "))
 
 
 INDEX_HELP = "Retrieve from this index (made by tuneforge index) [default: the run's own index, if it has one]."
@@ -408,31 +362,6 @@ def _read_line(prompt: str) -> str:
     if not line:
         raise EOFError
     return line
-
-
-def _print_eval(report: object) -> None:
-    from tuneforge.evaluation.forgetting import forgetting_summary
-    from tuneforge.evaluation.scores import EvalReport, summary_columns, summary_rows
-
-    assert isinstance(report, EvalReport)
-    table = Table(
-        "metric",
-        *summary_columns(report),
-        title=f"{' vs '.join(report.scores)}; scored on the {report.split} split ({report.n} examples)",
-    )
-    for name, values in summary_rows(report):
-        table.add_row(name, *values)
-    out.print(table)
-    if report.comparison:
-        out.print(
-            f"score [95% interval] from {report.resamples} bootstrap resamples of each split's examples; * the "
-            f"difference is significant (paired bootstrap, p < 0.05; p-values in eval.json)",
-            markup=False,
-        )
-    if report.forgetting:
-        out.print(forgetting_summary(report.forgetting), markup=False)
-    if report.page:
-        out.print(f"report: {report.page} (one self-contained page: open it in any browser)", markup=False)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ with reasons, answers and timings reused, the files and the report section it wr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def bakeoff(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, toy_
             f"data.path={toy_data}",
             f"output_dir={tmp_path_factory.mktemp('runs')}",
             "name=toy",
+            "data.test_size=0.2",  # 12 test examples: enough for the pairwise tests (at least 10)
             "train.epochs=2",
             "train.batch_size=8",
             "train.learning_rate=0.01",
@@ -99,9 +101,10 @@ def test_prompts_are_saved_and_differ_as_the_approaches_say(bakeoff) -> None:
     assert first["finetune"]["messages"] == first["prompt"]["messages"]  # the example's own messages
     rag_user = first["rag"]["messages"][-1]["content"]
     assert rag_user.startswith("Sources:") and rag_user.endswith(f"Question: {question}")
-    assert first["rag"]["sources"] == [f"items/{question.split(':')[0].split()[-1]}.txt", "items/0.txt"] or len(
-        first["rag"]["sources"]
-    ) == 2
+    assert (
+        first["rag"]["sources"] == [f"items/{question.split(':')[0].split()[-1]}.txt", "items/0.txt"]
+        or len(first["rag"]["sources"]) == 2
+    )
     assert first["finetune+rag"]["messages"] == first["rag"]["messages"]
     # few-shot: k earlier turns from the train split only, never the test question itself
     shots = [m for m in first["fewshot"]["messages"] if m["role"] == "user"][:-1]
@@ -183,3 +186,71 @@ def test_holds_answer() -> None:
     assert holds_answer("Options:\n  --length  digest length", "-l, --length")
     assert not holds_answer("use -x to", "-l, --length")
     assert not holds_answer("anything", "")
+
+
+def test_the_bakeoff_section_renders_in_headless_chromium(bakeoff, tmp_path: Path) -> None:
+    from browser import chromium_paths, full_page_screenshot, open_browser
+
+    if chromium_paths() is None:
+        if os.environ.get("TUNEFORGE_REQUIRE_BROWSER"):
+            pytest.fail("TUNEFORGE_REQUIRE_BROWSER is set (.ci/run) but chromium or chromedriver is not installed")
+        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver); CI runs this test")
+    cfg, result, _ = bakeoff
+    driver = open_browser(width=1200)
+    try:
+        driver.get((cfg.run_dir / REPORT).as_uri())
+        section = driver.find_element("css selector", "#bakeoff")
+        assert section.is_displayed()
+        rows = driver.find_elements("css selector", "#bakeoff-table tbody tr")
+        assert [r.find_element("css selector", "td").text for r in rows] == list(result.data["approaches"])
+        assert driver.find_element("css selector", "#recommendation").text.startswith("Recommended:")
+        assert len(driver.find_elements("css selector", "#pairs tbody tr")) == 5
+        chart = driver.find_element("css selector", "#bakeoff-chart svg")
+        assert chart.is_displayed() and chart.size["width"] > 300
+        assert len(driver.find_elements("css selector", "details.prompt")) == 5
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= 1200  # no sideways scroll
+        full_page_screenshot(driver, tmp_path / "bakeoff.png")
+    finally:
+        driver.quit()
+    assert (tmp_path / "bakeoff.png").stat().st_size > 10_000
+
+
+def test_cli_prints_the_table_the_skipped_and_the_advice(tiny_config, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+    from tuneforge.config import dump_config
+
+    config = tmp_path / "bake.yaml"
+    config.write_text(
+        dump_config(tiny_config("compare.approaches=[prompt, fewshot, rag]", "compare.latency_requests=1"))
+    )
+    result = CliRunner().invoke(app, ["compare", str(config), "evaluate.bootstrap=100"])
+    assert result.exit_code == 0, result.output
+    assert "bake-off on the test split" in result.output
+    assert "prompt" in result.output and "fewshot" in result.output
+    assert "skipped rag: no index" in result.output
+    assert "Recommended:" in result.output
+    bad = CliRunner().invoke(app, ["compare", str(config), "compare.approaches=[prompt, magic]"])
+    assert bad.exit_code == 2 and "compare.approaches" in bad.output and "Traceback" not in bad.output
+
+
+def test_nothing_runnable_is_a_clear_error_before_any_model_loads(tiny_config) -> None:
+    from tuneforge.errors import ConfigError, RunError
+
+    with pytest.raises(RunError, match="no approach of compare.approaches can run.*rag: no index"):
+        compare(tiny_config("compare.approaches=[rag]"), log=QUIET)
+    with pytest.raises(ConfigError, match="compare.metric='bleu' is not one of"):
+        compare(tiny_config("compare.metric=bleu"), log=QUIET)
+    with pytest.raises(ConfigError, match="compare.finetune_run=.*holds no trained model"):
+        compare(tiny_config("compare.finetune_run=/nonexistent/run"), log=QUIET)
+
+
+def test_personal_data_is_masked_in_what_the_bakeoff_writes(tiny_config) -> None:
+    from tuneforge.compare.bakeoff import _masked
+
+    row = {"source": "a.jsonl:3", "input": "Mail anna.schmidt@example.com", "answers": {"rag": {"text": "x@y.de"}}}
+    masked = _masked(row, tiny_config())
+    assert masked["source"] == "a.jsonl:3" and "anna.schmidt" not in masked["input"] and "[EMAIL]" in masked["input"]
+    assert "x@y.de" not in masked["answers"]["rag"]["text"]
+    assert _masked(row, tiny_config("evaluate.show_personal_data=true")) == row

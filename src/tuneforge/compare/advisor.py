@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneforge.compare.scoring import paired, ranked
+from tuneforge.compare.scoring import MIN_TESTED, paired, ranked
 from tuneforge.config import Needs
 
 FAMILIES: dict[str, frozenset[str]] = {
@@ -55,6 +55,7 @@ class Evidence:
     needs: Needs
     train_examples: int | None = None
     answers_in_documents: float | None = None
+    bootstrap: int = 1000  # resamples of the significance test (evaluate.bootstrap)
 
 
 @dataclass
@@ -80,7 +81,10 @@ def advise(ev: Evidence) -> Advice:
         return Advice(None, [], [Finding("recommendation", True, "No approach could be measured: nothing to advise.")])
     order = ranked(ev.scores, ev.metric)
     best = order[0]
-    candidates = [best] + [a for a in order[1:] if not _significant(ev, best, a)]
+    if ev.pairs:
+        candidates = [best] + [a for a in order[1:] if not _significant(ev, best, a)]
+    else:  # no significance test ran (evaluate.bootstrap=0, or too few examples): only a tie is within reach
+        candidates = [a for a in order if ev.scores[a] == ev.scores[best]]
     findings = [_best(ev, order), _cheapest(ev, best, candidates), _more_data(ev, order)]
     wanted, need_findings = _wanted_families(ev, candidates)
     findings += need_findings
@@ -124,7 +128,8 @@ def _cheapest(ev: Evidence, best: str, candidates: list[str]) -> Finding:
     return Finding(
         "cheapest_within_best",
         True,
-        f"{cheapest} is not significantly worse than {best} and costs less to run: "
+        f"{cheapest} {'is not significantly worse than' if ev.pairs else 'scores the same as'} {best} and costs "
+        f"less to run: "
         f"{ev.cost_per_1k.get(cheapest, math.nan):.0f} against {ev.cost_per_1k.get(best, math.nan):.0f} "
         f"machine-seconds per 1,000 requests.",
     )
@@ -136,7 +141,8 @@ def needed_examples(n: int, delta: float, interval: list[float]) -> int | None:
     half = (interval[1] - interval[0]) / 2
     if delta == 0 or half <= 0:
         return None
-    return math.ceil(n * (half / abs(delta)) ** 2)
+    # the percentile interval and the p-value can disagree at the edge: never say fewer than there are now
+    return max(n + 1, math.ceil(n * (half / abs(delta)) ** 2))
 
 
 def _more_data(ev: Evidence, order: list[str]) -> Finding:
@@ -144,16 +150,15 @@ def _more_data(ev: Evidence, order: list[str]) -> Finding:
         return Finding("more_test_data", False, "Only one approach was measured.")
     found = paired(ev.pairs, order[1], order[0])
     if found is None:
-        return Finding(
-            "more_test_data", True, "No intervals were computed (evaluate.bootstrap=0): no difference can be judged."
-        )
+        why = "evaluate.bootstrap=0" if not ev.bootstrap else f"only {ev.n} test examples, under {MIN_TESTED}"
+        return Finding("more_test_data", True, f"No significance test ran ({why}): no difference can be judged.")
     if found["significant"]:
         return Finding("more_test_data", False, f"{order[0]} is significantly ahead of the runner-up {order[1]}.")
     need = needed_examples(ev.n, found["delta"], found["interval"])
     how = (
         f"about {need:,} test examples (now {ev.n}) would separate them if the difference of {found['delta']:+.3f} held"
         if need
-        else f"they scored the same on all {ev.n} examples"
+        else f"they have the same mean score on {ev.n} examples"
     )
     return Finding(
         "more_test_data",
@@ -206,7 +211,8 @@ def _not_asked(rule: str, ev: Evidence) -> str:
         share = ev.answers_in_documents
         lack = " (retrieval can add little)" if share < DOCUMENTS_LACK else ""
         return f"Only {share:.0%} of the test answers appear in the retrieved passages{lack}."
-    return f"compare.needs.{rule} is not set."
+    asked = getattr(ev.needs, rule, None)
+    return f"compare.needs.{rule} is {'false' if asked is False else 'not set'}."
 
 
 def _overruled(ev: Evidence, family: str, best: str) -> str:
@@ -246,7 +252,7 @@ def _pick(ev: Evidence, candidates: list[str], wanted: set[str]) -> str:
 
 def _recommendation(ev: Evidence, pick: str, best: str, wanted: set[str]) -> Finding:
     why = "the best measured" if pick == best else f"not significantly worse than {best}"
-    reasons = sorted(wanted - {"no_training"})
+    reasons = sorted(FAMILIES[pick] & wanted)
     needs = f", and it meets what the use case asks for ({', '.join(reasons)})" if reasons else ""
     cost = ev.cost_per_1k.get(pick)
     running = f"; it runs at {cost:.0f} machine-seconds per 1,000 requests" if cost is not None else ""

@@ -17,6 +17,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from tuneforge.config import Approach
 from tuneforge.data.records import Messages
+from tuneforge.errors import RunError
 from tuneforge.rag.answer import REFUSAL, Source, rag_messages
 
 # Which model answers each approach: the base model, the run's tuned model, or the RAFT-tuned one.
@@ -47,6 +48,7 @@ class Prompt:
     answer: str | None = None
     sources: list[str] | None = None  # where each passage came from (file:lines)
     retrieve_seconds: float = 0.0
+    retrieve_cpu_seconds: float = 0.0
     context: str = ""  # the passages' texts (to check whether they hold the answer)
 
     def to_json(self) -> dict[str, Any]:
@@ -59,8 +61,8 @@ class Prompt:
 
 
 def question_of(messages: Messages) -> str:
-    """The last user message: what retrieval and few-shot selection look for."""
-    return next(m["content"] for m in reversed(messages) if m.get("role") == "user")
+    """The last user message: what retrieval and few-shot selection look for ("" when there is none)."""
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def with_instructions(messages: Messages, instructions: str | None) -> Messages:
@@ -77,7 +79,13 @@ class FewShot:
     def __init__(self, train_prompts: list[Messages], train_answers: list[str], k: int) -> None:
         self.prompts, self.answers, self.k = train_prompts, train_answers, k
         self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
-        self.matrix = self.vectorizer.fit_transform([question_of(p) for p in train_prompts])
+        try:
+            self.matrix = self.vectorizer.fit_transform([question_of(p) for p in train_prompts])
+        except ValueError:  # no word in any training question: nothing to be similar to
+            raise RunError(
+                "few-shot selection found no text in the training examples' user messages",
+                "check the train split's user messages, or leave fewshot out of compare.approaches",
+            ) from None
 
     def messages(self, prompt: Messages, instructions: str | None) -> Messages:
         """The prompt with its k nearest training examples as earlier turns, the nearest last (next to the question)."""
@@ -94,14 +102,14 @@ class FewShot:
 
 def rag_prompt(prompt: Messages, retriever: Retriever, top_k: int, count: Callable[[str], int], budget: int) -> Prompt:
     """The prompt with the question's passages (as `tuneforge ask` and the server build it), or the refusal."""
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     sources, why = retriever.search(question_of(prompt), top_k)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     if not sources:
-        return Prompt(list(prompt), answer=f"{REFUSAL} ({why})", sources=[], retrieve_seconds=seconds)
+        return Prompt(list(prompt), f"{REFUSAL} ({why})", [], seconds, cpu_seconds)
     messages, used = rag_messages(prompt, sources, count, budget)
     context = "\n".join(s.text for s in used)
-    return Prompt(messages, sources=[s.where for s in used], retrieve_seconds=seconds, context=context)
+    return Prompt(messages, None, [s.where for s in used], seconds, cpu_seconds, context)
 
 
 def build_prompts(

@@ -4,6 +4,7 @@ and the bake-off section of report.html."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +21,19 @@ from tuneforge.compare.ingredients import (
     load_models,
     open_retrieval,
     raft_tuned,
+    trained_folder,
     training_cost,
 )
 from tuneforge.compare.measure import Measured, answer_measured, machine
 from tuneforge.compare.raft import holds_answer
-from tuneforge.compare.scoring import disagreements, score_approaches
+from tuneforge.compare.scoring import disagreements, ranking_metric, score_approaches
 from tuneforge.config import RunConfig
 from tuneforge.data.records import chat_prompts
 from tuneforge.errors import ConfigError, RunError
 from tuneforge.evaluation.generations import GenerationCache
+from tuneforge.evaluation.predictions import redactor
 from tuneforge.evaluation.report import write_report
+from tuneforge.evaluation.scores import chosen_metrics
 from tuneforge.generation import SamplingParams, use_adapter
 from tuneforge.models import load_tokenizer
 from tuneforge.rundir import COMPARE, COMPARE_DIR, atomic_write_json, read_jsonl, split_path, write_jsonl
@@ -61,9 +65,13 @@ def compare(cfg: RunConfig, log: Any = print, retriever: Retriever | None = None
 
     parts = Ingredients(retriever=retriever)
     open_retrieval(cfg, parts, log)
+    _carry_index_cost(cfg, parts)
     fine_tuned(cfg, parts, log)
     raft_tuned(cfg, parts, count, log)
     built = _prompts(cfg, parts, prompts, count)
+    if not built:
+        reasons = "; ".join(f"{a}: {why}" for a, why in parts.skipped.items())
+        raise RunError(f"no approach of compare.approaches can run ({reasons})", "add what they miss, named above")
     models = load_models(cfg, parts.folders)
     measured = _answer(cfg, built, models, tokenizer, parts, log)
     data = _results(cfg, parts, built, measured, references, rows)
@@ -72,7 +80,20 @@ def compare(cfg: RunConfig, log: Any = print, retriever: Retriever | None = None
     return CompareResult(data, write_report(cfg.run_dir))
 
 
+def _carry_index_cost(cfg: RunConfig, parts: Ingredients) -> None:
+    """An index that was up to date cost nothing now: its one-off cost is what building it cost, as the last
+    bake-off measured it (when it did)."""
+    if parts.index is None or parts.index.get("seconds") is not None or not (cfg.run_dir / COMPARE).is_file():
+        return
+    try:
+        before = json.loads((cfg.run_dir / COMPARE).read_text(encoding="utf-8"))
+        parts.index["seconds"] = ((before.get("facts") or {}).get("index") or {}).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        pass  # a damaged compare.json only loses the carried figure
+
+
 def _check(cfg: RunConfig) -> None:
+    """What can fail before anything is trained or generated fails first: the task, the metric, named runs."""
     task = TASKS[cfg.train.task]
     if cfg.train.task != "sft" or not task.generative:
         raise ConfigError(
@@ -80,6 +101,14 @@ def _check(cfg: RunConfig) -> None:
             "compare a train.task=sft run (chat, instruction or prompt/completion data); a classifier is scored by "
             "`tuneforge evaluate`",
         )
+    ranking_metric(cfg, chosen_metrics(cfg))
+    for field, approach in (("finetune_run", "finetune"), ("raft_run", "finetune+rag")):
+        named = getattr(cfg.compare, field)
+        if named is not None and approach in cfg.compare.approaches and not trained_folder(Path(named)):
+            raise ConfigError(
+                f"compare.{field}={named} holds no trained model (no model/ with adapter_config.json or config.json)",
+                "name a trained run directory or model folder (relative to the working directory), or unset it",
+            )
 
 
 def _prompts(cfg: RunConfig, parts: Ingredients, prompts: list[Any], count: Any) -> dict[str, list[Prompt]]:
@@ -126,14 +155,15 @@ def _answer(
     )
     cache = GenerationCache(cfg.run_dir / COMPARE_DIR / "answers.json")
     measured = {}
-    for approach, prompts in built.items():
+    # the base model's approaches first: unmerging an adapter leaves float round-off in the base weights
+    for approach, prompts in sorted(built.items(), key=lambda item: MODEL_OF[item[0]] != "base"):
         variant = MODEL_OF[approach]
         model = models[variant]
         with use_adapter(model, None if variant == "base" else variant, merge=True):
             measured[approach] = answer_measured(
                 cfg, approach, model, tokenizer, prompts, params, parts.folders.get(variant), cache, log
             )
-    return measured
+    return {a: measured[a] for a in built}
 
 
 def _costs(cfg: RunConfig, prompts: list[Prompt], m: Measured) -> dict[str, Any]:
@@ -155,7 +185,7 @@ def _costs(cfg: RunConfig, prompts: list[Prompt], m: Measured) -> dict[str, Any]
         },
         "running": {
             "seconds_per_1k": round(seconds, 1),
-            "cpu_seconds_per_1k": round((m.cpu_seconds + retrieval) * per_1k, 1),
+            "cpu_seconds_per_1k": round((m.cpu_seconds + sum(p.retrieve_cpu_seconds for p in prompts)) * per_1k, 1),
             "retrieval_seconds_per_1k": round(retrieval * per_1k, 1),
             "cost_per_1k": round(seconds / 3600 * cfg.compare.price_per_hour, 4),
         },
@@ -220,13 +250,13 @@ def _results(
             "intervals": report.intervals.get(a, {}),
             **_costs(cfg, built[a], measured[a]),
             "one_off": _one_off(a, parts, train_examples),
-            "example_prompt": built[a][0].to_json(),
+            "example_prompt": _masked(built[a][0].to_json(), cfg),
         }
         for a in outputs
     }
     data["advice"] = advise(_evidence(cfg, data, pairs)).to_json()
     shown = disagreements(report, metric, outputs, cfg.compare.examples)
-    data["disagreements"] = [_example(i, rows, references, outputs, report, metric) for i in shown]
+    data["disagreements"] = [_masked(_example(i, rows, references, outputs, report, metric), cfg) for i in shown]
     _write_details(cfg, built, outputs, references, report)
     return data
 
@@ -266,6 +296,7 @@ def _evidence(cfg: RunConfig, data: dict[str, Any], pairs: dict[str, Any]) -> Ev
         needs=cfg.compare.needs,
         train_examples=data["facts"]["train_examples"],
         answers_in_documents=data["facts"]["answers_in_documents"],
+        bootstrap=cfg.evaluate.bootstrap,
     )
 
 
@@ -298,19 +329,39 @@ def _write_details(
     folder = cfg.run_dir / COMPARE_DIR
     n = len(references)
     write_jsonl(
-        folder / "prompts.jsonl", [{"example": i, **{a: p[i].to_json() for a, p in built.items()}} for i in range(n)]
+        folder / "prompts.jsonl",
+        [_masked({"example": i, **{a: p[i].to_json() for a, p in built.items()}}, cfg) for i in range(n)],
     )
     write_jsonl(
         folder / "predictions.jsonl",
         [
-            {
-                "example": i,
-                "reference": references[i],
-                "answers": {a: o[i] for a, o in outputs.items()},
-                "scores": {
-                    a: {k: round(float(v[i]), 4) for k, v in report.per_example.get(a, {}).items()} for a in outputs
+            _masked(
+                {
+                    "example": i,
+                    "reference": references[i],
+                    "answers": {a: o[i] for a, o in outputs.items()},
+                    "scores": {
+                        a: {k: round(float(v[i]), 4) for k, v in report.per_example.get(a, {}).items()} for a in outputs
+                    },
                 },
-            }
+                cfg,
+            )
             for i in range(n)
         ],
     )
+
+
+KEPT = frozenset({"source", "sources", "role"})  # the run's own words (file:line, roles): never masked
+
+
+def _masked(value: Any, cfg: RunConfig, shown: Any = None) -> Any:
+    """`value` with every text of the data masked as predictions.jsonl masks it (privacy.mode=report leaves personal
+    data in the splits; evaluate.show_personal_data shows it as it is)."""
+    shown = shown or redactor(cfg.privacy, cfg.evaluate.show_personal_data)
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, list):
+        return [_masked(v, cfg, shown) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in KEPT else _masked(v, cfg, shown) for k, v in value.items()}
+    return value

@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.compare.raft import raft_model_dir, write_raft_splits
+from tuneforge.compare.raft import raft_model_dir, read_raft_record, write_raft_splits
 from tuneforge.config import RagConfig, RunConfig
 from tuneforge.data import prepare
-from tuneforge.errors import RunError
 from tuneforge.models import load_adapter, load_model, pick_device
 from tuneforge.rag import Index, Source, build_index, retrieve_sources
 from tuneforge.rag.stores import is_index
 from tuneforge.rundir import METRICS, MODEL_DIR, read_jsonl, split_path
 from tuneforge.train import train
+from tuneforge.train.methods import METHODS
 
 
 class IndexRetriever:
@@ -58,7 +58,8 @@ def open_retrieval(cfg: RunConfig, parts: Ingredients, log: Any) -> None:
     if cfg.rag.sources:
         summary = build_index(cfg.rag, cfg.index_dir, log=log)
         log(summary.text())
-        seconds = summary.seconds if summary.added or summary.changed else None
+        # what building the index cost, when this run built it whole (an update's seconds are not that)
+        seconds = summary.seconds if summary.added and not (summary.unchanged or summary.changed) else None
     elif not is_index(cfg.index_dir):
         for name in sorted(wants):
             parts.skipped[name] = (
@@ -69,17 +70,15 @@ def open_retrieval(cfg: RunConfig, parts: Ingredients, log: Any) -> None:
     stats = index.store.stats()
     parts.index = {"folder": str(cfg.index_dir), "model": index.model, "seconds": seconds, **stats}
     parts.retriever = IndexRetriever(index, cfg.rag)
+    parts.retriever.search("warm-up", 1)  # loads the embedding model: not the first question's latency
 
 
 def fine_tuned(cfg: RunConfig, parts: Ingredients, log: Any) -> None:
     """The `finetune` model: compare.finetune_run's, or this run's (trained now when missing and compare.train)."""
     if "finetune" not in cfg.compare.approaches:
         return
-    if cfg.compare.finetune_run is not None:
-        folder = Path(cfg.compare.finetune_run) / MODEL_DIR
-        if not folder.is_dir():
-            raise RunError(f"compare.finetune_run: {folder} does not exist", "name a trained run directory")
-        parts.folders["finetune"] = folder
+    if cfg.compare.finetune_run is not None:  # checked before anything ran (bakeoff._check)
+        parts.folders["finetune"] = trained_folder(Path(cfg.compare.finetune_run)) or Path(cfg.compare.finetune_run)
         return
     folder = cfg.run_dir / MODEL_DIR
     if folder.is_dir():
@@ -96,19 +95,29 @@ def raft_tuned(cfg: RunConfig, parts: Ingredients, tokens: Any, log: Any) -> Non
     """The `finetune+rag` model: compare.raft_run's, or one trained RAFT-style in runs/<name>/compare/raft."""
     if "finetune+rag" not in cfg.compare.approaches or "finetune+rag" in parts.skipped:
         return
+    if cfg.compare.raft_run is not None:  # checked before anything ran (bakeoff._check)
+        parts.folders["raft"] = trained_folder(Path(cfg.compare.raft_run)) or Path(cfg.compare.raft_run)
+        return
     folder = raft_model_dir(cfg)
     if folder.is_dir():
+        parts.raft = read_raft_record(cfg, log)
         log(f"finetune+rag: using the trained model in {folder} (delete it to train again)")
         parts.folders["raft"] = folder
         return
-    if cfg.compare.raft_run is not None:
-        raise RunError(f"compare.raft_run: {folder} does not exist", "name a trained run directory")
     if _no_training(cfg, "finetune+rag", parts):
         return
     raft, stats = write_raft_splits(cfg, parts.retriever, tokens, log)
     parts.raft = stats.to_json()
     log(f"finetune+rag: training on prompts with retrieved passages in {raft.run_dir}")
     parts.folders["raft"] = train(raft, log=log).model_dir
+
+
+def trained_folder(path: Path) -> Path | None:
+    """The trained model of a run directory (its model/) or a model folder itself; None when there is none."""
+    for folder in (path / MODEL_DIR, path):
+        if (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+            return folder
+    return None
 
 
 def _no_training(cfg: RunConfig, approach: str, parts: Ingredients) -> bool:
@@ -144,7 +153,9 @@ def training_cost(model_dir: Path) -> dict[str, Any]:
 def load_models(cfg: RunConfig, folders: dict[str, Path]) -> dict[str, Any]:
     """The model behind each variant: the base model, carrying the tuned adapters (or whole tuned models beside)."""
     device = pick_device()
-    shared = load_model(cfg.model.name, cfg.model.revision, device=device)
+    method = METHODS[cfg.train.method]  # qlora: the adapters answer on the 4-bit base they were trained on
+    options = method.load_options(device) if method.load_options else None
+    shared = load_model(cfg.model.name, cfg.model.revision, device=device, options=options)
     models: dict[str, Any] = {}
     for name, folder in folders.items():
         if (folder / "adapter_config.json").is_file():

@@ -17,6 +17,7 @@ import torch
 
 from tuneforge.compare.approaches import Prompt
 from tuneforge.config import RunConfig
+from tuneforge.cpu.weight_packs import packed_weights
 from tuneforge.data.tokenize import encode_prompt
 from tuneforge.evaluation.generations import GenerationCache, generation_key
 from tuneforge.generation import SamplingParams, generate, generate_texts
@@ -67,7 +68,8 @@ def answer_measured(
     asked = [i for i, p in enumerate(prompts) if p.answer is None]
     conversations = [prompts[i].messages for i in asked]
     sample = [asked[i] for i in latency_sample(len(asked), cfg.compare.latency_requests)]
-    key = generation_key(cfg, trained, [*conversations, sample], params)
+    # timings are the machine's: another machine (or the GPU) measures again
+    key = generation_key(cfg, trained, [*conversations, sample, machine(), device_of(model)], params)
     saved = cache.entry(name, key, len(prompts))
     if saved is not None:
         log(f"{name}: reusing its {len(prompts)} saved answers and timings (same model, prompts and settings)")
@@ -76,16 +78,19 @@ def answer_measured(
             [str(o) for o in saved["outputs"]], saved["batch_seconds"], saved["cpu_seconds"], latency,
             saved["prompt_tokens"], saved["answer_tokens"], reused=True,
         )  # fmt: skip
-    cpu, start = _cpu_time(), time.perf_counter()
-    texts = generate_texts(model, tokenizer, conversations, params, cfg.evaluate.batch_size, name)
-    _sync(model)
-    batch_seconds, cpu_seconds = time.perf_counter() - start, _cpu_time() - cpu
     latency = {}
-    for i in sample:
-        start = time.perf_counter()
-        generate(model, tokenizer, [prompts[i].messages], params)
+    with packed_weights(model):  # as a server holds them: packing the weights is not a request's cost
+        if conversations:  # one untimed answer first: the first call's warm-up is not a request's cost either
+            generate(model, tokenizer, conversations[:1], params)
+        cpu, start = _cpu_time(), time.perf_counter()
+        texts = generate_texts(model, tokenizer, conversations, params, cfg.evaluate.batch_size, name)
         _sync(model)
-        latency[i] = time.perf_counter() - start
+        batch_seconds, cpu_seconds = time.perf_counter() - start, _cpu_time() - cpu
+        for i in sample:
+            start = time.perf_counter()
+            generate(model, tokenizer, [prompts[i].messages], params)
+            _sync(model)
+            latency[i] = time.perf_counter() - start
     outputs = [p.answer or "" for p in prompts]
     for i, text in zip(asked, texts, strict=True):
         outputs[i] = text

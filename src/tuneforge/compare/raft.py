@@ -10,6 +10,7 @@ when it misses), and the passages are shuffled so the oracle's place tells nothi
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from tuneforge.compare.approaches import Retriever, question_of
 from tuneforge.config import RunConfig
 from tuneforge.data.records import chat_prompts
 from tuneforge.rag.answer import Source, rag_messages
-from tuneforge.rundir import COMPARE_DIR, MODEL_DIR, read_jsonl, save_config, split_path, write_jsonl
+from tuneforge.rundir import COMPARE_DIR, MODEL_DIR, atomic_write_json, read_jsonl, save_config, split_path, write_jsonl
 
 CANDIDATES = 4  # hits searched per training question, as a multiple of rag.top_k: room for the oracle and distractors
 
@@ -115,6 +116,7 @@ def write_raft_splits(
         if split == "train":
             stats = made
     save_config(raft)
+    atomic_write_json(raft.run_dir / RAFT_RECORD, {"settings": raft_settings(cfg), **stats.to_json()})
     log(
         f"finetune+rag: {stats.examples} training prompts with retrieved passages, {stats.with_oracle} with the "
         f"passage holding the answer; no retrieved passage held the answer for {stats.no_oracle_found}"
@@ -122,7 +124,35 @@ def write_raft_splits(
     return raft, stats
 
 
+RAFT_RECORD = "raft.json"  # in the RAFT run: how its training prompts were made
+
+
+def raft_settings(cfg: RunConfig) -> dict[str, Any]:
+    """What decides the RAFT training prompts (a model trained with others is stale)."""
+    return {
+        "raft_oracle_share": cfg.compare.raft_oracle_share,
+        "top_k": cfg.rag.top_k,
+        "context_tokens": cfg.rag.context_tokens,
+        "retrieval": cfg.rag.retrieval,
+        "embedding_model": cfg.rag.embedding_model,
+    }
+
+
+def read_raft_record(cfg: RunConfig, log: Any) -> dict[str, Any] | None:
+    """The stats of the trained RAFT model's prompts; says so when they were made with other settings than now."""
+    path = raft_config(cfg).run_dir / RAFT_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("settings") != raft_settings(cfg):
+        log(
+            f"finetune+rag: the trained model's prompts were made with {record.get('settings')}, not with today's "
+            f"{raft_settings(cfg)}: delete {path.parent / MODEL_DIR} to train it again"
+        )
+    return {k: v for k, v in record.items() if k != "settings"}
+
+
 def raft_model_dir(cfg: RunConfig) -> Path:
-    """Where the RAFT run's model is (compare.raft_run's, or runs/<name>/compare/raft's)."""
-    run = cfg.compare.raft_run or raft_config(cfg).run_dir
-    return Path(run) / MODEL_DIR
+    """Where the RAFT run's model is trained: runs/<name>/compare/raft/model."""
+    return raft_config(cfg).run_dir / MODEL_DIR

@@ -14,6 +14,8 @@ from tuneforge.evaluation.scores import EvalReport, chosen_metrics
 from tuneforge.evaluation.stats import compare, resample_indices, resampled_scores
 from tuneforge.metrics import Metric, lower_is_better
 
+MIN_TESTED = 10  # fewer test examples get no pairwise test: resamples of 2-5 examples call any difference significant
+
 
 def ranking_metric(cfg: RunConfig, metrics: dict[str, Metric]) -> str:
     """compare.metric, or field_accuracy for JSON extraction, or the first metric."""
@@ -38,7 +40,7 @@ def score_approaches(
     report = EvalReport(cfg.evaluate.split, len(references))
     report.score(metrics, outputs, references, cfg.evaluate.bootstrap)
     pairs: dict[str, dict[str, Any]] = {}
-    if report.resamples:
+    if report.resamples and len(references) >= MIN_TESTED:
         indices = resample_indices(len(references), report.resamples)  # the same resamples as report.score's
         samples = {
             name: resampled_scores(

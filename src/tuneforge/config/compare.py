@@ -61,13 +61,15 @@ class CompareConfig(Section):
     )
     finetune_run: Path | None = Field(
         None,
-        description="A run directory whose tuned model is `finetune` (same base model); null = this run's own model, "
-        "trained by the command when missing (if compare.train).",
+        description="A run directory (or model folder) whose tuned model is `finetune`, relative to the working "
+        "directory like output_dir; it must fit model.name; null = this run's own model, trained by the command "
+        "when missing (if compare.train).",
     )
     raft_run: Path | None = Field(
         None,
-        description="A run directory whose tuned model is `finetune+rag`; null = runs/<name>/raft, trained by the "
-        "command when missing (if compare.train) on the train split with retrieved passages in each prompt.",
+        description="A run directory (or model folder) whose tuned model is `finetune+rag`, relative to the working "
+        "directory; null = runs/<name>/compare/raft, trained by the command when missing (if compare.train) on the "
+        "train split with retrieved passages in each prompt.",
     )
     train: bool = Field(
         True, description="Train the fine-tuned models that do not exist yet; false skips their approaches instead."
