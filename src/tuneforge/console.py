@@ -21,8 +21,8 @@ def print_compare(data: dict[str, Any]) -> None:
     metric, rows = data.get("metric"), data.get("approaches", {})
     currency = data["settings"]["currency"]
     table = Table(
-        "approach", f"{metric} [95% interval]" if metric else "score", "latency p50/p95 s", "tokens in/out",
-        "machine-s/1k req", f"{currency}/1k req", "one-off s",
+        "approach", f"{metric.rsplit(':', 1)[-1]} [95% interval]" if metric else "score", "latency p50/p95 s",
+        "tokens in/out", "machine-s/1k req", f"{currency}/1k req", "one-off s",
         title=f"bake-off on the {data['split']} split ({data['n']} examples), {data['machine']}",
     )  # fmt: skip
     for name, r in rows.items():
@@ -32,10 +32,11 @@ def print_compare(data: dict[str, Any]) -> None:
         table.add_row(
             name, score, latency, f"{r['tokens']['prompt']:.0f} / {r['tokens']['answer']:.0f}",
             f"{r['running']['seconds_per_1k']:.0f}", f"{r['running']['cost_per_1k']:.4f}",
-            f"{r['one_off']['seconds']:.0f}",
+            "-" if r["one_off"]["seconds"] is None else f"{r['one_off']['seconds']:.0f}",
         )  # fmt: skip
     if rows:
-        out.print(table, width=max(out.width, 150))  # a narrow or piped terminal would fold every cell
+        # a narrow or piped terminal (80 columns) would fold every cell
+        Console(width=max(out.width, 120), file=out.file).print(table)
     for name, why in data.get("skipped", {}).items():
         log(f"skipped {name}: {why}")
     for finding in data.get("advice", {}).get("findings", []):

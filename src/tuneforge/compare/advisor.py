@@ -98,6 +98,11 @@ def _significant(ev: Evidence, a: str, b: str) -> bool:
     return bool(found and found["significant"])
 
 
+def _p(ev: Evidence, p_value: float) -> str:
+    """A bootstrap p-value; 0 means below the test's resolution (2 / resamples), so it reads "p<0.002"."""
+    return f"p<{2 / ev.bootstrap:.2g}" if p_value == 0 and ev.bootstrap else f"p={p_value:.3f}"
+
+
 def _fmt(ev: Evidence, name: str) -> str:
     bounds = ev.intervals.get(name)
     return f"{name} {ev.scores[name]:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
@@ -112,7 +117,7 @@ def _best(ev: Evidence, order: list[str]) -> Finding:
             if found is None
             else (
                 f", {'significantly' if found['significant'] else 'not significantly'} ahead of {_fmt(ev, order[1])} "
-                f"(difference {found['delta']:+.3f}, p={found['p_value']:.3f})"
+                f"(difference {found['delta']:+.3f}, {_p(ev, found['p_value'])})"
             )
         )
         text += verdict
@@ -164,7 +169,7 @@ def _more_data(ev: Evidence, order: list[str]) -> Finding:
         "more_test_data",
         True,
         f"More test data needed: {order[0]} and {order[1]} differ by {found['delta']:+.3f} on {ev.metric}, within "
-        f"chance (p={found['p_value']:.3f}); {how}.",
+        f"chance ({_p(ev, found['p_value'])}); {how}.",
     )
 
 

@@ -209,7 +209,8 @@ def _one_off(approach: str, parts: Ingredients, train_examples: int) -> dict[str
         out["examples"] = train_examples
     if approach in RETRIEVES and parts.index:
         out["index"] = {k: parts.index.get(k) for k in ("files", "chunks", "tokens", "seconds")}
-        out["seconds"] += parts.index.get("seconds") or 0.0
+        built = parts.index.get("seconds")  # None: built before any bake-off measured it
+        out["seconds"] = None if built is None else out["seconds"] + built
     return out
 
 
@@ -290,7 +291,7 @@ def _evidence(cfg: RunConfig, data: dict[str, Any], pairs: dict[str, Any]) -> Ev
         scores={a: r["scores"][metric] for a, r in approaches.items()},
         intervals={a: r["intervals"][metric] for a, r in approaches.items() if metric in r["intervals"]},
         cost_per_1k={a: r["running"]["seconds_per_1k"] for a, r in approaches.items()},
-        one_off={a: r["one_off"]["seconds"] for a, r in approaches.items()},
+        one_off={a: r["one_off"]["seconds"] or 0.0 for a, r in approaches.items()},
         pairs=pairs,
         n=data["n"],
         needs=cfg.compare.needs,

@@ -61,7 +61,7 @@ def open_retrieval(cfg: RunConfig, parts: Ingredients, log: Any) -> None:
         # what building the index cost, when this run built it whole (an update's seconds are not that)
         seconds = summary.seconds if summary.added and not (summary.unchanged or summary.changed) else None
     elif not is_index(cfg.index_dir):
-        for name in sorted(wants):
+        for name in [a for a in cfg.compare.approaches if a in wants]:
             parts.skipped[name] = (
                 f"no index: list the documents in rag.sources (or build {cfg.index_dir} with `tuneforge index`)"
             )
