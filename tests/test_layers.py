@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"rag"},  # index, retrieve, answer with citations
     {"workflow"},  # the whole run: prepare -> train -> evaluate
     {"compare"},  # the bake-off: prompt vs few-shot vs RAG vs fine-tune vs both
-    {"serve"},
+    {"serve", "jobs"},  # the API server; the jobs service's store, worker and routes
     {"chat", "cli", "console", "__main__"},
 ]
 MAX_MODULE_LINES = 400
