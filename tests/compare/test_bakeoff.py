@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import toy_rows
 
 from tuneforge.compare import compare
 from tuneforge.compare.approaches import FewShot, question_of
@@ -16,6 +15,8 @@ from tuneforge.compare.raft import holds_answer, raft_rows
 from tuneforge.data.records import chat_prompts
 from tuneforge.rag.answer import Source
 from tuneforge.rundir import COMPARE, COMPARE_DIR, REPORT, read_jsonl
+
+from helpers import toy_rows
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
