@@ -271,6 +271,15 @@ def _retrieval(index_dir: Path | None, cfg: RunConfig) -> Any:
     return RetrievalService.open(folder, cfg.rag)
 
 
+def _file_store(data_dir: Path, model: str) -> Any:
+    """The uploads of a data directory, validated with `model`'s tokenizer."""
+    from tuneforge.jobs.db import open_database
+    from tuneforge.jobs.files import FileStore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return FileStore(data_dir, open_database(data_dir / "tuneforge.db"), model)
+
+
 def _serve_help(name: str) -> str:
     return f"{ServeConfig.model_fields[name].description} [default: serve.{name} of the first run's config]"
 
@@ -284,9 +293,17 @@ def serve(
     max_tokens: Annotated[int | None, typer.Option(help=_serve_help("max_new_tokens"))] = None,
     max_batch: Annotated[int | None, typer.Option(min=1, help=_serve_help("max_batch"))] = None,
     index_dir: Annotated[Path | None, typer.Option("--index", help=INDEX_HELP)] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Keep uploaded files (/v1/files, validated as training data) and their records "
+            "(tuneforge.db, SQLite) in this folder.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings); with an
-    index, answers use and cite its passages."""
+    """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings, and with
+    --data-dir /v1/files); with an index, answers use and cite its passages."""
     import uvicorn
 
     from tuneforge.serve import create_app
@@ -305,7 +322,8 @@ def serve(
         config = run_cfg.serve
         key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
         retrieval = _retrieval(index_dir, run_cfg)
-        application = create_app(run_dirs, config, api_key=key, retrieval=retrieval)
+        files = _file_store(data_dir, run_cfg.model.name) if data_dir else None
+        application = create_app(run_dirs, config, api_key=key, retrieval=retrieval, files=files)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
         out.print(

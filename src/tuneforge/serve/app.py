@@ -12,10 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from tuneforge.config import ServeConfig
+from tuneforge.jobs.errors import JobsError
+from tuneforge.jobs.files import FileStore
 from tuneforge.serve.engine import Engine, ServingEngine
-from tuneforge.serve.errors import api_error, http_error, server_error, validation_error
+from tuneforge.serve.errors import api_error, http_error, jobs_error, server_error, validation_error
 from tuneforge.serve.retrieval import RetrievalService
 from tuneforge.serve.routes import chat, embeddings, models
+from tuneforge.serve.routes import files as files_routes
 
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key; every other path (the docs too) needs it
 
@@ -27,11 +30,13 @@ def create_app(
     api_key: str | None = None,
     engine: ServingEngine | None = None,
     retrieval: RetrievalService | None = None,
+    files: FileStore | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `run_dirs` as `serve` (the config's `serve:` section) says. `api_key` (None: none is
     required) is passed apart from the config, which is written to run directories: the CLI reads it from the
     environment variable `serve.api_key_env` names. `engine` may be given (tests); else the runs are loaded. With
-    `retrieval` (an index), chat answers use and cite its passages, and /v1/embeddings serves its model."""
+    `retrieval` (an index), chat answers use and cite its passages, and /v1/embeddings serves its model. With
+    `files` (a data directory's store), /v1/files takes uploads."""
     serve = serve or ServeConfig()
     app = FastAPI(title="tuneforge", version="0.1.0", docs_url="/docs")
     app.state.serve = serve
@@ -39,12 +44,15 @@ def create_app(
         engine = Engine(list(run_dirs), serve.max_batch)  # (mypy holds the Engine to the ServingEngine protocol here)
     app.state.engine = engine
     app.state.retrieval = retrieval
+    app.state.files = files
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(JobsError, jobs_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, server_error)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(embeddings.router)
+    app.include_router(files_routes.router)
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

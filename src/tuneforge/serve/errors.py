@@ -17,7 +17,8 @@ _MEANING = {
     400: "Invalid request: a malformed or invalid body, max_tokens above the server's limit, or messages and "
     "max_tokens beyond the model's context (code 'context_length_exceeded').",
     401: "Missing or wrong API key (when the server has one): send 'Authorization: Bearer <key>'.",
-    404: "No such model (code 'model_not_found').",
+    404: "No such model (code 'model_not_found'), file or job.",
+    409: "The request conflicts with the record's state, e.g. cancelling a finished job.",
 }
 
 
@@ -67,3 +68,15 @@ async def server_error(request: Request, exc: Exception) -> JSONResponse:
     """An unexpected failure as an OpenAI-style 500 (the traceback still goes to the server's log)."""
     message = f"The server had an error while answering ({type(exc).__name__}); see the server's log."
     return api_error(500, message, "server_error")
+
+
+JOBS_STATUS = {"InvalidRequestError": 400, "NotFoundError": 404, "ConflictError": 409, "TransitionError": 409}
+
+
+async def jobs_error(request: Request, exc: Exception) -> JSONResponse:
+    """The files and jobs store's errors (tuneforge.jobs.errors) as OpenAI-style 400 / 404 / 409 with `param`."""
+    status = next((JOBS_STATUS[k.__name__] for k in type(exc).__mro__ if k.__name__ in JOBS_STATUS), 500)
+    hint = getattr(exc, "hint", None)
+    message = str(getattr(exc, "message", exc)) + (f" (fix: {hint})" if hint else "")
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return api_error(status, message, kind, getattr(exc, "param", None))
