@@ -20,6 +20,12 @@ from tuneforge.serve.retrieval import RetrievalService
 from tuneforge.serve.routes import chat, embeddings, models
 from tuneforge.serve.routes import files as files_routes
 
+ERROR_HANDLERS: list[tuple[type[Exception], Any]] = [
+    (RequestValidationError, validation_error),
+    (JobsError, jobs_error),
+    (HTTPException, http_error),
+    (Exception, server_error),
+]
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key; every other path (the docs too) needs it
 
 
@@ -45,10 +51,8 @@ def create_app(
     app.state.engine = engine
     app.state.retrieval = retrieval
     app.state.files = files
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(JobsError, jobs_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, server_error)
+    for kind, handler in ERROR_HANDLERS:
+        app.add_exception_handler(kind, handler)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(embeddings.router)
