@@ -14,10 +14,13 @@ from starlette.exceptions import HTTPException
 from tuneforge.config import ServeConfig
 from tuneforge.jobs.errors import JobsError
 from tuneforge.jobs.files import FileStore
+from tuneforge.jobs.records import Job
+from tuneforge.jobs.runner import JobRunner
+from tuneforge.rundir import MODEL_DIR
 from tuneforge.serve.engine import Engine, ServingEngine
 from tuneforge.serve.errors import api_error, http_error, jobs_error, server_error, validation_error
 from tuneforge.serve.retrieval import RetrievalService
-from tuneforge.serve.routes import chat, embeddings, models
+from tuneforge.serve.routes import chat, embeddings, fine_tuning, models
 from tuneforge.serve.routes import files as files_routes
 
 ERROR_HANDLERS: list[tuple[type[Exception], Any]] = [
@@ -37,12 +40,14 @@ def create_app(
     engine: ServingEngine | None = None,
     retrieval: RetrievalService | None = None,
     files: FileStore | None = None,
+    run_jobs: bool = True,
 ) -> FastAPI:
     """The FastAPI app serving `run_dirs` as `serve` (the config's `serve:` section) says. `api_key` (None: none is
     required) is passed apart from the config, which is written to run directories: the CLI reads it from the
     environment variable `serve.api_key_env` names. `engine` may be given (tests); else the runs are loaded. With
     `retrieval` (an index), chat answers use and cite its passages, and /v1/embeddings serves its model. With
-    `files` (a data directory's store), /v1/files takes uploads."""
+    `files` (a data directory's store), /v1/files takes uploads and (unless not `run_jobs`) /v1/fine_tuning/jobs
+    trains on them, one job at a time, serving each finished model at once."""
     serve = serve or ServeConfig()
     app = FastAPI(title="tuneforge", version="0.1.0", docs_url="/docs")
     app.state.serve = serve
@@ -51,12 +56,28 @@ def create_app(
     app.state.engine = engine
     app.state.retrieval = retrieval
     app.state.files = files
+    app.state.runner = _job_runner(files, engine) if files is not None and run_jobs else None
     for kind, handler in ERROR_HANDLERS:
         app.add_exception_handler(kind, handler)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(files_routes.router)
+    app.include_router(fine_tuning.router)
+
+    _require_key(app, api_key)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness, and how many batches of each size the engine has answered (batch size -> count)."""
+        return {"status": "ok", "batches": dict(sorted(app.state.engine.batch_sizes.items()))}
+
+    _drop_422(app.openapi())
+    return app
+
+
+def _require_key(app: FastAPI, api_key: str | None) -> None:
+    """Every path but OPEN_PATHS answers 401 without 'Authorization: Bearer <api_key>' (when there is a key)."""
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -71,13 +92,15 @@ def create_app(
                 )
         return await call_next(request)
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        """Liveness, and how many batches of each size the engine has answered (batch size -> count)."""
-        return {"status": "ok", "batches": dict(sorted(app.state.engine.batch_sizes.items()))}
 
-    _drop_422(app.openapi())
-    return app
+def _job_runner(files: FileStore, engine: ServingEngine) -> JobRunner:
+    """The runner of the data directory's jobs; a job that succeeds is served as its fine_tuned_model from then on."""
+
+    def serve_it(job: Job) -> None:
+        if job.fine_tuned_model and job.run_dir and hasattr(engine, "add_adapter"):
+            engine.add_adapter(job.fine_tuned_model, files.data_dir / job.run_dir / MODEL_DIR)
+
+    return JobRunner(files.data_dir, files.db, on_success=serve_it).start()
 
 
 def _drop_422(schema: dict[str, Any]) -> None:

@@ -118,6 +118,7 @@ class Engine:
         self.revision = infos[0].get("revision")
         now = int(time.time())
         self.models: dict[str, ServedModel] = {}
+        self.model: Any = None  # set by the model thread once loaded
         adapters: list[tuple[Path, str]] = []
         for run_dir, info in zip(run_dirs, infos[: len(run_dirs)], strict=True):
             name = info.get("run") or run_dir.name
@@ -169,6 +170,32 @@ class Engine:
         tokens = TokenQueue()
         self._submit(_Request(self.models[model_id].adapter, messages, params, tokens=tokens))
         yield from follow(self.tokenizer, tokens, params)
+
+    def add_adapter(self, model_id: str, folder: Path) -> ServedModel:
+        """Serve the adapter in `folder` as `model_id` from now on (a finished fine-tuning job), loaded by the model
+        thread between batches; the packed weights of the adapters already served stay."""
+        if model_id in self.models:
+            raise RunError(f"a model named {model_id!r} is served already", "give the new one another name")
+        done: Future[None] = Future()
+
+        def attach() -> None:
+            try:
+                self.model = load_adapter(self.model, folder, model_id).eval()
+                done.set_result(None)
+            except BaseException as exc:
+                done.set_exception(exc)
+
+        self._submit(_Task(attach))
+        done.result()
+        served = ServedModel(model_id, model_id, int(time.time()))
+        self.models[model_id] = served
+        return served
+
+    def remove(self, model_id: str) -> None:
+        """Stop serving `model_id` (its adapter stays loaded until the server restarts; nothing routes to it)."""
+        if model_id not in self.models or model_id == self.base_id:
+            raise RunError(f"no removable model {model_id!r}", "name a fine-tuned model this server serves")
+        del self.models[model_id]
 
     def close(self) -> None:
         """End the model thread once the queued work is done, and wait for it: a thread that computed keeps an OpenMP

@@ -1,0 +1,109 @@
+"""The job runner: a thread of the server that runs queued jobs one at a time, each in a worker process
+(`python -m tuneforge.jobs.worker`), heartbeating for it, ending it on cancel, and recovering after a restart.
+
+One at a time because one machine trains one model well (two would halve each other's speed on the same cores or
+GPU). A server killed while a job ran leaves the job "running" with a heartbeat that stops; the next start finds it
+(older than STALE_S) and queues it again, and its worker resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from tuneforge.jobs.db import Database
+from tuneforge.jobs.lifecycle import claim_next_job, find_stale_jobs, heartbeat, recover_stale_job, set_status
+from tuneforge.jobs.records import Job, JobError
+from tuneforge.jobs.store import append_event, get_job
+
+HEARTBEAT_S = 2.0  # how often the runner says its job is alive (and looks for a cancel)
+STALE_S = 30  # a running job without a heartbeat for this long lost its server: it is queued again
+
+
+class JobRunner:
+    """Runs the data directory's queued jobs; `on_success(job)` is called when one succeeds (the server starts
+    serving its model then)."""
+
+    def __init__(self, data_dir: Path, db: Database, on_success: Callable[[Job], None] | None = None) -> None:
+        self.data_dir, self.db, self.on_success = Path(data_dir), db, on_success
+        self.wake, self.stopping = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="tuneforge-jobs", daemon=True)
+
+    def start(self) -> JobRunner:
+        """Requeue the jobs a killed server left running, then start taking jobs."""
+        for job in find_stale_jobs(self.db, STALE_S):
+            if recover_stale_job(self.db, job.id, STALE_S, status="queued"):
+                append_event(self.db, job.id, "The server restarted: the job resumes from its last checkpoint")
+        self.thread.start()
+        return self
+
+    def notify(self) -> None:
+        """A job was queued: look now rather than at the next poll."""
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            job = claim_next_job(self.db, os.getpid())
+            if job is None:
+                self.wake.wait(HEARTBEAT_S)
+                self.wake.clear()
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        """Run one claimed job's worker to its end, heartbeating; end it when the job is cancelled."""
+        with self._log(job).open("ab") as log:  # the worker's own output, for the operator
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "tuneforge.jobs.worker", str(self.data_dir), job.id],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        while True:
+            try:
+                worker.wait(timeout=HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            # the server stops (the job is queued again at the next start), or the job was cancelled or paused
+            if self.stopping.is_set() or not heartbeat(self.db, job.id, os.getpid()):
+                worker.terminate()
+                worker.wait()
+                return
+        self._finished(job, worker.returncode)
+
+    def _finished(self, job: Job, code: int) -> None:
+        """A worker that ended: its model served and the job succeeded, or the job failed with why."""
+        done = get_job(self.db, job.id)
+        if done.status != "running":  # failed by the worker with its reason, or cancelled meanwhile
+            return
+        if code == 0 and done.fine_tuned_model:
+            try:
+                if self.on_success is not None:
+                    self.on_success(done)  # served before "succeeded": a client that sees it can use the model
+            except Exception as exc:  # noqa: BLE001  # the model trained, but the server cannot load it
+                self._fail(job, JobError("serving_failed", f"the model trained but could not be served: {exc}"))
+                return
+            append_event(self.db, job.id, "The job has successfully completed")
+            set_status(self.db, job.id, "succeeded")
+            return
+        self._fail(
+            job, JobError("worker_exited", f"the training process exited with code {code}; see {self._log(job)}")
+        )
+
+    def _fail(self, job: Job, error: JobError) -> None:
+        set_status(self.db, job.id, "failed", error)
+        append_event(self.db, job.id, f"Fine-tuning job failed: {error.message}", level="error")
+
+    def _log(self, job: Job) -> Path:
+        folder = self.data_dir / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{job.id}.log"

@@ -1,0 +1,175 @@
+"""One fine-tuning job, run in a process of its own (`python -m tuneforge.jobs.worker DATA_DIR JOB_ID`) by the same
+functions as the CLI: the job's OpenAI settings become a run config, then `prepare` and `train` run in
+DATA_DIR/runs/<job id>. Stages become events, every logged step a metrics event, every saved checkpoint a checkpoint
+record; a job that finds checkpoints of an earlier attempt (its server was killed) resumes from the newest.
+
+The runner (runner.py) claims the job, heartbeats for it and ends this process on cancel; this process ends itself
+when the runner's process is gone, so a killed server leaves no training behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import RunConfig, load_config
+from tuneforge.data import prepare
+from tuneforge.errors import DataError, TuneforgeError
+from tuneforge.jobs.db import Database, open_database
+from tuneforge.jobs.files import FileStore
+from tuneforge.jobs.lifecycle import set_status, update_job
+from tuneforge.jobs.records import Job, JobError
+from tuneforge.jobs.store import add_checkpoint, append_event, get_file, get_job
+from tuneforge.rundir import CHECKPOINTS, METRICS, read_jsonl
+from tuneforge.train import train
+
+RUNS_DIR = "runs"  # DATA_DIR/runs/<job id>: each job's run directory
+ORG = "tuneforge"  # the organisation part of fine-tuned model names: ft:<base>:<org>:<suffix>:<job id>
+POLL_S = 1.0  # how often training's metrics.jsonl is read for new steps
+
+
+def model_name(job: Job) -> str:
+    """The fine-tuned model's name, as OpenAI forms it."""
+    return f"ft:{job.model}:{ORG}:{job.suffix or ''}:{job.id}"
+
+
+def job_config(job: Job, data_dir: Path, db: Database) -> RunConfig:
+    """The run config of a job: its model, files and hyperparameters, then tuneforge's own options (the job's
+    `tuneforge` extension: key=value settings of any config field), validated as any config is."""
+    store = FileStore(data_dir, db, job.model)
+    overrides = [
+        f"name={job.id}",
+        f"output_dir={data_dir / RUNS_DIR}",
+        f"model.name={job.model}",
+        f"data.path={store.path(get_file(db, job.training_file))}",
+        f"train.seed={job.seed}",
+        "data.estimate=false",
+        "evaluate.forgetting=false",
+    ]
+    if job.validation_file:
+        overrides.append(f"data.test_path={store.path(get_file(db, job.validation_file))}")
+    overrides += hyperparameter_overrides(job)
+    overrides += [f"{key}={value}" for key, value in (job.tuneforge.get("config") or {}).items()]
+    return load_config(None, overrides)
+
+
+def hyperparameter_overrides(job: Job) -> list[str]:
+    """OpenAI's hyperparameters ("auto" or numbers) as config overrides; DPO's method as train.task=dpo."""
+    method = job.method or {"type": "supervised"}
+    kind = method.get("type", "supervised")
+    given = dict(job.hyperparameters or {})
+    given.update((method.get(kind) or {}).get("hyperparameters") or {})
+    out = ["train.task=dpo"] if kind == "dpo" else []
+    if given.get("n_epochs", "auto") != "auto":
+        out.append(f"train.epochs={given['n_epochs']}")
+    if given.get("batch_size", "auto") != "auto":
+        out.append(f"train.batch_size={given['batch_size']}")
+    if given.get("learning_rate_multiplier", "auto") != "auto":
+        out.append(f"train.learning_rate={2e-4 * float(given['learning_rate_multiplier'])}")  # 1.0 = LoRA's 2e-4
+    if kind == "dpo" and given.get("beta", "auto") != "auto":
+        out.append(f"train.dpo_beta={given['beta']}")
+    return out
+
+
+class _Follow:
+    """A thread that turns training's new metrics.jsonl lines into metrics events and estimated_finish, and ends the
+    process when the runner's process is gone."""
+
+    def __init__(self, db: Database, job: Job, cfg: RunConfig) -> None:
+        self.db, self.job, self.path, self.cfg = db, job, cfg.run_dir / METRICS, cfg
+        self.seen, self.parent, self.stop = 0, os.getppid(), threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(POLL_S):
+            if os.getppid() != self.parent:  # the server died: its restart resumes this job
+                os._exit(3)
+            self.flush()
+
+    def flush(self) -> None:
+        rows = read_jsonl(self.path) if self.path.is_file() else []
+        for row in rows[self.seen :]:
+            if isinstance(row.get("step"), int):
+                data = {"step": row["step"], "train_loss": row.get("loss"), "learning_rate": row.get("lr")}
+                data |= {k: v for k, v in row.items() if k.startswith("val_")}
+                message = f"Step {row['step']}: training loss={row.get('loss')}"
+                append_event(self.db, self.job.id, message, type="metrics", data=data)
+                self._estimate(row)
+        self.seen = len(rows)
+
+    def _estimate(self, row: dict[str, Any]) -> None:
+        """estimated_finish from the share done so far: steps of train.max_steps, or epochs of train.epochs."""
+        train, elapsed = self.cfg.train, row.get("elapsed_s")
+        if train.max_steps:
+            done = row["step"] / train.max_steps
+        elif isinstance(train.epochs, int | float) and isinstance(row.get("epoch"), int | float):
+            done = row["epoch"] / train.epochs
+        else:
+            return  # epochs "auto": the share is not known here
+        if isinstance(elapsed, int | float) and done > 0:
+            left = elapsed / done * max(1 - done, 0)
+            update_job(self.db, self.job.id, estimated_finish=int(time.time() + left))
+
+
+def run(data_dir: Path, job_id: str) -> None:
+    """Run the job to its end: succeeded with its model, checkpoints and results file; or failed with the reason."""
+    db = open_database(data_dir / "tuneforge.db")
+    job = get_job(db, job_id)
+    try:
+        cfg = job_config(job, data_dir, db)
+        append_event(db, job.id, "Validating training file")
+        prepared = prepare(cfg)
+        append_event(db, job.id, f"Files validated: {prepared.counts.get('train', 0)} training examples")
+        resume = (cfg.run_dir / CHECKPOINTS).is_dir() and any((cfg.run_dir / CHECKPOINTS).glob("step-*"))
+        started = "Fine-tuning job resumed from its last checkpoint" if resume else "Fine-tuning job started"
+        append_event(db, job.id, started)
+        follow = _Follow(db, job, cfg)
+        try:
+            result = train(cfg, log=lambda *parts: None, resume=resume)
+        finally:
+            follow.stop.set()
+            follow.thread.join()
+            follow.flush()
+        _finish(db, job, cfg, result.tokens, data_dir)
+    except TuneforgeError as exc:
+        code = "invalid_training_file" if isinstance(exc, DataError) else "training_failed"
+        set_status(db, job.id, "failed", JobError(code, str(exc)))
+        append_event(db, job.id, f"Fine-tuning job failed: {exc}", level="error")
+
+
+def _finish(db: Database, job: Job, cfg: RunConfig, tokens: int, data_dir: Path) -> None:
+    """Record checkpoints and the results file and name the model (the runner serves it, then marks the job
+    succeeded)."""
+    name = model_name(job)
+    rows = {r["step"]: r for r in read_jsonl(cfg.run_dir / METRICS) if isinstance(r.get("step"), int)}
+    for folder in sorted((cfg.run_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(folder.name.split("-")[1])
+        metrics = {"step": step, "train_loss": rows.get(step, {}).get("loss")}
+        add_checkpoint(db, job.id, step, metrics, f"{name}:ckpt-step-{step}", str(folder.relative_to(data_dir)))
+    results = FileStore(data_dir, db, job.model).save("step_metrics.csv", "fine-tune-results", [_results_csv(rows)])
+    update_job(
+        db, job.id, fine_tuned_model=name, trained_tokens=tokens, result_files=[results.id],
+        run_dir=str(cfg.run_dir.relative_to(data_dir)),
+    )  # fmt: skip
+    append_event(db, job.id, "Training finished: the model is being loaded for serving")
+
+
+def _results_csv(rows: dict[int, dict[str, Any]]) -> bytes:
+    """OpenAI's results file: one row per step (step, train_loss, train_accuracy, valid_loss, ...)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
+    for step in sorted(rows):
+        writer.writerow([step, rows[step].get("loss"), "", rows[step].get("val_loss", ""), ""])
+    return out.getvalue().encode()
+
+
+if __name__ == "__main__":
+    run(Path(sys.argv[1]), sys.argv[2])

@@ -1,0 +1,111 @@
+"""The OpenAI fine-tuning quickstart, unchanged but for base_url and api_key, against tuneforge on the tiny model:
+upload -> create -> poll retrieve / list_events -> checkpoints and results file -> chat with fine_tuned_model; and the
+errors as the official client's exceptions."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from tuneforge.config import ServeConfig
+from tuneforge.jobs.db import open_database
+from tuneforge.jobs.files import FileStore
+from tuneforge.serve import create_app
+from tuneforge.serve.engine import Engine
+
+from helpers import toy_rows
+
+KEY = "jobs-key"
+FAST = {"train.precision": "fp32", "train.learning_rate": 0.01, "train.save_steps": 3, "data.val_size": 0.1}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    data = tmp_path_factory.mktemp("service")
+    store = FileStore(data, open_database(data / "tuneforge.db"), str(tiny_model_dir))
+    engine = Engine([], max_batch=1, base=str(tiny_model_dir))
+    app = create_app([], ServeConfig(), api_key=KEY, engine=engine, files=store)
+    client = openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=TestClient(app))
+    yield client, str(tiny_model_dir), app
+    app.state.runner.stop()
+    engine.close()
+
+
+def wait(client: openai.OpenAI, job_id: str, seconds: float = 240) -> openai.types.fine_tuning.FineTuningJob:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {seconds} s")
+
+
+def test_the_quickstart_trains_serves_and_chats(service) -> None:
+    client, base, app = service
+    data = "".join(json.dumps(r) + "\n" for r in toy_rows(60)).encode()
+    training = client.files.create(file=("toy.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=training.id, suffix="toy", hyperparameters={"n_epochs": 2},
+        metadata={"team": "docs"}, extra_body={"tuneforge": {"config": FAST}},
+    )  # fmt: skip
+    assert job.status == "queued" and job.id.startswith("ftjob-")
+    done = wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:{base}:tuneforge:toy:{job.id}" and done.trained_tokens
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert events[0] == "The job has successfully completed" and f"Created fine-tuning job: {job.id}" in events
+    assert any(m.startswith("Step ") for m in events) and "Fine-tuning job started" in events
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert steps and all(s % 3 == 0 for s in steps)
+    results = client.files.content(done.result_files[0]).text
+    assert results.startswith("step,train_loss")
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "docs"})] == [job.id]
+    assert done.fine_tuned_model in [m.id for m in client.models.list()]  # served at once, no restart
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Item 3: what colour?"}], max_tokens=12
+    )
+    assert reply.choices[0].message.content is not None and reply.model == done.fine_tuned_model
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.cancel(job.id)  # finished: 409
+
+
+def test_errors_are_the_clients_typed_exceptions(service) -> None:
+    client, base, _ = service
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.create(model=base, training_file="file-nope")
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-nope")
+    broken = client.files.create(file=("b.jsonl", io.BytesIO(b'{"messages": []}\n')), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(model=base, training_file=broken.id)
+    assert bad.value.body["param"] == "training_file"  # type: ignore[index]
+    good = client.files.create(
+        file=("t.jsonl", io.BytesIO(json.dumps(toy_rows(12)[0]).encode() * 1)), purpose="fine-tune"
+    )
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=good.id)
+    assert bad.value.body["param"] == "model"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(model=base, training_file=good.id, hyperparameters={"n_epochs": 0})
+    assert "n_epochs" in str(bad.value)
+
+
+def test_a_cancelled_job_stops(service) -> None:
+    client, base, _ = service
+    data = "".join(json.dumps(r) + "\n" for r in toy_rows(60)).encode()
+    training = client.files.create(file=("toy.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=training.id, hyperparameters={"n_epochs": 50},
+        extra_body={"tuneforge": {"config": FAST}},
+    )  # fmt: skip
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    time.sleep(3)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
