@@ -286,7 +286,13 @@ def _serve_help(name: str) -> str:
 
 @app.command()
 def serve(
-    run_dirs: RunDirs,
+    run_dirs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Run directories with a trained model (runs/<name>); none: the --model alone."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="The base model to serve (and fine-tune) when no run is given.")
+    ] = None,
     host: Annotated[str | None, typer.Option(help=_serve_help("host"))] = None,
     port: Annotated[int | None, typer.Option(help=_serve_help("port"))] = None,
     api_key_env: Annotated[str | None, typer.Option(help=_serve_help("api_key_env"))] = None,
@@ -307,6 +313,7 @@ def serve(
     import uvicorn
 
     from tuneforge.serve import create_app
+    from tuneforge.serve.engine import Engine
 
     with user_errors():
         given = {
@@ -318,12 +325,16 @@ def serve(
         }
         # the options as overrides of the run's serve: section, validated by its rules (JSON: a value stays a string)
         overrides = [f"serve.{name}={json.dumps(value)}" for name, value in given.items() if value is not None]
-        run_cfg = load_run(run_dirs[0], overrides)
+        run_dirs = run_dirs or []
+        if model:
+            overrides.append(f"model.name={json.dumps(model)}")
+        run_cfg = load_run(run_dirs[0], overrides) if run_dirs else load_config(None, overrides)
         config = run_cfg.serve
         key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
         retrieval = _retrieval(index_dir, run_cfg)
         files = _file_store(data_dir, run_cfg.model.name) if data_dir else None
-        application = create_app(run_dirs, config, api_key=key, retrieval=retrieval, files=files)
+        engine = None if run_dirs else Engine([], config.max_batch, base=run_cfg.model.name)
+        application = create_app(run_dirs, config, api_key=key, engine=engine, retrieval=retrieval, files=files)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
         out.print(

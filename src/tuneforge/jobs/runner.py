@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,11 +36,21 @@ class JobRunner:
 
     def start(self) -> JobRunner:
         """Requeue the jobs a killed server left running, then start taking jobs."""
-        for job in find_stale_jobs(self.db, STALE_S):
-            if recover_stale_job(self.db, job.id, STALE_S, status="queued"):
-                append_event(self.db, job.id, "The server restarted: the job resumes from its last checkpoint")
+        self._recover()
         self.thread.start()
         return self
+
+    def _recover(self) -> None:
+        """Queue again every running job whose runner is gone: its process no longer exists (this machine), or it
+        has not beaten for STALE_S (another machine's)."""
+        now = time.time()
+        for job in find_stale_jobs(self.db, -1):  # every running job
+            if job.worker_pid == os.getpid():
+                continue  # this runner's own
+            dead = job.worker_pid is None or not _alive(job.worker_pid)
+            stale = job.heartbeat_at is None or job.heartbeat_at < now - STALE_S
+            if (dead or stale) and recover_stale_job(self.db, job.id, -1 if dead else STALE_S, status="queued"):
+                append_event(self.db, job.id, "The server restarted: the job resumes from its last checkpoint")
 
     def notify(self) -> None:
         """A job was queued: look now rather than at the next poll."""
@@ -56,6 +67,7 @@ class JobRunner:
             if job is None:
                 self.wake.wait(HEARTBEAT_S)
                 self.wake.clear()
+                self._recover()
                 continue
             self._run(job)
 
@@ -104,6 +116,18 @@ class JobRunner:
         append_event(self.db, job.id, f"Fine-tuning job failed: {error.message}", level="error")
 
     def _log(self, job: Job) -> Path:
+        """The worker's own output (stderr), for the operator."""
         folder = self.data_dir / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{job.id}.log"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
