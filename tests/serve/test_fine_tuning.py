@@ -109,3 +109,33 @@ def test_a_cancelled_job_stops(service) -> None:
     assert cancelled.status == "cancelled"
     time.sleep(3)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def test_pause_resume_and_delete_the_model(service) -> None:
+    client, base, app = service
+    data = "".join(json.dumps(r) + "\n" for r in toy_rows(60)).encode()
+    training = client.files.create(file=("toy.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=training.id, suffix="paused", hyperparameters={"n_epochs": 8},
+        extra_body={"tuneforge": {"config": FAST}},
+    )  # fmt: skip
+    checkpoints = app.state.files.data_dir / "runs" / job.id / "checkpoints"
+    end = time.monotonic() + 120
+    while not any(checkpoints.glob("step-*")) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.pause(job.id)  # paused already
+    time.sleep(3)  # the worker ends within a heartbeat
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
+    assert "Fine-tuning job paused" in messages and "Fine-tuning job resumed from its last checkpoint" in messages
+    assert client.models.delete(done.fine_tuned_model).deleted
+    assert done.fine_tuned_model not in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        client.models.delete(done.fine_tuned_model)
+    with pytest.raises(openai.NotFoundError):
+        client.models.delete(base)  # the base model is not a job's

@@ -84,6 +84,10 @@ def test_a_killed_server_resumes_its_job_from_the_last_checkpoint(tmp_path: Path
         assert "Fine-tuning job resumed from its last checkpoint" in messages
         assert client.files.retrieve(training.id).status == "processed"  # nothing uploaded is lost
         assert done.fine_tuned_model in [m.id for m in client.models.list()]
+        server.kill()
+        server.wait()
+        server = start_server(data, tiny_model_dir, port)  # a restart serves what earlier jobs trained
+        assert done.fine_tuned_model in [m.id for m in client.models.list()]
     finally:
         server.kill()
         server.wait()

@@ -96,4 +96,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX checkpoints_job ON checkpoints (job_id, seq)
         """,
     ),
+    (
+        "0005_deleted_models",
+        """
+        CREATE TABLE deleted_models (
+            seq {serial},
+            model TEXT NOT NULL UNIQUE,
+            deleted_at INTEGER NOT NULL
+        )
+        """,
+    ),
 ]

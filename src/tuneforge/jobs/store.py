@@ -262,3 +262,27 @@ def list_checkpoints(db: Database, job_id: str, after: str | None = None, limit:
     with db.read() as tx:
         _require_job(tx, job_id)
         return _page(tx, "checkpoints", checkpoint_from_row, ("job_id = ?", [job_id]), after, limit, "desc")
+
+
+# Models ------------------------------------------------------------------------------------------------------------
+
+
+def served_models(db: Database) -> list[Job]:
+    """The succeeded jobs whose fine-tuned model was not deleted, oldest first: what a (re)started server serves."""
+    with db.read() as tx:
+        rows = tx.rows(
+            "SELECT * FROM jobs WHERE status = ? AND fine_tuned_model IS NOT NULL AND fine_tuned_model NOT IN "
+            "(SELECT model FROM deleted_models) ORDER BY seq",
+            ["succeeded"],
+        )
+    return [job_from_row(r) for r in rows]
+
+
+def delete_model(db: Database, model: str) -> bool:
+    """Record that a fine-tuned model is deleted (its job keeps the name, as OpenAI's do); whether it was served."""
+    with db.write() as tx:
+        owned = tx.row("SELECT id FROM jobs WHERE fine_tuned_model = ? AND status = ?", [model, "succeeded"])
+        if owned is None or tx.row("SELECT model FROM deleted_models WHERE model = ?", [model]) is not None:
+            return False
+        _insert(tx, "deleted_models", {"model": model, "deleted_at": now_s()})
+    return True

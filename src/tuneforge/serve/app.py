@@ -16,6 +16,7 @@ from tuneforge.jobs.errors import JobsError
 from tuneforge.jobs.files import FileStore
 from tuneforge.jobs.records import Job
 from tuneforge.jobs.runner import JobRunner
+from tuneforge.jobs.store import served_models
 from tuneforge.rundir import MODEL_DIR
 from tuneforge.serve.engine import Engine, ServingEngine
 from tuneforge.serve.errors import api_error, http_error, jobs_error, server_error, validation_error
@@ -100,6 +101,9 @@ def _job_runner(files: FileStore, engine: ServingEngine) -> JobRunner:
         if job.fine_tuned_model and job.run_dir and hasattr(engine, "add_adapter"):
             engine.add_adapter(job.fine_tuned_model, files.data_dir / job.run_dir / MODEL_DIR)
 
+    for job in served_models(files.db):  # what earlier jobs trained is served again after a restart
+        if job.fine_tuned_model not in engine.models:
+            serve_it(job)
     return JobRunner(files.data_dir, files.db, on_success=serve_it).start()
 
 

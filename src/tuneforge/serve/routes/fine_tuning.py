@@ -112,6 +112,29 @@ def cancel(request: Request, job_id: str) -> FineTuningJob:
     return _out(job)
 
 
+@router.post(
+    "/v1/fine_tuning/jobs/{job_id}/pause", response_model=FineTuningJob, responses=error_responses(401, 404, 409)
+)
+def pause(request: Request, job_id: str) -> FineTuningJob:
+    """Pause a running job: its worker ends within a heartbeat, its checkpoints stay; resume continues from them."""
+    runner = _runner(request)
+    job = set_status(runner.db, job_id, "paused")
+    append_event(runner.db, job_id, "Fine-tuning job paused")
+    return _out(job)
+
+
+@router.post(
+    "/v1/fine_tuning/jobs/{job_id}/resume", response_model=FineTuningJob, responses=error_responses(401, 404, 409)
+)
+def resume(request: Request, job_id: str) -> FineTuningJob:
+    """Queue a paused job again; its worker resumes from the newest checkpoint."""
+    runner = _runner(request)
+    job = set_status(runner.db, job_id, "queued")
+    append_event(runner.db, job_id, "Fine-tuning job resumed")
+    runner.notify()
+    return _out(job)
+
+
 @router.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=EventList, responses=error_responses(401, 404))
 def events(
     request: Request, job_id: str, after: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20
