@@ -36,7 +36,19 @@ FORMATS_HELP = (
 FIELDS_HELP = "\b\nConfig fields (set in YAML or as key=value):\n" + describe_fields().replace("\n", "\n\n\b\n")
 Target = Annotated[str, typer.Argument(help="A YAML config file, or a run directory (runs/<name>) made from one.")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value settings, e.g. train.epochs=2 data.seed=1.")]
-RunDirs = Annotated[list[Path], typer.Argument(help="Run directories with a trained model (runs/<name>).")]
+RunDirs = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Run directories with a trained model (runs/<name>); none: the --model alone."),
+]
+ServeModel = Annotated[str | None, typer.Option(help="The base model to serve (and fine-tune) when no run is given.")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Keep uploaded files and fine-tuning jobs (/v1/files, /v1/fine_tuning/jobs; records in tuneforge.db, "
+        "SQLite) in this folder, and train the jobs one at a time.",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -271,13 +283,15 @@ def _retrieval(index_dir: Path | None, cfg: RunConfig) -> Any:
     return RetrievalService.open(folder, cfg.rag)
 
 
-def _file_store(data_dir: Path, model: str) -> Any:
-    """The uploads of a data directory, validated with `model`'s tokenizer."""
-    from tuneforge.jobs.db import open_database
-    from tuneforge.jobs.files import FileStore
+def _serving_app(run_dirs: list[Path], cfg: RunConfig, key: str | None, retrieval: Any, data_dir: Path | None) -> Any:
+    """The app of `tuneforge serve`: the runs' adapters (or cfg's model alone), retrieval, files and jobs."""
+    from tuneforge.jobs.files import open_file_store
+    from tuneforge.serve import create_app
+    from tuneforge.serve.engine import Engine
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return FileStore(data_dir, open_database(data_dir / "tuneforge.db"), model)
+    files = open_file_store(data_dir, cfg.model.name) if data_dir else None
+    engine = None if run_dirs else Engine([], cfg.serve.max_batch, base=cfg.model.name)
+    return create_app(run_dirs, cfg.serve, api_key=key, engine=engine, retrieval=retrieval, files=files)
 
 
 def _serve_help(name: str) -> str:
@@ -286,55 +300,34 @@ def _serve_help(name: str) -> str:
 
 @app.command()
 def serve(
-    run_dirs: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Run directories with a trained model (runs/<name>); none: the --model alone."),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="The base model to serve (and fine-tune) when no run is given.")
-    ] = None,
+    run_dirs: RunDirs = None,
+    model: ServeModel = None,
     host: Annotated[str | None, typer.Option(help=_serve_help("host"))] = None,
     port: Annotated[int | None, typer.Option(help=_serve_help("port"))] = None,
     api_key_env: Annotated[str | None, typer.Option(help=_serve_help("api_key_env"))] = None,
     max_tokens: Annotated[int | None, typer.Option(help=_serve_help("max_new_tokens"))] = None,
     max_batch: Annotated[int | None, typer.Option(min=1, help=_serve_help("max_batch"))] = None,
     index_dir: Annotated[Path | None, typer.Option("--index", help=INDEX_HELP)] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-dir",
-            help="Keep uploaded files (/v1/files, validated as training data) and their records "
-            "(tuneforge.db, SQLite) in this folder.",
-        ),
-    ] = None,
+    data_dir: DataDir = None,
 ) -> None:
-    """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings, and with
-    --data-dir /v1/files); with an index, answers use and cite its passages."""
+    """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings; with
+    --data-dir also /v1/files and /v1/fine_tuning/jobs); with an index, answers use and cite its passages."""
     import uvicorn
 
-    from tuneforge.serve import create_app
-    from tuneforge.serve.engine import Engine
-
     with user_errors():
-        given = {
-            "host": host,
-            "port": port,
-            "api_key_env": api_key_env,
-            "max_new_tokens": max_tokens,
-            "max_batch": max_batch,
-        }
-        # the options as overrides of the run's serve: section, validated by its rules (JSON: a value stays a string)
-        overrides = [f"serve.{name}={json.dumps(value)}" for name, value in given.items() if value is not None]
-        run_dirs = run_dirs or []
-        if model:
-            overrides.append(f"model.name={json.dumps(model)}")
+        given = {"host": host, "port": port, "api_key_env": api_key_env, "max_new_tokens": max_tokens,
+                 "max_batch": max_batch, "model.name": model}  # fmt: skip
+        # the options as overrides of the run's config, validated by its rules (JSON: a value stays a string)
+        overrides = [
+            f"{'' if '.' in name else 'serve.'}{name}={json.dumps(value)}"
+            for name, value in given.items()
+            if value is not None
+        ]
         run_cfg = load_run(run_dirs[0], overrides) if run_dirs else load_config(None, overrides)
         config = run_cfg.serve
         key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
         retrieval = _retrieval(index_dir, run_cfg)
-        files = _file_store(data_dir, run_cfg.model.name) if data_dir else None
-        engine = None if run_dirs else Engine([], config.max_batch, base=run_cfg.model.name)
-        application = create_app(run_dirs, config, api_key=key, engine=engine, retrieval=retrieval, files=files)
+        application = _serving_app(run_dirs or [], run_cfg, key, retrieval, data_dir)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
         out.print(

@@ -18,7 +18,7 @@ from typing import Any
 from tuneforge.config import load_config
 from tuneforge.data import prepare
 from tuneforge.errors import TuneforgeError
-from tuneforge.jobs.db import Database
+from tuneforge.jobs.db import Database, open_database
 from tuneforge.jobs.errors import InvalidRequestError, NotFoundError
 from tuneforge.jobs.records import FilePurpose, FileRecord
 from tuneforge.jobs.store import create_file, delete_file, get_file, set_file_status
@@ -119,6 +119,13 @@ class FileStore:
         path.unlink(missing_ok=True)
         shutil.rmtree(self.data_dir / VALIDATION_DIR / file_id, ignore_errors=True)
         return existed
+
+
+def open_file_store(data_dir: Path, model: str) -> FileStore:
+    """The uploads of a data directory (created if new; records in tuneforge.db), validated with `model`'s
+    tokenizer."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return FileStore(data_dir, open_database(data_dir / "tuneforge.db"), model)
 
 
 def _summary(report: dict[str, Any]) -> str:
