@@ -9,6 +9,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from tuneforge.config import ServeConfig
@@ -30,7 +32,8 @@ ERROR_HANDLERS: list[tuple[type[Exception], Any]] = [
     (HTTPException, http_error),
     (Exception, server_error),
 ]
-OPEN_PATHS = frozenset({"/health"})  # answered without the API key; every other path (the docs too) needs it
+OPEN_PATHS = frozenset({"/health", "/"})  # answered without the API key; every other path (the docs too) needs it
+UI_PREFIX = "/ui/"  # the web UI's static files are open too: the page asks for the key and sends it with each call
 
 
 def create_app(
@@ -67,6 +70,8 @@ def create_app(
     app.include_router(fine_tuning.router)
 
     _require_key(app, api_key)
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
+    app.add_api_route("/", lambda: RedirectResponse("/ui/"), include_in_schema=False)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -82,7 +87,8 @@ def _require_key(app: FastAPI, api_key: str | None) -> None:
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if api_key and request.url.path not in OPEN_PATHS:
+        path = request.url.path
+        if api_key and path not in OPEN_PATHS and not path.startswith(UI_PREFIX):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return api_error(
