@@ -139,3 +139,29 @@ def test_pause_resume_and_delete_the_model(service) -> None:
         client.models.delete(done.fine_tuned_model)
     with pytest.raises(openai.NotFoundError):
         client.models.delete(base)  # the base model is not a job's
+
+
+def test_the_dpo_method_trains_on_openai_preference_data(service) -> None:
+    client, base, _ = service
+    rows = []
+    for row in toy_rows(40):
+        question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+        wrong = answer.replace("red", "x").replace("green", "x").replace("blue", "x").replace("black", "x")
+        rows.append({
+            "input": {"messages": [{"role": "user", "content": question}]},
+            "preferred_output": [{"role": "assistant", "content": answer}],
+            "non_preferred_output": [{"role": "assistant", "content": wrong}],
+        })  # fmt: skip
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    training = client.files.create(file=("prefs.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    assert training.status == "processed", training.status_details
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=training.id, suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
+        extra_body={"tuneforge": {"config": FAST}},
+    )  # fmt: skip
+    done = wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.method is not None and done.method.type == "dpo"
+    config = (Path(service[2].state.files.data_dir) / "runs" / job.id / "config.yaml").read_text()
+    assert "task: dpo" in config and "dpo_beta: 0.2" in config
