@@ -165,3 +165,17 @@ def test_the_dpo_method_trains_on_openai_preference_data(service) -> None:
     assert done.method is not None and done.method.type == "dpo"
     config = (Path(service[2].state.files.data_dir) / "runs" / job.id / "config.yaml").read_text()
     assert "task: dpo" in config and "dpo_beta: 0.2" in config
+
+
+@pytest.mark.parametrize(
+    "key", ["output_dir", "data.path", "data.datasets", "model.name", "evaluate.metrics", "rag.sources", "name"]
+)
+def test_options_that_reach_outside_the_data_directory_are_refused(service, key: str) -> None:
+    client, base, _ = service
+    data = "".join(json.dumps(r) + "\n" for r in toy_rows(12)).encode()
+    training = client.files.create(file=("toy.jsonl", io.BytesIO(data)), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(
+            model=base, training_file=training.id, extra_body={"tuneforge": {"config": {key: "/etc"}}}
+        )
+    assert bad.value.body["param"] == f"tuneforge.config.{key}"  # type: ignore[index]

@@ -220,3 +220,25 @@ def checkpoint_from_row(row: Row) -> Checkpoint:
     """A checkpoint record from its database row."""
     fields = {name: row[name] for name in Checkpoint.__dataclass_fields__}
     return Checkpoint(**{**fields, "metrics": loads(fields["metrics"])})
+
+
+# The run-config sections a job's `tuneforge.config` extension may set: how to train on the uploaded file, never
+# where to read or write (files stay inside the data directory) nor code to run (a metric can name a .py file).
+OPTION_SECTIONS = ("train.", "data.", "clean.", "privacy.", "evaluate.")
+DENIED_OPTIONS = frozenset(
+    {"data.path", "data.test_path", "data.datasets", "data.hf_subset", "data.hf_split", "evaluate.compare",
+     "evaluate.metrics"}
+)  # fmt: skip
+
+
+def check_options(config: dict[str, Any]) -> None:
+    """Refuse a job's `tuneforge.config` keys that would reach outside the data directory or run code."""
+    for key in config:
+        base = ".".join(key.split(".")[:2])  # data.datasets.0.path -> data.datasets
+        if not key.startswith(OPTION_SECTIONS) or base in DENIED_OPTIONS:
+            raise InvalidRequestError(
+                f"tuneforge.config cannot set {key!r}: a job trains on its uploaded files, in its own run directory",
+                "set only train.*, data.*, clean.*, privacy.* or evaluate.* options, not "
+                + ", ".join(sorted(DENIED_OPTIONS)),
+                param=f"tuneforge.config.{key}",
+            )

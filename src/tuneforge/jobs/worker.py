@@ -24,7 +24,7 @@ from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.jobs.db import Database, open_database
 from tuneforge.jobs.files import FileStore
 from tuneforge.jobs.lifecycle import set_status, update_job
-from tuneforge.jobs.records import Job, JobError
+from tuneforge.jobs.records import Job, JobError, check_options
 from tuneforge.jobs.store import add_checkpoint, append_event, get_file, get_job
 from tuneforge.rundir import CHECKPOINTS, METRICS, read_jsonl
 from tuneforge.train import train
@@ -55,7 +55,9 @@ def job_config(job: Job, data_dir: Path, db: Database) -> RunConfig:
     if job.validation_file:
         overrides.append(f"data.test_path={store.path(get_file(db, job.validation_file))}")
     overrides += hyperparameter_overrides(job)
-    overrides += [f"{key}={value}" for key, value in (job.tuneforge.get("config") or {}).items()]
+    options = job.tuneforge.get("config") or {}
+    check_options(options)  # the route refused these already; a job row from elsewhere is held to the same rule
+    overrides += [f"{key}={value}" for key, value in options.items()]
     return load_config(None, overrides)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from tuneforge.jobs.errors import InvalidRequestError, NotFoundError
 from tuneforge.jobs.lifecycle import set_status
-from tuneforge.jobs.records import Job
+from tuneforge.jobs.records import Job, check_options
 from tuneforge.jobs.runner import JobRunner
 from tuneforge.jobs.store import append_event, create_job, get_file, get_job, list_checkpoints, list_events, list_jobs
 from tuneforge.serve.errors import error_responses
@@ -73,6 +73,7 @@ def create(request: Request, body: JobCreate) -> FineTuningJob:
         raise InvalidRequestError(
             f"this server fine-tunes {base!r}, not {body.model!r}", f"create the job with model={base!r}", "model"
         )
+    check_options(body.tuneforge.config if body.tuneforge else {})
     _check_file(request, body.training_file, "training_file")
     _check_file(request, body.validation_file, "validation_file")
     method = body.method.model_dump(exclude_none=True) if body.method else {"type": "supervised"}
