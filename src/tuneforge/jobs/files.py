@@ -9,6 +9,7 @@ data directory.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import shutil
 from collections.abc import Iterable
@@ -91,7 +92,10 @@ class FileStore:
         try:
             result = prepare(cfg, check=True)
         except TuneforgeError as exc:  # unreadable at all: the reader's own message says where and what
-            return set_file_status(self.db, record.id, "error", str(exc))
+            return set_file_status(self.db, record.id, "error", str(exc).replace(str(self.data_dir), "<data>"))
+        except Exception as exc:  # noqa: BLE001  # e.g. JSON nested too deep for the parser: the file is bad, not us
+            logging.getLogger(__name__).exception("validating %s", record.id)
+            return set_file_status(self.db, record.id, "error", f"the file cannot be read ({type(exc).__name__})")
         if result.ok:
             return set_file_status(self.db, record.id, "processed", _summary(result.report))
         return set_file_status(self.db, record.id, "error", _findings(result.report))

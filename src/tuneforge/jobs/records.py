@@ -222,23 +222,44 @@ def checkpoint_from_row(row: Row) -> Checkpoint:
     return Checkpoint(**{**fields, "metrics": loads(fields["metrics"])})
 
 
-# The run-config sections a job's `tuneforge.config` extension may set: how to train on the uploaded file, never
-# where to read or write (files stay inside the data directory) nor code to run (a metric can name a .py file).
-OPTION_SECTIONS = ("train.", "data.", "clean.", "privacy.", "evaluate.")
+# The run-config options a job's `tuneforge.config` extension may set: how to train on the uploaded file, never where
+# to read or write (files stay inside the data directory) nor code to run (a metric can name a .py file).
+OPTION_SECTIONS = ("train", "data", "clean", "privacy", "evaluate")
 DENIED_OPTIONS = frozenset(
-    {"data.path", "data.test_path", "data.datasets", "data.hf_subset", "data.hf_split", "evaluate.compare",
-     "evaluate.metrics"}
+    {"data.path", "data.test_path", "data.datasets", "data.hf_subset", "data.hf_split", "data.format",
+     "evaluate.compare", "evaluate.metrics"}
 )  # fmt: skip
+# what the server can serve when the job is done: adapters of its base model, answering chat
+SERVABLE = {"train.method": ("lora", "dora"), "train.task": ("sft", "dpo")}
+_KEY = re.compile(r"[a-z_]+\.[a-z0-9_]+")
+
+
+def allowed_options() -> frozenset[str]:
+    """Every section.field of OPTION_SECTIONS but the denied ones."""
+    from tuneforge.config import RunConfig
+
+    keys = set()
+    for section in OPTION_SECTIONS:
+        model = RunConfig.model_fields[section].annotation
+        keys |= {f"{section}.{name}" for name in getattr(model, "model_fields", {})}
+    return frozenset(keys - DENIED_OPTIONS)
 
 
 def check_options(config: dict[str, Any]) -> None:
-    """Refuse a job's `tuneforge.config` keys that would reach outside the data directory or run code."""
-    for key in config:
-        base = ".".join(key.split(".")[:2])  # data.datasets.0.path -> data.datasets
-        if not key.startswith(OPTION_SECTIONS) or base in DENIED_OPTIONS:
+    """Refuse a job's `tuneforge.config` keys that are not plain train/data/clean/privacy/evaluate fields, that would
+    reach outside the data directory or run code, or that would make a model the server cannot serve."""
+    allowed = allowed_options()
+    for key, value in config.items():
+        if not _KEY.fullmatch(key) or key not in allowed:
             raise InvalidRequestError(
                 f"tuneforge.config cannot set {key!r}: a job trains on its uploaded files, in its own run directory",
-                "set only train.*, data.*, clean.*, privacy.* or evaluate.* options, not "
-                + ", ".join(sorted(DENIED_OPTIONS)),
+                f"set train.*, data.*, clean.*, privacy.* or evaluate.* fields by their exact names, not "
+                f"{', '.join(sorted(DENIED_OPTIONS))}",
+                param=f"tuneforge.config.{key}",
+            )
+        if key in SERVABLE and value not in SERVABLE[key]:
+            raise InvalidRequestError(
+                f"tuneforge.config {key}={value!r}: the server serves the adapters its jobs train",
+                f"choose {key} from {', '.join(SERVABLE[key])} (train other kinds with `tuneforge train`)",
                 param=f"tuneforge.config.{key}",
             )

@@ -8,6 +8,7 @@ GPU). A server killed while a job ran leaves the job "running" with a heartbeat 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuneforge.jobs.db import Database
+from tuneforge.jobs.errors import TransitionError
 from tuneforge.jobs.lifecycle import claim_next_job, find_stale_jobs, heartbeat, recover_stale_job, set_status
 from tuneforge.jobs.records import Job, JobError
 from tuneforge.jobs.store import append_event, get_job
@@ -29,8 +31,15 @@ class JobRunner:
     """Runs the data directory's queued jobs; `on_success(job)` is called when one succeeds (the server starts
     serving its model then)."""
 
-    def __init__(self, data_dir: Path, db: Database, on_success: Callable[[Job], None] | None = None) -> None:
-        self.data_dir, self.db, self.on_success = Path(data_dir), db, on_success
+    def __init__(
+        self,
+        data_dir: Path,
+        db: Database,
+        on_success: Callable[[Job], None] | None = None,
+        on_removed: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.data_dir, self.db, self.on_success, self.on_removed = Path(data_dir), db, on_success, on_removed
+        self.current: str | None = None  # the job this runner's worker is running
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._loop, name="tuneforge-jobs", daemon=True)
 
@@ -45,9 +54,10 @@ class JobRunner:
         has not beaten for STALE_S (another machine's)."""
         now = time.time()
         for job in find_stale_jobs(self.db, -1):  # every running job
-            if job.worker_pid == os.getpid():
+            if job.id == self.current:
                 continue  # this runner's own
-            dead = job.worker_pid is None or not _alive(job.worker_pid)
+            # claimed by a process that is gone, or by this very pid before a restart (containers reuse pid 1)
+            dead = job.worker_pid is None or job.worker_pid == os.getpid() or not _alive(job.worker_pid)
             stale = job.heartbeat_at is None or job.heartbeat_at < now - STALE_S
             if (dead or stale) and recover_stale_job(self.db, job.id, -1 if dead else STALE_S, status="queued"):
                 append_event(self.db, job.id, "The server restarted: the job resumes from its last checkpoint")
@@ -69,10 +79,20 @@ class JobRunner:
                 self.wake.clear()
                 self._recover()
                 continue
-            self._run(job)
+            try:
+                self._run(job)
+            except Exception:  # a database or serving error must not stop every later job
+                logging.getLogger(__name__).exception("running job %s", job.id)
 
     def _run(self, job: Job) -> None:
         """Run one claimed job's worker to its end, heartbeating; end it when the job is cancelled."""
+        self.current = job.id
+        try:
+            self._supervise(job)
+        finally:
+            self.current = None
+
+    def _supervise(self, job: Job) -> None:
         with self._log(job).open("ab") as log:  # the worker's own output, for the operator
             worker = subprocess.Popen(
                 [sys.executable, "-m", "tuneforge.jobs.worker", str(self.data_dir), job.id],
@@ -104,12 +124,16 @@ class JobRunner:
             except Exception as exc:  # noqa: BLE001  # the model trained, but the server cannot load it
                 self._fail(job, JobError("serving_failed", f"the model trained but could not be served: {exc}"))
                 return
+            try:
+                set_status(self.db, job.id, "succeeded")
+            except TransitionError:  # cancelled while its model was being loaded: it is not served
+                if self.on_removed is not None:
+                    self.on_removed(done)
+                return
             append_event(self.db, job.id, "The job has successfully completed")
-            set_status(self.db, job.id, "succeeded")
             return
-        self._fail(
-            job, JobError("worker_exited", f"the training process exited with code {code}; see {self._log(job)}")
-        )
+        log = self._log(job).relative_to(self.data_dir)
+        self._fail(job, JobError("worker_exited", f"the training process exited with code {code}; see <data>/{log}"))
 
     def _fail(self, job: Job, error: JobError) -> None:
         set_status(self.db, job.id, "failed", error)

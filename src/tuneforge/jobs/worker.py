@@ -9,8 +9,10 @@ when the runner's process is gone, so a killed server leaves no training behind.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import os
 import sys
 import threading
@@ -22,11 +24,12 @@ from tuneforge.config import RunConfig, load_config
 from tuneforge.data import prepare
 from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.jobs.db import Database, open_database
+from tuneforge.jobs.errors import ConflictError
 from tuneforge.jobs.files import FileStore
 from tuneforge.jobs.lifecycle import set_status, update_job
 from tuneforge.jobs.records import Job, JobError, check_options
-from tuneforge.jobs.store import add_checkpoint, append_event, get_file, get_job
-from tuneforge.rundir import CHECKPOINTS, METRICS, read_jsonl
+from tuneforge.jobs.store import add_checkpoint, append_event, get_file, get_job, list_events
+from tuneforge.rundir import CHECKPOINTS, METRICS
 from tuneforge.train import train
 
 RUNS_DIR = "runs"  # DATA_DIR/runs/<job id>: each job's run directory
@@ -40,71 +43,73 @@ def model_name(job: Job) -> str:
 
 
 def job_config(job: Job, data_dir: Path, db: Database) -> RunConfig:
-    """The run config of a job: its model, files and hyperparameters, then tuneforge's own options (the job's
-    `tuneforge` extension: key=value settings of any config field), validated as any config is."""
+    """The run config of a job: its hyperparameters and tuneforge's own options (the job's `tuneforge` extension:
+    checked train/data/clean/privacy/evaluate fields), then what no option may change: its name, folder, model and
+    files. Values travel as JSON, so none is read as YAML syntax."""
     store = FileStore(data_dir, db, job.model)
-    overrides = [
-        f"name={job.id}",
-        f"output_dir={data_dir / RUNS_DIR}",
-        f"model.name={job.model}",
-        f"data.path={store.path(get_file(db, job.training_file))}",
-        f"train.seed={job.seed}",
-        "data.estimate=false",
-        "evaluate.forgetting=false",
-    ]
-    if job.validation_file:
-        overrides.append(f"data.test_path={store.path(get_file(db, job.validation_file))}")
-    overrides += hyperparameter_overrides(job)
     options = job.tuneforge.get("config") or {}
-    check_options(options)  # the route refused these already; a job row from elsewhere is held to the same rule
-    overrides += [f"{key}={value}" for key, value in options.items()]
-    return load_config(None, overrides)
+    check_options(options)  # the route refused bad ones already; a job row from elsewhere is held to the same rule
+    fixed = {
+        "name": job.id,
+        "output_dir": str(data_dir / RUNS_DIR),
+        "model.name": job.model,
+        "data.path": str(store.path(get_file(db, job.training_file))),
+        "train.seed": job.seed,
+        "data.estimate": False,
+        "evaluate.forgetting": False,
+    }
+    if job.validation_file:
+        fixed["data.test_path"] = str(store.path(get_file(db, job.validation_file)))
+    given = {**hyperparameter_options(job), **options, **fixed}
+    return load_config(None, [f"{key}={json.dumps(value)}" for key, value in given.items()])
 
 
-def hyperparameter_overrides(job: Job) -> list[str]:
-    """OpenAI's hyperparameters ("auto" or numbers) as config overrides; DPO's method as train.task=dpo."""
+def hyperparameter_options(job: Job) -> dict[str, Any]:
+    """OpenAI's hyperparameters ("auto" or numbers) as config options; DPO's method as train.task=dpo."""
     method = job.method or {"type": "supervised"}
     kind = method.get("type", "supervised")
     given = dict(job.hyperparameters or {})
     given.update((method.get(kind) or {}).get("hyperparameters") or {})
-    out = ["train.task=dpo"] if kind == "dpo" else []
+    out: dict[str, Any] = {"train.task": "dpo"} if kind == "dpo" else {}
     if given.get("n_epochs", "auto") != "auto":
-        out.append(f"train.epochs={given['n_epochs']}")
+        out["train.epochs"] = given["n_epochs"]
     if given.get("batch_size", "auto") != "auto":
-        out.append(f"train.batch_size={given['batch_size']}")
+        out["train.batch_size"] = given["batch_size"]
     if given.get("learning_rate_multiplier", "auto") != "auto":
-        out.append(f"train.learning_rate={2e-4 * float(given['learning_rate_multiplier'])}")  # 1.0 = LoRA's 2e-4
+        out["train.learning_rate"] = 2e-4 * float(given["learning_rate_multiplier"])  # 1.0 = LoRA's 2e-4
     if kind == "dpo" and given.get("beta", "auto") != "auto":
-        out.append(f"train.dpo_beta={given['beta']}")
+        out["train.dpo_beta"] = given["beta"]
     return out
 
 
 class _Follow:
-    """A thread that turns training's new metrics.jsonl lines into metrics events and estimated_finish, and ends the
-    process when the runner's process is gone."""
+    """A thread that turns training's new metrics.jsonl steps into metrics events and estimated_finish. It follows
+    by step number (a resumed run re-logs steps after its checkpoint; those events exist) and reads the file
+    tolerantly (a killed run can leave half a line)."""
 
     def __init__(self, db: Database, job: Job, cfg: RunConfig) -> None:
         self.db, self.job, self.path, self.cfg = db, job, cfg.run_dir / METRICS, cfg
-        self.seen, self.parent, self.stop = 0, os.getppid(), threading.Event()
+        self.last, self.stop = _last_step(db, job.id), threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
         while not self.stop.wait(POLL_S):
-            if os.getppid() != self.parent:  # the server died: its restart resumes this job
-                os._exit(3)
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001  # progress events are not worth the training
+                print(f"metrics events: {exc!r}", file=sys.stderr)
 
     def flush(self) -> None:
-        rows = read_jsonl(self.path) if self.path.is_file() else []
-        for row in rows[self.seen :]:
-            if isinstance(row.get("step"), int):
-                data = {"step": row["step"], "train_loss": row.get("loss"), "learning_rate": row.get("lr")}
-                data |= {k: v for k, v in row.items() if k.startswith("val_")}
-                message = f"Step {row['step']}: training loss={row.get('loss')}"
-                append_event(self.db, self.job.id, message, type="metrics", data=data)
-                self._estimate(row)
-        self.seen = len(rows)
+        for row in _steps(self.path):
+            if row["step"] <= self.last:
+                continue
+            data = {"step": row["step"], "train_loss": row.get("loss"), "learning_rate": row.get("lr")}
+            data |= {k: v for k, v in row.items() if k.startswith("val_")}
+            message = f"Step {row['step']}: training loss={row.get('loss')}"
+            append_event(self.db, self.job.id, message, type="metrics", data=data)
+            self.last = row["step"]
+            self._estimate(row)
 
     def _estimate(self, row: dict[str, Any]) -> None:
         """estimated_finish from the share done so far: steps of train.max_steps, or epochs of train.epochs."""
@@ -120,8 +125,41 @@ class _Follow:
             update_job(self.db, self.job.id, estimated_finish=int(time.time() + left))
 
 
+def _steps(path: Path) -> list[dict[str, Any]]:
+    """The step rows of metrics.jsonl, skipping a line that is not (yet, or no longer) whole JSON."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def _last_step(db: Database, job_id: str) -> int:
+    """The last step a metrics event was written for (0: none), so a resumed worker goes on from there."""
+    events = list_events(db, job_id, limit=1000).data  # newest first
+    return next((int(e.data["step"]) for e in events if e.type == "metrics" and e.data and "step" in e.data), 0)
+
+
+def _watch_parent() -> None:
+    """End this process when the runner's process is gone: a restarted server resumes the job, and two trainings
+    must never write one run directory."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(POLL_S)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run(data_dir: Path, job_id: str) -> None:
     """Run the job to its end: succeeded with its model, checkpoints and results file; or failed with the reason."""
+    _watch_parent()
     db = open_database(data_dir / "tuneforge.db")
     job = get_job(db, job_id)
     try:
@@ -150,11 +188,12 @@ def _finish(db: Database, job: Job, cfg: RunConfig, tokens: int, data_dir: Path)
     """Record checkpoints and the results file and name the model (the runner serves it, then marks the job
     succeeded)."""
     name = model_name(job)
-    rows = {r["step"]: r for r in read_jsonl(cfg.run_dir / METRICS) if isinstance(r.get("step"), int)}
+    rows = {r["step"]: r for r in _steps(cfg.run_dir / METRICS)}
     for folder in sorted((cfg.run_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1])):
         step = int(folder.name.split("-")[1])
         metrics = {"step": step, "train_loss": rows.get(step, {}).get("loss")}
-        add_checkpoint(db, job.id, step, metrics, f"{name}:ckpt-step-{step}", str(folder.relative_to(data_dir)))
+        with contextlib.suppress(ConflictError):  # recorded by an attempt that was killed while finishing
+            add_checkpoint(db, job.id, step, metrics, f"{name}:ckpt-step-{step}", str(folder.relative_to(data_dir)))
     results = FileStore(data_dir, db, job.model).save("step_metrics.csv", "fine-tune-results", [_results_csv(rows)])
     update_job(
         db, job.id, fine_tuned_model=name, trained_tokens=tokens, result_files=[results.id],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,12 +106,19 @@ def _job_runner(files: FileStore, engine: ServingEngine) -> JobRunner:
 
     def serve_it(job: Job) -> None:
         if job.fine_tuned_model and job.run_dir and hasattr(engine, "add_adapter"):
-            engine.add_adapter(job.fine_tuned_model, files.data_dir / job.run_dir / MODEL_DIR)
+            engine.add_adapter(job.fine_tuned_model, files.data_dir / job.run_dir / MODEL_DIR, adapter=job.id)
+
+    def unserve(job: Job) -> None:
+        if job.fine_tuned_model and hasattr(engine, "remove"):
+            engine.remove(job.fine_tuned_model)
 
     for job in served_models(files.db):  # what earlier jobs trained is served again after a restart
-        if job.fine_tuned_model not in engine.models:
-            serve_it(job)
-    return JobRunner(files.data_dir, files.db, on_success=serve_it).start()
+        try:
+            if job.fine_tuned_model not in engine.models:
+                serve_it(job)
+        except Exception:  # one broken run directory must not keep the server down
+            logging.getLogger(__name__).exception("cannot serve %s again", job.fine_tuned_model)
+    return JobRunner(files.data_dir, files.db, on_success=serve_it, on_removed=unserve).start()
 
 
 def _drop_422(schema: dict[str, Any]) -> None:

@@ -171,31 +171,33 @@ class Engine:
         self._submit(_Request(self.models[model_id].adapter, messages, params, tokens=tokens))
         yield from follow(self.tokenizer, tokens, params)
 
-    def add_adapter(self, model_id: str, folder: Path) -> ServedModel:
+    def add_adapter(self, model_id: str, folder: Path, adapter: str | None = None) -> ServedModel:
         """Serve the adapter in `folder` as `model_id` from now on (a finished fine-tuning job), loaded by the model
-        thread between batches; the packed weights of the adapters already served stay."""
+        thread between batches under the name `adapter` (default `model_id`; PEFT refuses names with a '.', which
+        fine-tuned model ids of such base models have); the packed weights of the adapters already served stay."""
+        adapter = adapter or model_id
         if model_id in self.models:
             raise RunError(f"a model named {model_id!r} is served already", "give the new one another name")
         done: Future[None] = Future()
 
         def attach() -> None:
             try:
-                self.model = load_adapter(self.model, folder, model_id).eval()
+                self.model = load_adapter(self.model, folder, adapter).eval()
                 done.set_result(None)
             except BaseException as exc:
                 done.set_exception(exc)
 
         self._submit(_Task(attach))
         done.result()
-        served = ServedModel(model_id, model_id, int(time.time()))
-        self.models[model_id] = served
+        served = ServedModel(model_id, adapter, int(time.time()))
+        self.models = {**self.models, model_id: served}  # replaced, not changed: request threads iterate over it
         return served
 
     def remove(self, model_id: str) -> None:
         """Stop serving `model_id` (its adapter stays loaded until the server restarts; nothing routes to it)."""
-        if model_id not in self.models or model_id == self.base_id:
-            raise RunError(f"no removable model {model_id!r}", "name a fine-tuned model this server serves")
-        del self.models[model_id]
+        if model_id == self.base_id:
+            raise RunError(f"the base model {model_id!r} cannot be removed", "name a fine-tuned model")
+        self.models = {k: v for k, v in self.models.items() if k != model_id}
 
     def close(self) -> None:
         """End the model thread once the queued work is done, and wait for it: a thread that computed keeps an OpenMP

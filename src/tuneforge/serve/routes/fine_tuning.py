@@ -3,10 +3,13 @@ API; the jobs run one at a time in worker processes (tuneforge.jobs.runner), by 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from tuneforge.config import load_config
+from tuneforge.errors import ConfigError
 from tuneforge.jobs.errors import InvalidRequestError, NotFoundError
 from tuneforge.jobs.lifecycle import set_status
 from tuneforge.jobs.records import Job, check_options
@@ -39,7 +42,9 @@ def _runner(request: Request) -> JobRunner:
 def _out(job: Job) -> FineTuningJob:
     error = JobErrorBody(code=job.error.code, message=job.error.message, param=job.error.param) if job.error else None
     return FineTuningJob(
-        id=job.id, created_at=job.created_at, error=error, fine_tuned_model=job.fine_tuned_model,
+        # the model's name once it answers: the worker records it before the server has loaded it
+        id=job.id, created_at=job.created_at, error=error,
+        fine_tuned_model=job.fine_tuned_model if job.status == "succeeded" else None,
         finished_at=job.finished_at, hyperparameters=job.hyperparameters, method=job.method, model=job.model,
         result_files=job.result_files, seed=job.seed, status=job.status, trained_tokens=job.trained_tokens,
         training_file=job.training_file, validation_file=job.validation_file, estimated_finish=job.estimated_finish,
@@ -64,6 +69,15 @@ def _check_file(request: Request, file_id: str | None, param: str) -> None:
         )
 
 
+def _check_options(options: dict[str, Any]) -> None:
+    """The extension's options: allowed fields (check_options) with values the config accepts."""
+    check_options(options)
+    try:
+        load_config(None, [f"{key}={json.dumps(value)}" for key, value in options.items()])
+    except ConfigError as exc:
+        raise InvalidRequestError(f"tuneforge.config: {exc.message}", exc.hint, "tuneforge.config") from None
+
+
 @router.post("/v1/fine_tuning/jobs", response_model=FineTuningJob, responses=error_responses(400, 401, 404))
 def create(request: Request, body: JobCreate) -> FineTuningJob:
     """Queue a fine-tuning job of this server's base model on an uploaded, validated file."""
@@ -73,7 +87,7 @@ def create(request: Request, body: JobCreate) -> FineTuningJob:
         raise InvalidRequestError(
             f"this server fine-tunes {base!r}, not {body.model!r}", f"create the job with model={base!r}", "model"
         )
-    check_options(body.tuneforge.config if body.tuneforge else {})
+    _check_options(body.tuneforge.config if body.tuneforge else {})
     _check_file(request, body.training_file, "training_file")
     _check_file(request, body.validation_file, "validation_file")
     method = body.method.model_dump(exclude_none=True) if body.method else {"type": "supervised"}
