@@ -283,13 +283,15 @@ def _retrieval(index_dir: Path | None, cfg: RunConfig) -> Any:
     return RetrievalService.open(folder, cfg.rag)
 
 
-def _serving_app(run_dirs: list[Path], cfg: RunConfig, key: str | None, retrieval: Any, data_dir: Path | None) -> Any:
+def _serving_app(
+    run_dirs: list[Path], cfg: RunConfig, key: str | None, retrieval: Any, data_dir: Path | None, database: str | None
+) -> Any:
     """The app of `tuneforge serve`: the runs' adapters (or cfg's model alone), retrieval, files and jobs."""
     from tuneforge.jobs.files import open_file_store
     from tuneforge.serve import create_app
     from tuneforge.serve.engine import Engine
 
-    files = open_file_store(data_dir, cfg.model.name) if data_dir else None
+    files = open_file_store(data_dir, cfg.model.name, database) if data_dir else None
     engine = None if run_dirs else Engine([], cfg.serve.max_batch, base=cfg.model.name)
     return create_app(run_dirs, cfg.serve, api_key=key, engine=engine, retrieval=retrieval, files=files)
 
@@ -309,6 +311,10 @@ def serve(
     max_batch: Annotated[int | None, typer.Option(min=1, help=_serve_help("max_batch"))] = None,
     index_dir: Annotated[Path | None, typer.Option("--index", help=INDEX_HELP)] = None,
     data_dir: DataDir = None,
+    database: Annotated[
+        str | None,
+        typer.Option(help="The jobs database: postgresql://user:password@host/db [default: DATA_DIR/tuneforge.db]."),
+    ] = None,
 ) -> None:
     """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings; with
     --data-dir also /v1/files and /v1/fine_tuning/jobs); with an index, answers use and cite its passages."""
@@ -327,7 +333,7 @@ def serve(
         config = run_cfg.serve
         key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
         retrieval = _retrieval(index_dir, run_cfg)
-        application = _serving_app(run_dirs or [], run_cfg, key, retrieval, data_dir)
+        application = _serving_app(run_dirs or [], run_cfg, key, retrieval, data_dir, database)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
         out.print(

@@ -11,6 +11,7 @@ import pytest
 from tuneforge.jobs import store
 from tuneforge.jobs.db import Database
 from tuneforge.jobs.errors import ConflictError, InvalidRequestError, NotFoundError
+from tuneforge.jobs.lifecycle import set_status, update_job
 from tuneforge.jobs.records import FileRecord, JobEvent, Page, new_id
 
 AddFile = Callable[..., FileRecord]  # the add_file fixture
@@ -33,6 +34,11 @@ def test_a_file_round_trips_and_deletes_once(db: Database, add_file: AddFile) ->
     with pytest.raises(NotFoundError) as caught:
         store.get_file(db, created.id)
     assert caught.value.param == "file_id"
+
+
+def test_a_file_over_2_gib_made_after_2038_round_trips(db: Database) -> None:
+    big = store.create_file(db, "huge.jsonl", "fine-tune", 5 * 2**30, "files/huge.jsonl", "0" * 64, now=2**32)
+    assert store.get_file(db, big.id) == big  # 64-bit integers on both backends
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "/etc/passwd", "files/../../x", "C:\\x", "\\\\server\\x", ""])
@@ -158,3 +164,14 @@ def test_checkpoints_round_trip_once_per_step(db: Database, train_file: FileReco
     assert caught.value.param == "step_number"
     with pytest.raises(InvalidRequestError):
         store.add_checkpoint(db, job.id, 40, {}, "escape", "../../elsewhere")
+
+
+def test_a_served_model_is_deleted_once(db: Database, train_file: FileRecord) -> None:
+    job = store.create_job(db, "m", train_file.id, status="running")
+    update_job(db, job.id, fine_tuned_model="ft:m:tuneforge::x")
+    set_status(db, job.id, "succeeded")
+    assert [j.id for j in store.served_models(db)] == [job.id]
+    assert store.delete_model(db, "ft:m:tuneforge::x") is True
+    assert store.delete_model(db, "ft:m:tuneforge::x") is False  # already deleted
+    assert store.delete_model(db, "ft:m:tuneforge::never") is False
+    assert store.served_models(db) == []

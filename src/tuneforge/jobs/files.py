@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Iterable
@@ -125,11 +126,19 @@ class FileStore:
         return existed
 
 
-def open_file_store(data_dir: Path, model: str) -> FileStore:
-    """The uploads of a data directory (created if new; records in tuneforge.db), validated with `model`'s
-    tokenizer."""
+DATABASE_ENV = "TUNEFORGE_DATABASE_URL"  # how a worker process learns the database (a URL may hold a password)
+
+
+def database_url(data_dir: Path, database: str | None = None) -> str:
+    """The jobs database: `database` (a postgresql:// URL), or DATABASE_ENV's, or the data directory's SQLite file."""
+    return database or os.environ.get(DATABASE_ENV) or str(data_dir / "tuneforge.db")
+
+
+def open_file_store(data_dir: Path, model: str, database: str | None = None) -> FileStore:
+    """The uploads of a data directory (created if new), their records in `database` (default: the directory's
+    tuneforge.db, SQLite), validated with `model`'s tokenizer."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    return FileStore(data_dir, open_database(data_dir / "tuneforge.db"), model)
+    return FileStore(data_dir, open_database(database_url(data_dir, database)), model)
 
 
 def _summary(report: dict[str, Any]) -> str:

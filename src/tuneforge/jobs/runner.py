@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tuneforge.jobs.db import Database
 from tuneforge.jobs.errors import TransitionError
+from tuneforge.jobs.files import DATABASE_ENV
 from tuneforge.jobs.lifecycle import claim_next_job, find_stale_jobs, heartbeat, recover_stale_job, set_status
 from tuneforge.jobs.records import Job, JobError
 from tuneforge.jobs.store import append_event, get_job
@@ -98,6 +99,7 @@ class JobRunner:
                 [sys.executable, "-m", "tuneforge.jobs.worker", str(self.data_dir), job.id],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                env=self._worker_env(),
             )
         while True:
             try:
@@ -138,6 +140,12 @@ class JobRunner:
     def _fail(self, job: Job, error: JobError) -> None:
         set_status(self.db, job.id, "failed", error)
         append_event(self.db, job.id, f"Fine-tuning job failed: {error.message}", level="error")
+
+    def _worker_env(self) -> dict[str, str]:
+        """The worker's environment: the database (a URL may hold a password: not on its command line), and no
+        API key (a worker serves nothing)."""
+        env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
+        return {**env, DATABASE_ENV: self.db.connect_url} if self.db.connect_url else env
 
     def _log(self, job: Job) -> Path:
         """The worker's own output (stderr), for the operator."""

@@ -42,9 +42,16 @@ T = TypeVar("T")
 Order = Literal["asc", "desc"]
 
 
-def _insert(tx: Tx, table: str, values: dict[str, Any]) -> None:
-    columns = ", ".join(values)
-    tx.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(values))})", list(values.values()))
+def _insert(tx: Tx, table: str, values: dict[str, Any], unless_duplicate: bool = False) -> bool:
+    """Insert one row; with `unless_duplicate`, a row breaking a UNIQUE constraint is skipped. Whether it went in.
+
+    The skip is for uniqueness checked before writing: on PostgreSQL a concurrent writer can insert the same key
+    between the check and the insert (SQLite's write lock rules that out), and this turns the race into the check's
+    answer instead of a driver error.
+    """
+    columns, markers = ", ".join(values), ", ".join("?" * len(values))
+    conflict = " ON CONFLICT DO NOTHING" if unless_duplicate else ""
+    return tx.execute(f"INSERT INTO {table} ({columns}) VALUES ({markers}){conflict}", list(values.values())) == 1
 
 
 def _page(
@@ -247,13 +254,12 @@ def add_checkpoint(
     )
     with db.write() as tx:
         _require_job(tx, job_id)
-        if tx.row("SELECT id FROM checkpoints WHERE job_id = ? AND step_number = ?", [job_id, step_number]):
+        if not _insert(tx, "checkpoints", {**vars(checkpoint), "metrics": dumps(metrics)}, unless_duplicate=True):
             raise ConflictError(
                 f"job {job_id} already has a checkpoint at step {step_number}",
                 "record each step once",
                 "step_number",
             )
-        _insert(tx, "checkpoints", {**vars(checkpoint), "metrics": dumps(metrics)})
     return checkpoint
 
 
@@ -282,7 +288,5 @@ def delete_model(db: Database, model: str) -> bool:
     """Record that a fine-tuned model is deleted (its job keeps the name, as OpenAI's do); whether it was served."""
     with db.write() as tx:
         owned = tx.row("SELECT id FROM jobs WHERE fine_tuned_model = ? AND status = ?", [model, "succeeded"])
-        if owned is None or tx.row("SELECT model FROM deleted_models WHERE model = ?", [model]) is not None:
-            return False
-        _insert(tx, "deleted_models", {"model": model, "deleted_at": now_s()})
-    return True
+        deleted = {"model": model, "deleted_at": now_s()}
+        return owned is not None and _insert(tx, "deleted_models", deleted, unless_duplicate=True)

@@ -25,7 +25,7 @@ from tuneforge.data import prepare
 from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.jobs.db import Database, open_database
 from tuneforge.jobs.errors import ConflictError
-from tuneforge.jobs.files import FileStore
+from tuneforge.jobs.files import FileStore, database_url
 from tuneforge.jobs.lifecycle import set_status, update_job
 from tuneforge.jobs.records import Job, JobError, check_options
 from tuneforge.jobs.store import add_checkpoint, append_event, get_file, get_job, list_events
@@ -160,7 +160,7 @@ def _watch_parent() -> None:
 def run(data_dir: Path, job_id: str) -> None:
     """Run the job to its end: succeeded with its model, checkpoints and results file; or failed with the reason."""
     _watch_parent()
-    db = open_database(data_dir / "tuneforge.db")
+    db = open_database(database_url(data_dir))  # the runner passes a PostgreSQL URL in the environment
     job = get_job(db, job_id)
     try:
         cfg = job_config(job, data_dir, db)
