@@ -40,6 +40,8 @@ class FileStore:
 
     def save(self, filename: str, purpose: FilePurpose, chunks: Iterable[bytes]) -> FileRecord:
         """Write an upload (streamed in `chunks`) atomically, record it, and validate it when it is training data."""
+        if "\x00" in filename:  # PostgreSQL stores no NUL in text, and no file system has one in a name
+            raise InvalidRequestError("the file name holds a NUL character", "rename the file", param="file")
         suffix = Path(filename).suffix.lower()
         if purpose == "fine-tune" and suffix not in SUFFIXES:
             raise InvalidRequestError(

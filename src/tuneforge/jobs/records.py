@@ -189,6 +189,8 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
             problems.append(f"key {key!r} must be a string of 1 to {MAX_METADATA_KEY} characters")
         if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
             problems.append(f"value of {key!r} must be a string of at most {MAX_METADATA_VALUE} characters")
+        elif "\x00" in key + value:  # PostgreSQL stores no NUL in text
+            problems.append(f"{key!r} holds a NUL character")
     if problems:
         raise InvalidRequestError(
             "metadata is invalid: " + "; ".join(problems), "pass up to 16 short string pairs", param="metadata"
