@@ -30,6 +30,7 @@ def browser_or_skip() -> None:
 
 def test_sign_in_upload_train_watch_and_chat(tmp_path: Path, tiny_model_dir: Path) -> None:
     browser_or_skip()
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -41,7 +42,14 @@ def test_sign_in_upload_train_watch_and_chat(tmp_path: Path, tiny_model_dir: Pat
     rows.write_text("".join(json.dumps(r) + "\n" for r in toy_rows(60)))
     server = start_server(data, tiny_model_dir, port)
     driver = open_browser(width=1200, height=900)
-    wait = WebDriverWait(driver, 180, poll_frequency=0.3)
+    # the job panel is drawn again every 2 s: an element read while it is replaced is stale, read it again
+    wait = WebDriverWait(
+        driver, 180, poll_frequency=0.3, ignored_exceptions=[NoSuchElementException, StaleElementReferenceException]
+    )
+
+    def text(element_id: str) -> str:
+        return str(wait.until(lambda d: d.find_element(By.ID, element_id).text or None))
+
     try:
         driver.get(f"http://127.0.0.1:{port}/")  # redirects to the UI; the page itself needs no key
         driver.find_element(By.ID, "key").send_keys("wrong")
@@ -58,20 +66,22 @@ def test_sign_in_upload_train_watch_and_chat(tmp_path: Path, tiny_model_dir: Pat
         driver.find_element(By.ID, "file").send_keys(str(rows))
         driver.find_element(By.ID, "upload").click()
         wait.until(lambda d: "processed" in d.find_element(By.ID, "upload-result").text)
-        assert "60 chat records valid" in driver.find_element(By.ID, "validation").text
+        assert "60 chat records valid" in text("validation")
         driver.find_element(By.ID, "suffix").send_keys("ui")
         driver.find_element(By.ID, "epochs").send_keys("3")
         driver.find_element(By.ID, "create").click()
         wait.until(lambda d: "succeeded" in d.find_element(By.ID, "job-status").text)
-        assert driver.find_elements(By.CSS_SELECTOR, "#loss-curve polyline"), "no loss curve was drawn"
-        events = driver.find_element(By.ID, "events").text
-        assert "Fine-tuning job started" in events and "The job has successfully completed" in events
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-curve polyline"))  # the loss curve is drawn
+        wait.until(lambda d: "The job has successfully completed" in d.find_element(By.ID, "events").text)
+        assert "Fine-tuning job started" in text("events")
         full_page_screenshot(driver, tmp_path / "ui-jobs.png")
         if os.environ.get("TUNEFORGE_UI_SCREENSHOT"):
             full_page_screenshot(driver, Path(os.environ["TUNEFORGE_UI_SCREENSHOT"]))
 
         driver.find_element(By.ID, "tab-chat").click()
-        tuned = [o.text for o in Select(driver.find_element(By.ID, "model")).options if o.text.startswith("ft:")]
+        tuned = wait.until(  # the picker is filled again once the job is done
+            lambda d: [o.text for o in Select(d.find_element(By.ID, "model")).options if o.text.startswith("ft:")]
+        )
         assert tuned and tuned[0].endswith(":ui:" + tuned[0].rsplit(":", 1)[1])
         Select(driver.find_element(By.ID, "model")).select_by_visible_text(tuned[0])
         driver.find_element(By.ID, "prompt").send_keys("Item 3: what colour?")

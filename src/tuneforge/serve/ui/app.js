@@ -178,6 +178,7 @@ async function refreshJobs() {
 
 function follow(id) {
   state.job = id;
+  state.settled = null;
   clearInterval(state.timer);
   showJob();
   state.timer = setInterval(showJob, 2000);
@@ -211,6 +212,10 @@ async function showJob() {
   detail.replaceChildren(...children);
   if (["succeeded", "failed", "cancelled"].includes(job.status)) {
     clearInterval(state.timer);
+    if (state.settled !== id) {  // the last events land just after the status: draw the job once more
+      state.settled = id;
+      setTimeout(showJob, 2000);
+    }
     fillModels((await json("/models")).data.map((m) => m.id));
   }
   refreshJobs();
