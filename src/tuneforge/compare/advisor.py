@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneforge.compare.scoring import MIN_TESTED, paired, ranked
+from tuneforge.compare.scoring import MIN_TESTED, ranked
 from tuneforge.config import Needs
+from tuneforge.evaluation.stats import paired
 
 FAMILIES: dict[str, frozenset[str]] = {
     "prompt": frozenset(),

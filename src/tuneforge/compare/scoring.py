@@ -54,17 +54,6 @@ def score_approaches(
     return report, metric, pairs
 
 
-def paired(pairs: dict[str, dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
-    """The comparison of b minus a (turned around when it was measured as a minus b)."""
-    if f"{a}|{b}" in pairs:
-        return pairs[f"{a}|{b}"]
-    found = pairs.get(f"{b}|{a}")
-    if found is None:
-        return None
-    low, high = found["interval"]
-    return {**found, "delta": -found["delta"], "interval": [-high, -low]}
-
-
 def ranked(scores: dict[str, float], metric: str) -> list[str]:
     """The approaches best first on `metric` (ties keep the order they were run in)."""
     sign = 1.0 if lower_is_better(metric) else -1.0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.evaluation.charts import score_bars
+from tuneforge.evaluation.stats import paired
 from tuneforge.metrics import lower_is_better
 from tuneforge.rundir import COMPARE
 
@@ -48,18 +49,7 @@ def bakeoff_view(run_dir: Path) -> dict[str, Any] | None:
 
 def _matrix(names: list[str], pairs: dict[str, Any]) -> list[tuple[str, list[dict[str, Any] | None]]]:
     """Row approach minus column approach on the ranking metric, for every ordered pair that was compared."""
-    rows = []
-    for a in names:
-        cells: list[dict[str, Any] | None] = []
-        for b in names:
-            found = pairs.get(f"{b}|{a}")
-            if found is None and f"{a}|{b}" in pairs:
-                mirrored = pairs[f"{a}|{b}"]
-                low, high = mirrored["interval"]
-                found = {**mirrored, "delta": -mirrored["delta"], "interval": [-high, -low]}
-            cells.append(found if a != b else None)
-        rows.append((a, cells))
-    return rows
+    return [(a, [paired(pairs, b, a) if a != b else None for b in names]) for a in names]
 
 
 def _chart(approaches: dict[str, Any], metric: str | None, metrics: list[str]) -> str | None:

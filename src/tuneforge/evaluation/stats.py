@@ -89,3 +89,15 @@ def compare(a: np.ndarray, b: np.ndarray, observed: float) -> Comparison:
     if np.all(deltas == 0):
         p_value = 1.0
     return Comparison(observed, low, high, p_value)
+
+
+def paired(pairs: dict[str, dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    """From comparisons keyed "a|b" (b minus a, as `Comparison.to_json` writes them): b minus a, turned around when
+    it was measured as a minus b; None when the two were not compared."""
+    if f"{a}|{b}" in pairs:
+        return pairs[f"{a}|{b}"]
+    found = pairs.get(f"{b}|{a}")
+    if found is None:
+        return None
+    low, high = found["interval"]
+    return {**found, "delta": -found["delta"], "interval": [-high, -low]}
