@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -74,6 +75,44 @@ def test_the_quickstart_trains_serves_and_chats(service) -> None:
     assert reply.choices[0].message.content is not None and reply.model == done.fine_tuned_model
     with pytest.raises(openai.ConflictError):
         client.fine_tuning.jobs.cancel(job.id)  # finished: 409
+    assert any(m.startswith("memory: ~") for m in events)  # the train stage's memory check, as an event
+    evaluated = next(e for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if "held-out" in e.message)
+    assert evaluated.data["report"] == f"/v1/fine_tuning/jobs/{job.id}/report"
+    assert "test_loss" in evaluated.data["tuned"]
+    assert "test_loss=" in evaluated.message and "(base " in evaluated.message
+
+
+def test_a_finished_jobs_report_is_served_sandboxed(service) -> None:
+    client, base, app = service
+    job = next(j for j in client.fine_tuning.jobs.list() if j.user_provided_suffix == "toy" and j.fine_tuned_model)
+    http, auth = TestClient(app), {"Authorization": f"Bearer {KEY}"}
+    for path in (f"/v1/fine_tuning/jobs/{job.id}/report", f"/v1/models/{job.fine_tuned_model}/report"):
+        page = http.get(path, headers=auth)
+        assert page.status_code == 200 and f"<h1>tuneforge report: {job.id}</h1>" in page.text
+        assert page.headers["content-security-policy"] == "sandbox"
+        assert http.get(path).status_code == 401
+    assert http.get("/v1/fine_tuning/jobs/ftjob-nope/report", headers=auth).status_code == 404
+    assert http.get(f"/v1/models/{base}/report", headers=auth).json()["error"]["param"] == "model"  # no run
+
+
+def test_a_checkpoint_answers_from_its_first_request(service) -> None:
+    client, _, app = service
+    job = next(j for j in client.fine_tuning.jobs.list() if j.user_provided_suffix == "toy" and j.fine_tuned_model)
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[-1]  # the oldest
+    name = checkpoint.fine_tuned_model_checkpoint
+    assert name == f"{job.fine_tuned_model}:ckpt-step-{checkpoint.step_number}"
+    assert name not in [m.id for m in client.models.list()]  # not loaded until asked for
+    reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Item 3?"}], max_tokens=4)
+    assert reply.model == name and name in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=name[:-1] + "99", messages=[{"role": "user", "content": "hi"}])
+    newest = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
+    assert newest.step_number > checkpoint.step_number
+    shutil.rmtree(app.state.files.data_dir / "runs" / job.id / "checkpoints" / f"step-{newest.step_number}")
+    with pytest.raises(openai.NotFoundError, match="no longer on disk"):
+        client.chat.completions.create(
+            model=newest.fine_tuned_model_checkpoint, messages=[{"role": "user", "content": "hi"}]
+        )
 
 
 def test_errors_are_the_clients_typed_exceptions(service) -> None:
@@ -117,7 +156,7 @@ def test_pause_resume_and_delete_the_model(service) -> None:
     training = client.files.create(file=("toy.jsonl", io.BytesIO(data)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=base, training_file=training.id, suffix="paused", hyperparameters={"n_epochs": 8},
-        extra_body={"tuneforge": {"config": FAST}},
+        extra_body={"tuneforge": {"config": FAST, "evaluate": False}},
     )  # fmt: skip
     checkpoints = app.state.files.data_dir / "runs" / job.id / "checkpoints"
     end = time.monotonic() + 120
@@ -133,6 +172,9 @@ def test_pause_resume_and_delete_the_model(service) -> None:
     assert done.status == "succeeded", done.error
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
     assert "Fine-tuning job paused" in messages and "Fine-tuning job resumed from its last checkpoint" in messages
+    assert not any("held-out" in m for m in messages)  # tuneforge.evaluate=false: no evaluation, no report
+    page = TestClient(app).get(f"/v1/fine_tuning/jobs/{job.id}/report", headers={"Authorization": f"Bearer {KEY}"})
+    assert page.status_code == 404 and "no report" in page.json()["error"]["message"]
     assert client.models.delete(done.fine_tuned_model).deleted
     assert done.fine_tuned_model not in [m.id for m in client.models.list()]
     with pytest.raises(openai.NotFoundError):

@@ -267,6 +267,22 @@ def test_engine_refuses_two_runs_of_one_name_and_serves_two_of_two(tmp_path: Pat
         engine.close()
 
 
+def test_each_served_runs_report_is_served(tmp_path: Path, trained_run: Path) -> None:
+    reported, plain = copy_run(trained_run, tmp_path / "a", run="a"), copy_run(trained_run, tmp_path / "b", run="b")
+    (reported / "report.html").write_text("<h1>tuneforge report: a</h1><h2>Bake-off</h2>")
+    engine = Engine([reported, plain])
+    try:
+        client = TestClient(create_app([reported, plain], engine=engine))
+        page = client.get("/v1/models/a/report")
+        assert page.status_code == 200 and "Bake-off" in page.text
+        assert page.headers["content-type"].startswith("text/html")
+        missing = client.get("/v1/models/b/report").json()["error"]
+        assert "has no report" in missing["message"] and "tuneforge evaluate" in missing["message"]
+        assert client.get(f"/v1/models/{engine.base_id}/report").status_code == 404  # the base model has no run
+    finally:
+        engine.close()
+
+
 def test_engine_refuses_runs_of_different_base_models(tmp_path: Path, trained_run: Path) -> None:
     other = copy_run(trained_run, tmp_path / "other", run="other", base_model="HuggingFaceTB/SmolLM2-360M-Instruct")
     with pytest.raises(RunError, match="trained on different base models") as refused:

@@ -1,5 +1,6 @@
 """The web UI in real headless Chromium against a real server: sign in with the key, upload training data and see
-its check, start a tiny job and watch it finish (status, events, loss curve), then chat with the tuned model.
+its check, start a tiny job and watch it finish (status, events, loss curve), open its report, then chat with the
+tuned model.
 
 docs/ui-jobs.png is this test's screenshot:
     TUNEFORGE_UI_SCREENSHOT=docs/ui-jobs.png python3 -m pytest tests/serve/test_ui.py
@@ -62,21 +63,29 @@ def test_sign_in_upload_train_watch_and_chat(tmp_path: Path, tiny_model_dir: Pat
         wait.until(lambda d: d.find_element(By.ID, "chat").is_displayed())
 
         driver.find_element(By.ID, "tab-jobs").click()
-        driver.execute_script(f"window.TUNEFORGE_JOB_CONFIG = {json.dumps(FAST)};")
         driver.find_element(By.ID, "file").send_keys(str(rows))
         driver.find_element(By.ID, "upload").click()
         wait.until(lambda d: "processed" in d.find_element(By.ID, "upload-result").text)
         assert "60 chat records valid" in text("validation")
         driver.find_element(By.ID, "suffix").send_keys("ui")
         driver.find_element(By.ID, "epochs").send_keys("3")
+        driver.find_element(By.CSS_SELECTOR, "#job-form summary").click()  # tuneforge's own options
+        driver.find_element(By.ID, "options").send_keys(json.dumps(FAST))
         driver.find_element(By.ID, "create").click()
         wait.until(lambda d: "succeeded" in d.find_element(By.ID, "job-status").text)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-curve polyline"))  # the loss curve is drawn
         wait.until(lambda d: "The job has successfully completed" in d.find_element(By.ID, "events").text)
-        assert "Fine-tuning job started" in text("events")
+        assert "Fine-tuning job started" in text("events") and "held-out examples" in text("events")
+        job_id = text("job-status").split(":")[0]
         full_page_screenshot(driver, tmp_path / "ui-jobs.png")
         if os.environ.get("TUNEFORGE_UI_SCREENSHOT"):
             full_page_screenshot(driver, Path(os.environ["TUNEFORGE_UI_SCREENSHOT"]))
+
+        wait.until(lambda d: d.find_element(By.ID, "job-report")).click()  # the run's report, in a sandboxed frame
+        wait.until(lambda d: d.find_element(By.ID, "report").is_displayed())
+        driver.switch_to.frame(driver.find_element(By.ID, "report"))
+        assert wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text) == f"tuneforge report: {job_id}"
+        driver.switch_to.default_content()
 
         driver.find_element(By.ID, "tab-chat").click()
         tuned = wait.until(  # the picker is filled again once the job is done

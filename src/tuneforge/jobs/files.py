@@ -26,6 +26,7 @@ from tuneforge.jobs.records import FilePurpose, FileRecord
 from tuneforge.jobs.store import create_file, delete_file, get_file, set_file_status
 
 FILES_DIR = "files"
+RUNS_DIR = "runs"  # DATA_DIR/runs/<job id>: each job's run directory
 VALIDATION_DIR = "validation"  # prepare --check's report per file: validation/<file id>/data/data_report.json
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")  # what the data stage reads
 MAX_BYTES = 512 * 1024 * 1024  # OpenAI's limit for a fine-tuning file

@@ -111,6 +111,8 @@ class JobRunner:
             if self.stopping.is_set() or not heartbeat(self.db, job.id, os.getpid()):
                 worker.terminate()
                 worker.wait()
+                if self.stopping.is_set():
+                    append_event(self.db, job.id, "The server stopped: training goes on when it starts again")
                 return
         self._finished(job, worker.returncode)
 

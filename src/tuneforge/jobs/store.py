@@ -270,6 +270,17 @@ def list_checkpoints(db: Database, job_id: str, after: str | None = None, limit:
         return _page(tx, "checkpoints", checkpoint_from_row, ("job_id = ?", [job_id]), after, limit, "desc")
 
 
+def find_checkpoint(db: Database, model: str) -> Checkpoint | None:
+    """The checkpoint of a succeeded job whose model name (`ft:...:ckpt-step-N`) is `model`, if any."""
+    with db.read() as tx:
+        row = tx.row(
+            "SELECT c.* FROM checkpoints c JOIN jobs j ON j.id = c.job_id "
+            "WHERE c.fine_tuned_model_checkpoint = ? AND j.status = ?",
+            [model, "succeeded"],
+        )
+    return None if row is None else checkpoint_from_row(row)
+
+
 # Models ------------------------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 """One fine-tuning job, run in a process of its own (`python -m tuneforge.jobs.worker DATA_DIR JOB_ID`) by the same
 functions as the CLI: the job's OpenAI settings become a run config, then `prepare` and `train` run in
-DATA_DIR/runs/<job id>. Stages become events, every logged step a metrics event, every saved checkpoint a checkpoint
-record; a job that finds checkpoints of an earlier attempt (its server was killed) resumes from the newest.
+DATA_DIR/runs/<job id>, then (unless the job's `tuneforge.evaluate` is false) `evaluate` scores base and tuned model on
+the held-out split and writes the run's report.html. Stages and the train stage's notes (memory check, batch size)
+become events, every logged step a metrics event, every saved checkpoint a checkpoint record; a job that finds
+checkpoints of an earlier attempt (its server was killed) resumes from the newest.
 
 The runner (runner.py) claims the job, heartbeats for it and ends this process on cancel; this process ends itself
 when the runner's process is gone, so a killed server leaves no training behind.
@@ -23,16 +25,16 @@ from typing import Any
 from tuneforge.config import RunConfig, load_config
 from tuneforge.data import prepare
 from tuneforge.errors import DataError, TuneforgeError
+from tuneforge.evaluation import evaluate
 from tuneforge.jobs.db import Database, open_database
 from tuneforge.jobs.errors import ConflictError
-from tuneforge.jobs.files import FileStore, database_url
+from tuneforge.jobs.files import RUNS_DIR, FileStore, database_url
 from tuneforge.jobs.lifecycle import set_status, update_job
 from tuneforge.jobs.records import Job, JobError, check_options
 from tuneforge.jobs.store import add_checkpoint, append_event, get_file, get_job, list_events
-from tuneforge.rundir import CHECKPOINTS, METRICS
+from tuneforge.rundir import CHECKPOINTS, METRICS, TUNED
 from tuneforge.train import train
 
-RUNS_DIR = "runs"  # DATA_DIR/runs/<job id>: each job's run directory
 ORG = "tuneforge"  # the organisation part of fine-tuned model names: ft:<base>:<org>:<suffix>:<job id>
 POLL_S = 1.0  # how often training's metrics.jsonl is read for new steps
 
@@ -112,9 +114,12 @@ class _Follow:
             self._estimate(row)
 
     def _estimate(self, row: dict[str, Any]) -> None:
-        """estimated_finish from the share done so far: steps of train.max_steps, or epochs of train.epochs."""
+        """estimated_finish from the share done so far: steps of the run's planned total (whatever "auto" settled
+        on), or, in a metrics file written before rows carried it, of train.max_steps or epochs of train.epochs."""
         train, elapsed = self.cfg.train, row.get("elapsed_s")
-        if train.max_steps:
+        if isinstance(row.get("total_steps"), int) and row["total_steps"] > 0:
+            done = row["step"] / row["total_steps"]
+        elif train.max_steps:
             done = row["step"] / train.max_steps
         elif isinstance(train.epochs, int | float) and isinstance(row.get("epoch"), int | float):
             done = row["epoch"] / train.epochs
@@ -170,18 +175,54 @@ def run(data_dir: Path, job_id: str) -> None:
         resume = (cfg.run_dir / CHECKPOINTS).is_dir() and any((cfg.run_dir / CHECKPOINTS).glob("step-*"))
         started = "Fine-tuning job resumed from its last checkpoint" if resume else "Fine-tuning job started"
         append_event(db, job.id, started)
+        note = _notes(db, job.id, data_dir)
         follow = _Follow(db, job, cfg)
         try:
-            result = train(cfg, log=lambda *parts: None, resume=resume)
+            result = train(cfg, log=note, resume=resume)
         finally:
             follow.stop.set()
             follow.thread.join()
             follow.flush()
+        if (job.tuneforge or {}).get("evaluate", True):
+            _evaluate(db, job, cfg, note)
         _finish(db, job, cfg, result.tokens, data_dir)
     except TuneforgeError as exc:
         code = "invalid_training_file" if isinstance(exc, DataError) else "training_failed"
         set_status(db, job.id, "failed", JobError(code, str(exc)))
         append_event(db, job.id, f"Fine-tuning job failed: {exc}", level="error")
+
+
+def _notes(db: Database, job_id: str, data_dir: Path) -> Any:
+    """A stage's `log`: each line it writes becomes an info event (data directory paths shortened to <data>)."""
+
+    def note(*parts: Any) -> None:
+        text = " ".join(str(p) for p in parts).replace(str(data_dir), "<data>").strip()
+        if text:
+            append_event(db, job_id, text)
+
+    return note
+
+
+def _evaluate(db: Database, job: Job, cfg: RunConfig, note: Any) -> None:
+    """Score base and tuned model on the held-out split and write report.html, as `tuneforge evaluate` does. The
+    model is trained and fine whatever evaluation finds: an evaluation that fails is a warning, not a failed job."""
+    update_job(db, job.id, estimated_finish=None)  # training's estimate is spent; evaluation's is not measured
+    append_event(db, job.id, f"Evaluating base and tuned model on the {cfg.evaluate.split} split")
+    try:
+        report = evaluate(cfg, log=note)
+    except TuneforgeError as exc:
+        append_event(db, job.id, f"Evaluation failed, the model is kept: {exc}", level="warn")
+        return
+    scores = {k: v for k, v in report.scores.get(TUNED, {}).items() if isinstance(v, int | float)}
+    base = report.scores.get("base", {})
+    shown = ", ".join(
+        f"{k}={v:.4g}" + (f" (base {base[k]:.4g})" if isinstance(base.get(k), int | float) else "")
+        for k, v in [(k, v) for k, v in scores.items() if not k.startswith("val_")][:6]  # the held-out split's
+    )
+    append_event(
+        db, job.id, f"Evaluation of {report.n} held-out examples in {report.seconds:.0f}s: {shown or 'see the report'}",
+        data={"report": f"/v1/fine_tuning/jobs/{job.id}/report", "tuned": scores},
+    )  # fmt: skip
 
 
 def _finish(db: Database, job: Job, cfg: RunConfig, tokens: int, data_dir: Path) -> None:
@@ -199,7 +240,7 @@ def _finish(db: Database, job: Job, cfg: RunConfig, tokens: int, data_dir: Path)
         db, job.id, fine_tuned_model=name, trained_tokens=tokens, result_files=[results.id],
         run_dir=str(cfg.run_dir.relative_to(data_dir)),
     )  # fmt: skip
-    append_event(db, job.id, "Training finished: the model is being loaded for serving")
+    append_event(db, job.id, "Loading the fine-tuned model for serving")
 
 
 def _results_csv(rows: dict[int, dict[str, Any]]) -> bytes:

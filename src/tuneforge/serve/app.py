@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from tuneforge.config import ServeConfig
-from tuneforge.jobs.errors import JobsError
+from tuneforge.jobs.errors import JobsError, NotFoundError
 from tuneforge.jobs.files import FileStore
 from tuneforge.jobs.records import Job
 from tuneforge.jobs.runner import JobRunner
-from tuneforge.jobs.store import served_models
+from tuneforge.jobs.store import find_checkpoint, get_job, served_models
 from tuneforge.rundir import MODEL_DIR
 from tuneforge.serve.engine import Engine, ServingEngine
 from tuneforge.serve.errors import api_error, http_error, jobs_error, server_error, validation_error
@@ -65,6 +66,7 @@ def create_app(
     app.state.retrieval = retrieval
     app.state.files = files
     app.state.runner = _job_runner(files, engine) if files is not None and run_jobs else None
+    app.state.serve_on_demand = _checkpoint_loader(files, engine) if files is not None else None
     for kind, handler in ERROR_HANDLERS:
         app.add_exception_handler(kind, handler)
     app.include_router(models.router)
@@ -90,9 +92,12 @@ def create_app(
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """More request threads than anyio's 40: a chat request holds one while it waits for the model thread, and with
     40 waiting chats every light call (a file list, a job's events) queued behind them (bench/load.py, 100 clients:
-    list_files p50 28 s). Waiting threads cost little; the model thread does the work."""
+    list_files p50 28 s). Waiting threads cost little; the model thread does the work. On shutdown the job runner
+    stops (its worker ends; the job is queued again at the next start)."""
     anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
     yield
+    if app.state.runner is not None:  # a job's training ends with the server; it resumes when the server starts again
+        await anyio.to_thread.run_sync(app.state.runner.stop)
 
 
 def _require_key(app: FastAPI, api_key: str | None) -> None:
@@ -118,7 +123,8 @@ def _job_runner(files: FileStore, engine: ServingEngine) -> JobRunner:
 
     def serve_it(job: Job) -> None:
         if job.fine_tuned_model and job.run_dir and hasattr(engine, "add_adapter"):
-            engine.add_adapter(job.fine_tuned_model, files.data_dir / job.run_dir / MODEL_DIR, adapter=job.id)
+            run_dir = files.data_dir / job.run_dir
+            engine.add_adapter(job.fine_tuned_model, run_dir / MODEL_DIR, adapter=job.id, run_dir=run_dir)
 
     def unserve(job: Job) -> None:
         if job.fine_tuned_model and hasattr(engine, "remove"):
@@ -131,6 +137,31 @@ def _job_runner(files: FileStore, engine: ServingEngine) -> JobRunner:
         except Exception:  # one broken run directory must not keep the server down
             logging.getLogger(__name__).exception("cannot serve %s again", job.fine_tuned_model)
     return JobRunner(files.data_dir, files.db, on_success=serve_it, on_removed=unserve).start()
+
+
+def _checkpoint_loader(files: FileStore, engine: ServingEngine) -> Callable[[str], bool]:
+    """`load(model)`: serve a finished job's checkpoint (`ft:...:ckpt-step-N`) from its first request on; whether
+    `model` is one. Checkpoints are not loaded at start: a job may keep many, and few are asked for."""
+    lock = threading.Lock()
+
+    def load(model: str) -> bool:
+        checkpoint = find_checkpoint(files.db, model)
+        if checkpoint is None or not hasattr(engine, "add_adapter"):
+            return False
+        folder = files.data_dir / checkpoint.path
+        job = get_job(files.db, checkpoint.job_id)
+        with lock:  # two first requests at once load it once
+            if model not in engine.models:
+                if not (folder / "adapter_config.json").is_file():
+                    raise NotFoundError(
+                        f"checkpoint {model!r} is no longer on disk", "use the job's fine_tuned_model", "model"
+                    )
+                adapter = f"{checkpoint.job_id}-step-{checkpoint.step_number}"
+                run_dir = files.data_dir / job.run_dir if job.run_dir else None
+                engine.add_adapter(model, folder, adapter=adapter, run_dir=run_dir)
+        return True
+
+    return load
 
 
 def _drop_422(schema: dict[str, Any]) -> None:

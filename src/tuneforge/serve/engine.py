@@ -47,11 +47,13 @@ _UNKNOWN_LENGTH = 10**12
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A model id clients can ask for, and the adapter behind it (None: the base model)."""
+    """A model id clients can ask for, the adapter behind it (None: the base model), and the run directory it was
+    trained in (None: the base model) for its report."""
 
     id: str
     adapter: str | None
     created: int
+    run_dir: Path | None = None
 
 
 class ServingEngine(Protocol):
@@ -124,7 +126,7 @@ class Engine:
             name = info.get("run") or run_dir.name
             if name in self.models:
                 raise RunError(f"two runs are named {name!r}", "serve runs with different names")
-            self.models[name] = ServedModel(name, name, int((run_dir / MODEL_DIR).stat().st_mtime))
+            self.models[name] = ServedModel(name, name, int((run_dir / MODEL_DIR).stat().st_mtime), run_dir)
             adapters.append((run_dir / MODEL_DIR, name))
         self.models[self.base_id] = ServedModel(self.base_id, None, now)
         self.default_id = next(iter(self.models))
@@ -171,10 +173,13 @@ class Engine:
         self._submit(_Request(self.models[model_id].adapter, messages, params, tokens=tokens))
         yield from follow(self.tokenizer, tokens, params)
 
-    def add_adapter(self, model_id: str, folder: Path, adapter: str | None = None) -> ServedModel:
-        """Serve the adapter in `folder` as `model_id` from now on (a finished fine-tuning job), loaded by the model
-        thread between batches under the name `adapter` (default `model_id`; PEFT refuses names with a '.', which
-        fine-tuned model ids of such base models have); the packed weights of the adapters already served stay."""
+    def add_adapter(
+        self, model_id: str, folder: Path, adapter: str | None = None, run_dir: Path | None = None
+    ) -> ServedModel:
+        """Serve the adapter in `folder` as `model_id` from now on (a finished fine-tuning job, `run_dir` its run),
+        loaded by the model thread between batches under the name `adapter` (default `model_id`; PEFT refuses names
+        with a '.', which fine-tuned model ids of such base models have); the packed weights of the adapters already
+        served stay."""
         adapter = adapter or model_id
         if model_id in self.models:
             raise RunError(f"a model named {model_id!r} is served already", "give the new one another name")
@@ -189,7 +194,7 @@ class Engine:
 
         self._submit(_Task(attach))
         done.result()
-        served = ServedModel(model_id, adapter, int(time.time()))
+        served = ServedModel(model_id, adapter, int(time.time()), run_dir)
         self.models = {**self.models, model_id: served}  # replaced, not changed: request threads iterate over it
         return served
 

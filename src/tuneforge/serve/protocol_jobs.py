@@ -43,6 +43,11 @@ class TuneforgeOptions(BaseModel):
     {"train.method": "full", "privacy.mode": "mask", "train.lora_r": 32}."""
 
     config: dict[str, Any] = Field(default_factory=dict)
+    evaluate: bool = Field(
+        True,
+        description="After training, score base and tuned model on the held-out split and write the run's report "
+        "(GET /v1/fine_tuning/jobs/{id}/report), as `tuneforge evaluate` does; false: the job ends after training.",
+    )
 
 
 class JobCreate(BaseModel):

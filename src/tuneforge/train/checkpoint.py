@@ -56,10 +56,11 @@ class Progress:
         self.tokens += tokens
         self.last_loss = loss
 
-    def row(self, lr: float, n_train: int, elapsed: float) -> dict[str, Any]:
-        """The metrics.jsonl line of the latest step."""
+    def row(self, lr: float, n_train: int, elapsed: float, total_steps: int) -> dict[str, Any]:
+        """The metrics.jsonl line of the latest step (`total_steps`: the run's planned steps, for an estimate)."""
         return {
             "step": self.step,
+            "total_steps": total_steps,
             "epoch": round(self.examples / n_train, 4),
             "loss": round(self.last_loss, 5),
             "lr": lr,

@@ -214,7 +214,7 @@ def _steps(run: _Run, metrics: IO[str] | None, trackers: Trackers) -> None:
             par,
         )
         state.record(loss, n_examples, n_tokens)
-        row = state.row(lr, len(run.train_set), time.perf_counter() - run.start)
+        row = state.row(lr, len(run.train_set), time.perf_counter() - run.start, run.total_steps)
         every = cfg.train.eval_steps or run.per_epoch
         if run.val_set and (state.step % every == 0 or state.step == run.total_steps):
             row.update(_validation(run))

@@ -49,7 +49,8 @@ def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONRespo
     """OpenAI chat completions on a tuned adapter or the base model; with an index, the answer uses the passages
     retrieved for the last user message, cites them, and lists them in `citations`."""
     engine: ServingEngine = request.app.state.engine
-    if body.model not in engine.models:
+    on_demand = request.app.state.serve_on_demand  # a job's checkpoint is loaded at its first request
+    if body.model not in engine.models and not (on_demand is not None and on_demand(body.model)):
         return api_error(
             404,
             f"The model '{body.model}' does not exist; available: {sorted(engine.models)}",

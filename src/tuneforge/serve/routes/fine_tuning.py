@@ -7,10 +7,12 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
 
 from tuneforge.config import load_config
 from tuneforge.errors import ConfigError
 from tuneforge.jobs.errors import InvalidRequestError, NotFoundError
+from tuneforge.jobs.files import RUNS_DIR
 from tuneforge.jobs.lifecycle import set_status
 from tuneforge.jobs.records import Job, check_options
 from tuneforge.jobs.runner import JobRunner
@@ -26,6 +28,7 @@ from tuneforge.serve.protocol_jobs import (
     JobEventOut,
     JobList,
 )
+from tuneforge.serve.routes.models import report_page
 
 router = APIRouter()
 
@@ -180,3 +183,15 @@ def _checkpoint(c: Any) -> CheckpointOut:
         id=c.id, created_at=c.created_at, fine_tuned_model_checkpoint=c.fine_tuned_model_checkpoint,
         fine_tuning_job_id=c.job_id, metrics=c.metrics, step_number=c.step_number,
     )  # fmt: skip
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/report", response_class=HTMLResponse, responses=error_responses(401, 404))
+def report(request: Request, job_id: str) -> HTMLResponse:
+    """A finished job's report.html: base against tuned on the held-out split (tuneforge's own route)."""
+    runner = _runner(request)
+    job = get_job(runner.db, job_id)
+    root = (runner.data_dir / RUNS_DIR).resolve()
+    run_dir = (runner.data_dir / job.run_dir).resolve() if job.run_dir else None
+    if run_dir is None or not run_dir.is_relative_to(root):  # a run directory is recorded when the job finishes
+        raise NotFoundError(f"job {job_id} has no report (status {job.status})", "wait for it to succeed", "job_id")
+    return report_page(run_dir, f"job {job_id}")

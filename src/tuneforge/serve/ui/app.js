@@ -27,7 +27,7 @@ function element(tag, text, cls) {
 }
 
 function show(tab) {
-  for (const name of ["login", "chat", "jobs"]) $(name).hidden = name !== tab;
+  for (const name of ["login", "chat", "jobs", "reports"]) $(name).hidden = name !== tab;
   for (const button of document.querySelectorAll("header nav button")) {
     button.classList.toggle("active", button.dataset.tab === tab);
   }
@@ -50,7 +50,7 @@ async function signIn(event) {
 
 function fillModels(models) {
   $("who").textContent = `${models.length} model${models.length === 1 ? "" : "s"} served`;
-  for (const select of [$("model"), $("job-model")]) {
+  for (const select of [$("model"), $("job-model"), $("report-model")]) {
     const chosen = select.value;
     select.replaceChildren(...models.map((id) => element("option", id)));
     if (models.includes(chosen)) select.value = chosen;
@@ -151,8 +151,9 @@ async function createJob(event) {
   const body = { model: $("job-model").value, training_file: $("job-form").dataset.file };
   if ($("suffix").value) body.suffix = $("suffix").value;
   if (epochs && epochs !== "auto") body.hyperparameters = { n_epochs: Number(epochs) };
-  if (window.TUNEFORGE_JOB_CONFIG) body.tuneforge = { config: window.TUNEFORGE_JOB_CONFIG };  // tests: a fast job
   try {
+    const options = $("options").value.trim();
+    body.tuneforge = { config: options ? JSON.parse(options) : {}, evaluate: $("evaluate").checked };
     const job = await json("/fine_tuning/jobs", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
@@ -199,6 +200,12 @@ async function showJob() {
     job.error ? `error: ${job.error.message}` : "",
   ].filter(Boolean).join(" · "), "muted");
   const children = [head, facts, curve(events)];
+  if (job.status === "succeeded" && events.some((e) => e.data && e.data.report)) {
+    const report = element("button", "Show report");
+    report.id = "job-report";
+    report.onclick = () => showReport(`/fine_tuning/jobs/${id}/report`, `report of job ${id}`);
+    children.push(report);
+  }
   if (["queued", "running", "paused"].includes(job.status)) {
     const cancel = element("button", "Cancel job");
     cancel.id = "cancel";
@@ -219,6 +226,20 @@ async function showJob() {
     fillModels((await json("/models")).data.map((m) => m.id));
   }
   refreshJobs();
+}
+
+async function showReport(path, title) {
+  // A run's report.html, in a sandboxed frame: it shows data and runs nothing.
+  show("reports");
+  $("report-title").textContent = `Loading the ${title} ...`;
+  try {
+    $("report").srcdoc = await (await api(path)).text();
+    $("report").hidden = false;
+    $("report-title").textContent = title;
+  } catch (error) {
+    $("report").hidden = true;
+    $("report-title").textContent = `No report: ${error.message}`;
+  }
 }
 
 function curve(events) {
@@ -252,6 +273,10 @@ $("chat-form").onsubmit = send;
 $("prompt").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("chat-form").requestSubmit(); } };
 $("reset").onclick = () => { state.conversation = []; $("messages").replaceChildren(); };
 $("upload-form").onsubmit = upload;
+$("show-report").onclick = () => {
+  const model = $("report-model").value;
+  showReport(`/models/${encodeURIComponent(model).replace(/%2F/g, "/")}/report`, `report of ${model}`);
+};
 $("job-form").onsubmit = createJob;
 for (const button of document.querySelectorAll("header nav button")) button.onclick = () => show(button.dataset.tab);
 if (state.key) signIn(); else show("login");
