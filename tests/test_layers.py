@@ -28,8 +28,8 @@ LAYERS: list[set[str]] = [
     {"rag"},  # index, retrieve, answer with citations
     {"workflow"},  # the whole run: prepare -> train -> evaluate
     {"compare"},  # the bake-off: prompt vs few-shot vs RAG vs fine-tune vs both
-    {"serve", "jobs"},  # the API server; the jobs service's store, worker and routes
-    {"chat", "cli", "console", "__main__"},
+    {"serve", "jobs", "export"},  # the API server; the jobs service; exports for other runtimes
+    {"chat", "cli", "console", "launch", "__main__"},
 ]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50

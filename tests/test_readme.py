@@ -24,7 +24,7 @@ README_PATH = ROOT / "README.md"
 README = README_PATH.read_text(encoding="utf-8")
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README_PATH, *DOCS]  # every page whose commands and links are checked
-MANUAL = ["data", "training", "evaluation", "deployment", "rag", "compare", "configuration", "speed"]  # issues
+MANUAL = ["data", "training", "evaluation", "deployment", "export", "rag", "compare", "configuration", "speed"]
 README_MAX_LINES = 200
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", flags=re.S)
 

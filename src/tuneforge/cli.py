@@ -8,16 +8,17 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, describe_fields, load_config
-from tuneforge.console import log, out, print_compare, print_eval, print_sources
+from tuneforge import launch
+from tuneforge.config import EMBEDDED_MODEL, describe_fields
+from tuneforge.console import log, out, print_compare, print_eval, print_export, print_lineage, print_sources
 from tuneforge.data.formats import EXAMPLES
-from tuneforge.errors import RetrievalError, TuneforgeError
-from tuneforge.rundir import CONFIG_FILE, load_run
+from tuneforge.errors import TuneforgeError
+from tuneforge.rundir import load_run
 
 app = typer.Typer(
     help="tuneforge: fine-tune open LLMs on your own data, compare them with the base model, serve them.",
@@ -65,21 +66,13 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def resolve_target(target: str, overrides: list[str] | None) -> RunConfig:
-    """Config of a YAML file or of an existing run directory, with overrides applied."""
-    path = Path(target)
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
-        return load_run(path, overrides)
-    return load_config(path, overrides)
-
-
 @app.command(epilog=FIELDS_HELP)
 def run(target: Target, overrides: Overrides = None) -> None:
     """Run the whole pipeline: prepare the data, fine-tune, evaluate base vs tuned."""
     from tuneforge.workflow import run as run_pipeline
 
     with user_errors():
-        cfg = resolve_target(target, overrides)
+        cfg = launch.resolve_target(target, overrides)
         out.print(f"run directory: {cfg.run_dir}")
         result = run_pipeline(cfg, log=log)
         print_eval(result.evaluated)
@@ -99,7 +92,7 @@ def prepare(
     from tuneforge.train.estimate import estimate_training
 
     with user_errors():
-        cfg = resolve_target(target, overrides)
+        cfg = launch.resolve_target(target, overrides)
         result = prepare_data(cfg, check=check, strict=strict, estimate=estimate_training)
         out.print(result.text(strict), markup=False, highlight=False)
         if check:
@@ -128,7 +121,7 @@ def train(
     from tuneforge.train import train as train_model
 
     with user_errors():
-        result = train_model(resolve_target(target, overrides), log=log, resume=resume)
+        result = train_model(launch.resolve_target(target, overrides), log=log, resume=resume)
         out.print(
             f"trained {result.steps} steps in {result.seconds:.0f}s ({result.precision}); "
             f"final loss {result.train_loss:.4f}, val loss {result.val_loss}; adapter -> {result.model_dir}"
@@ -141,7 +134,7 @@ def evaluate(target: Target, overrides: Overrides = None) -> None:
     from tuneforge.evaluation import evaluate as evaluate_run
 
     with user_errors():
-        print_eval(evaluate_run(resolve_target(target, overrides), log=log))
+        print_eval(evaluate_run(launch.resolve_target(target, overrides), log=log))
 
 
 @app.command()
@@ -165,7 +158,7 @@ def tune(target: Target, overrides: Overrides = None) -> None:
     from tuneforge.tune import tune as tune_run
 
     with user_errors():
-        result = tune_run(resolve_target(target, overrides), log=log)
+        result = tune_run(launch.resolve_target(target, overrides), log=log)
         table = Table("trial", *result.best_params, "val_loss", title="tune: every finished trial")
         for t in sorted(result.trials, key=lambda t: t["val_loss"]):
             table.add_row(
@@ -185,7 +178,7 @@ def compare(target: Target, overrides: Overrides = None) -> None:
     from tuneforge.compare import compare as run_compare
 
     with user_errors():
-        cfg = resolve_target(target, overrides)
+        cfg = launch.resolve_target(target, overrides)
         out.print(f"run directory: {cfg.run_dir}", markup=False)
         result = run_compare(cfg, log=log)
         print_compare(result.data)
@@ -208,7 +201,7 @@ def index(
     from tuneforge.rag import build_index
 
     with user_errors():
-        cfg = resolve_target(target, overrides)
+        cfg = launch.resolve_target(target, overrides)
         summary = build_index(cfg.rag, cfg.index_dir, log=log, rebuild=rebuild)
         out.print(summary.text(), markup=False, highlight=False)
 
@@ -236,7 +229,7 @@ def ask(
 
     with user_errors():
         given = {"top_k": top_k, "retrieval": retrieval}
-        folder, rag, base = _rag_target(target, [f"rag.{k}={json.dumps(v)}" for k, v in given.items() if v])
+        folder, rag, base = launch.rag_target(target, [f"rag.{k}={json.dumps(v)}" for k, v in given.items() if v])
         found = Index(folder)
         if search_only:
             sources, why = retrieve_sources(question, found, rag.model_copy(update={"min_similarity": None}), where)
@@ -255,66 +248,22 @@ def ask(
         print_sources(reply.sources, cited=reply.cited)
 
 
-def _rag_target(target: str, overrides: list[str]) -> tuple[Path, Any, str]:
-    """(index folder, rag settings with the overrides, answering model) of an index folder, a config or a run."""
-    from tuneforge.rag.stores import is_index
-
-    if is_index(Path(target)):
-        return Path(target), load_config(None, overrides).rag, EMBEDDED_MODEL
-    if not Path(target).is_file() and not (Path(target) / CONFIG_FILE).is_file():
-        raise RetrievalError(
-            f"no index at {target}", "pass an index folder, or the config it was built from (tuneforge index CONFIG)"
-        )
-    cfg = resolve_target(target, overrides)
-    return cfg.index_dir, cfg.rag, cfg.model.name
-
-
-INDEX_HELP = "Retrieve from this index (made by tuneforge index) [default: the run's own index, if it has one]."
-
-
-def _retrieval(index_dir: Path | None, cfg: RunConfig) -> Any:
-    """The retrieval service of an --index folder, or of the run's own index when it has one (else None)."""
-    from tuneforge.rag.stores import is_index
-    from tuneforge.serve.retrieval import RetrievalService
-
-    folder = index_dir or cfg.index_dir
-    if index_dir is None and not is_index(folder):
-        return None
-    return RetrievalService.open(folder, cfg.rag)
-
-
-def _serving_app(
-    run_dirs: list[Path], cfg: RunConfig, key: str | None, retrieval: Any, data_dir: Path | None, database: str | None
-) -> Any:
-    """The app of `tuneforge serve`: the runs' adapters (or cfg's model alone), retrieval, files and jobs."""
-    from tuneforge.jobs.files import open_file_store
-    from tuneforge.serve import create_app
-    from tuneforge.serve.engine import Engine
-
-    files = open_file_store(data_dir, cfg.model.name, database) if data_dir else None
-    engine = None if run_dirs else Engine([], cfg.serve.max_batch, base=cfg.model.name)
-    return create_app(run_dirs, cfg.serve, api_key=key, engine=engine, retrieval=retrieval, files=files)
-
-
-def _serve_help(name: str) -> str:
-    return f"{ServeConfig.model_fields[name].description} [default: serve.{name} of the first run's config]"
-
-
 @app.command()
 def serve(
     run_dirs: RunDirs = None,
     model: ServeModel = None,
-    host: Annotated[str | None, typer.Option(help=_serve_help("host"))] = None,
-    port: Annotated[int | None, typer.Option(help=_serve_help("port"))] = None,
-    api_key_env: Annotated[str | None, typer.Option(help=_serve_help("api_key_env"))] = None,
-    max_tokens: Annotated[int | None, typer.Option(help=_serve_help("max_new_tokens"))] = None,
-    max_batch: Annotated[int | None, typer.Option(min=1, help=_serve_help("max_batch"))] = None,
-    index_dir: Annotated[Path | None, typer.Option("--index", help=INDEX_HELP)] = None,
+    host: Annotated[str | None, typer.Option(help=launch.serve_help("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=launch.serve_help("port"))] = None,
+    api_key_env: Annotated[str | None, typer.Option(help=launch.serve_help("api_key_env"))] = None,
+    max_tokens: Annotated[int | None, typer.Option(help=launch.serve_help("max_new_tokens"))] = None,
+    max_batch: Annotated[int | None, typer.Option(min=1, help=launch.serve_help("max_batch"))] = None,
+    index_dir: Annotated[Path | None, typer.Option("--index", help=launch.INDEX_HELP)] = None,
     data_dir: DataDir = None,
     database: Annotated[
         str | None,
         typer.Option(help="The jobs database: postgresql://user:password@host/db [default: DATA_DIR/tuneforge.db]."),
     ] = None,
+    gguf: Annotated[Path | None, typer.Option(help="Serve this GGUF export through llama.cpp instead.")] = None,
 ) -> None:
     """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings; with
     --data-dir also /v1/files and /v1/fine_tuning/jobs); with an index, answers use and cite its passages."""
@@ -323,23 +272,17 @@ def serve(
     with user_errors():
         given = {"host": host, "port": port, "api_key_env": api_key_env, "max_new_tokens": max_tokens,
                  "max_batch": max_batch, "model.name": model}  # fmt: skip
-        # the options as overrides of the run's config, validated by its rules (JSON: a value stays a string)
-        overrides = [
-            f"{'' if '.' in name else 'serve.'}{name}={json.dumps(value)}"
-            for name, value in given.items()
-            if value is not None
-        ]
-        run_cfg = load_run(run_dirs[0], overrides) if run_dirs else load_config(None, overrides)
+        run_cfg = launch.serve_settings(run_dirs, given)
         config = run_cfg.serve
         key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
-        retrieval = _retrieval(index_dir, run_cfg)
-        application = _serving_app(run_dirs or [], run_cfg, key, retrieval, data_dir, database)
+        retrieval = launch.retrieval_service(index_dir, run_cfg)
+        application = launch.serving_app(run_dirs or [], run_cfg, key, retrieval, data_dir, database, gguf)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
+        batch = "llama.cpp, one request at a time" if gguf else f"up to {config.max_batch} concurrent requests batched"
         out.print(
             f"serving {names} on http://{config.host}:{config.port}/v1 (API key from ${config.api_key_env}: {state}; "
-            f"up to {config.max_batch} concurrent requests answered in one batch)"
-            + (f"; retrieval from {retrieval.index.folder} ({retrieval.model})" if retrieval else "")
+            f"{batch})" + (f"; retrieval from {retrieval.index.folder} ({retrieval.model})" if retrieval else "")
         )
         uvicorn.run(application, host=config.host, port=config.port, log_level="warning")
 
@@ -351,7 +294,7 @@ def chat(
     system: Annotated[str | None, typer.Option(help="System prompt for the conversation.")] = None,
     max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 is greedy; higher samples more freely.")] = 0.0,
-    index_dir: Annotated[Path | None, typer.Option("--index", help=INDEX_HELP)] = None,
+    index_dir: Annotated[Path | None, typer.Option("--index", help=launch.INDEX_HELP)] = None,
 ) -> None:
     """Chat with a tuned model in the terminal (/reset, /system TEXT, /exit); with an index, sources under each
     answer."""
@@ -360,7 +303,7 @@ def chat(
     from tuneforge.serve.engine import Engine
 
     with user_errors():
-        retrieval = _retrieval(index_dir, load_run(run_dir))
+        retrieval = launch.retrieval_service(index_dir, load_run(run_dir))
         engine = Engine([run_dir], max_batch=1)  # one user: no batch to wait for
         model_id = engine.base_id if base else engine.default_id
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
@@ -370,6 +313,58 @@ def chat(
             engine.close()
             if retrieval is not None:
                 retrieval.close()
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory (runs/<name>).")],
+    to: Annotated[str, typer.Option("--to", help="merged | peft | gguf | classifier (see below).")] = "merged",
+    quant: Annotated[str, typer.Option(help="GGUF type: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k.")] = "q8_0",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder [default: runs/NAME/export/TARGET].")] = None,
+    prompts: Annotated[int, typer.Option(min=1, help="Test prompts the parity check compares.")] = 32,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest answer compared [default: evaluate's].")] = None,
+    check: Annotated[bool, typer.Option(help="Load the export in its runtime and compare it with tuneforge's.")] = True,
+) -> None:
+    """Export a run's model for other runtimes, then check it there against tuneforge's own answers.
+
+    \b
+    merged: base + adapter merged: safetensors, tokenizer, chat template, generation config (transformers, vLLM)
+    peft:   the adapter alone, with the `vllm serve ... --lora-modules` line that serves it
+    gguf:   GGUF for llama.cpp and Ollama (+ Modelfile), by llama.cpp's converter (pip install -e ".[gguf]")
+    classifier: a classification model for transformers.pipeline("text-classification")
+
+    The parity check compares prompt tokens (chat template), next-token log-probabilities, greedy answers and where
+    they stop (end token), and the run's own metrics; a template or EOS mismatch exits with code 1."""
+    from tuneforge.export import export as export_run
+    from tuneforge.export.export import ExportError
+
+    with user_errors():
+        try:
+            result = export_run(run_dir, to, out_dir, quant, prompts, max_tokens, check)
+        except ExportError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        print_export(result)
+
+
+@app.command()
+def lineage(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory (runs/<name>).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the lineage as JSON.")] = False,
+) -> None:
+    """Which data, config and code produced a run's model: content hashes of the data files and of the exact
+    splits, the config's hash, tuneforge's version and git commit, the weights' hashes; writes MODEL_CARD.md too."""
+    from tuneforge.evaluation.model_card import lineage as run_lineage
+    from tuneforge.evaluation.model_card import write_model_card
+
+    with user_errors():
+        facts = run_lineage(run_dir)
+        card = write_model_card(run_dir)
+        if as_json:
+            out.print_json(data=facts)
+        else:
+            print_lineage(facts)
+            log(f"model card: {card}")
 
 
 @app.command()

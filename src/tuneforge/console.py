@@ -78,3 +78,47 @@ def print_eval(report: object) -> None:
         out.print(forgetting_summary(report.forgetting), markup=False)
     if report.page:
         out.print(f"report: {report.page} (one self-contained page: open it in any browser)", markup=False)
+
+
+def print_export(result: Any) -> None:
+    """What an export wrote, how to run it, and its parity check."""
+    facts, folder = result.facts, result.folder
+    log(f"exported {facts['run']} ({facts['method']} on {facts['base_model']}) --to {result.target} -> {folder}")
+    if "gguf" in facts:
+        log(f"  {folder / facts['gguf']} ({facts['quantisation']}, {facts['bytes'] / 2**20:.0f} MiB)")
+        log(f"  llama.cpp: llama-server -m {folder / facts['gguf']} --jinja")
+        log(f"  Ollama: cd {folder} && ollama create {facts['run']} -f Modelfile && ollama run {facts['run']}")
+    if "vllm_command" in facts:
+        log(f"  vLLM: {facts['vllm_command']}")
+        for problem in facts["vllm_problems"]:
+            log(f"  warning: {problem}")
+    if result.target == "merged":
+        log(f"  transformers: AutoModelForCausalLM.from_pretrained('{folder}'); vLLM: vllm serve {folder}")
+    if result.target == "classifier":
+        log(f"  transformers: pipeline('text-classification', model='{folder}', top_k=None)")
+    if result.parity is not None:
+        log(result.parity.summary())
+    log(f"took {result.seconds:.0f} s; report: {folder / 'export.json'}")
+
+
+def print_lineage(facts: dict[str, Any]) -> None:
+    """A run's lineage: model, code, config, data and splits, weights."""
+    base = facts["base_model"]
+    log(f"{facts['run']}: {facts['method']} ({facts['task']}) on {base['hub_id']} (revision {base['revision'] or '-'})")
+    recorded = facts["recorded"] or {}
+    code = recorded.get("code") or {}
+    if recorded:
+        dirty = " with local changes" if code.get("dirty") else ""
+        log(f"  code: tuneforge {code.get('tuneforge')}, commit {code.get('commit') or 'unknown'}{dirty}")
+        log(f"  trained at {recorded.get('trained_at')}; config.yaml {recorded.get('config_sha256')}")
+        if recorded.get("config_sha256") != facts["config_sha256_now"]:
+            log(f"  warning: config.yaml changed since training (now {facts['config_sha256_now']})")
+    else:
+        log("  code, config and splits at training: not recorded (trained before tuneforge recorded lineage)")
+    for source in facts["data_sources"]:
+        log(f"  data {source['path']}: {source['sha256'] or 'not a file'}")
+    for split, info in (recorded.get("splits") or {}).items():
+        log(f"  split {split}: {info['records']} records, {info['sha256']}")
+    for weights in facts["model_files"]:
+        log(f"  weights {weights['file']}: {weights['sha256']}")
+    log(f"  personal data: privacy mode {facts['privacy']['mode']}, found {facts['privacy'].get('found') or 'none'}")

@@ -94,7 +94,7 @@ def generate(
         rows = {"streamer": _Rows(follow), "stopping_criteria": StoppingCriteriaList([_Cancelled(follow)])}
     with packed_weights(model) as packs, torch.no_grad(), packs.decode_rows(len(prompts)):
         out = model.generate(input_ids=ids, attention_mask=mask, **_generate_kwargs(tokenizer, params), **rows)
-    eos = _eos_ids(tokenizer)
+    eos = eos_ids(tokenizer)
     results = []
     for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
         end = next((i for i, t in enumerate(row) if t in eos), None)
@@ -160,7 +160,7 @@ def follow(
 ) -> Iterator[str | Completion]:
     """Decode a streamed answer as its tokens arrive: text pieces, then the Completion. Leaving early (the client has
     gone), or reaching the end of the answer (EOS or a stop string), cancels the rest of its generation."""
-    eos = _eos_ids(tokenizer)
+    eos = eos_ids(tokenizer)
     # Text that could be the start of a stop string is held back until it is known not to be one.
     hold = max((len(s) for s in params.stop), default=1) - 1
     answer: list[int] = []
@@ -255,7 +255,7 @@ def _find_stop(text: str, stops: tuple[str, ...]) -> int:
     return min((i for s in stops if s and (i := text.find(s)) >= 0), default=-1)
 
 
-def _eos_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def eos_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
@@ -271,7 +271,7 @@ def _generate_kwargs(tokenizer: PreTrainedTokenizerBase, params: SamplingParams)
         "max_new_tokens": params.max_new_tokens,
         "do_sample": sampling,
         "pad_token_id": int(tokenizer.pad_token_id),
-        "eos_token_id": sorted(_eos_ids(tokenizer)),
+        "eos_token_id": sorted(eos_ids(tokenizer)),
     }
     if sampling:
         kwargs.update(temperature=params.temperature, top_p=params.top_p)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +35,7 @@ GENERATIONS = "generations.json"  # the evaluation's answers, reused while nothi
 COMPARE = "compare.json"  # the bake-off: every approach's scores, costs and the advice
 COMPARE_DIR = "compare"  # its prompts.jsonl, predictions.jsonl, answers.json and the RAFT run (raft/)
 REPORT = "report.html"  # the self-contained report page
+MODEL_CARD = "MODEL_CARD.md"  # the model card (Hugging Face format): lineage, data, evaluation, limits
 TUNE_DIR = "tune"  # the hyperparameter search: trials and best.yaml
 SPLITS = ("train", "val", "test")
 TUNED = "tuned"  # eval.json's name for the run's own trained model (beside base, majority, compared runs)
@@ -111,3 +115,53 @@ def require(run_dir: Path, relative: str, produced_by: str) -> Path:
     if not path.exists():
         raise RunError(f"{path} does not exist", f"run `tuneforge {produced_by} {run_dir}` first")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> dict[str, Any]:
+    """The tuneforge that runs: its version, and its git commit (with whether the checkout had changes) when it runs
+    from a git checkout."""
+    from tuneforge import __version__
+
+    here = Path(__file__).parent
+    out: dict[str, Any] = {"tuneforge": __version__, "commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            status = subprocess.run(
+                ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5,
+            )  # fmt: skip
+            out |= {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # no git: the version alone
+    return out
+
+
+def lineage_record(cfg: RunConfig) -> dict[str, Any]:
+    """What produced a model, recorded when it is saved: the code, the config's hash, and each prepared split's hash
+    and record count (the exact rows it trained and was scored on)."""
+    splits = {}
+    for split in SPLITS:
+        path = split_path(cfg.run_dir, split)
+        if path.is_file():
+            with path.open("rb") as fh:
+                records = sum(1 for line in fh if line.strip())
+            splits[split] = {"sha256": file_sha256(path), "records": records}
+    config = cfg.run_dir / CONFIG_FILE
+    return {
+        "code": code_version(),
+        "config_sha256": file_sha256(config) if config.is_file() else None,
+        "splits": splits,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -80,6 +80,8 @@ def test_the_quickstart_trains_serves_and_chats(service) -> None:
     assert evaluated.data["report"] == f"/v1/fine_tuning/jobs/{job.id}/report"
     assert "test_loss" in evaluated.data["tuned"]
     assert "test_loss=" in evaluated.message and "(base " in evaluated.message
+    card = (app.state.files.data_dir / "runs" / job.id / "MODEL_CARD.md").read_text()  # evaluate writes the card
+    assert "| test_loss |" in card and "- Split train: " in card
 
 
 def test_a_finished_jobs_report_is_served_sandboxed(service) -> None:

@@ -6,7 +6,7 @@ clean, privacy), train.py (train), rag.py (rag), compare.py (compare) and run.py
 RunConfig); load.py reads and validates.
 """
 
-from tuneforge.config.base import EMBEDDED_MODEL, Auto, Section
+from tuneforge.config.base import EMBEDDED_HUB_ID, EMBEDDED_MODEL, Auto, Section
 from tuneforge.config.compare import APPROACHES, Approach, CompareConfig, Needs
 from tuneforge.config.data import (
     CleanConfig,
@@ -28,6 +28,7 @@ __all__ = [
     "CompareConfig",
     "Needs",
     "EMBEDDED_EMBEDDERS",
+    "EMBEDDED_HUB_ID",
     "EMBEDDED_MODEL",
     "Auto",
     "CleanConfig",

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded default on the hub (vLLM, model cards)
 Auto = Literal["auto"]  # a hyperparameter chosen by train/auto.py from data and model size
 
 

@@ -5,10 +5,8 @@ split files written from the scratch file."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +18,7 @@ from tuneforge.data.report import token_stats
 from tuneforge.data.scan import Scan
 from tuneforge.data.split import TEST, TRAIN, VAL, assign
 from tuneforge.data.validate import check_count, check_labels, check_privacy
-from tuneforge.rundir import SPLITS, TEST_LOCK, atomic_open, atomic_write_json, split_path
+from tuneforge.rundir import SPLITS, TEST_LOCK, atomic_open, atomic_write_json, file_sha256, split_path
 
 
 def deduplicate(scan: Scan) -> None:
@@ -125,7 +123,7 @@ def write_splits(
                 files[SPLITS[code]].write(line)
     if cfg.data.lock_test and not locked:
         test = split_path(run_dir, "test")
-        atomic_write_json(run_dir / TEST_LOCK, {"sha256": sha256(test), "count": int((codes == TEST).sum())})
+        atomic_write_json(run_dir / TEST_LOCK, {"sha256": file_sha256(test), "count": int((codes == TEST).sum())})
     tokens = np.asarray(scan.tokens, dtype=np.int64)
     inverse = {v: k for k, v in scan.label_names.items()}
     counts: dict[str, int] = {}
@@ -162,12 +160,3 @@ def leakage(scan: Scan, codes: np.ndarray, threshold: float) -> Iterator[Issue]:
 def source_name(cfg: RunConfig) -> str:
     """The data a run reads, for messages."""
     return cfg.data.path or ", ".join(d.path for d in cfg.data.datasets)
-
-
-def sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

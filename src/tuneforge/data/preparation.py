@@ -21,7 +21,6 @@ from tuneforge.data.corpus import (
     deduplicate,
     finish_checks,
     leakage,
-    sha256,
     source_name,
     write_splits,
 )
@@ -33,7 +32,16 @@ from tuneforge.data.scan import Scan
 from tuneforge.data.split import TRAIN, VAL
 from tuneforge.errors import ConfigError, DataError, TuneforgeError
 from tuneforge.models import load_tokenizer
-from tuneforge.rundir import DATA_DIR, DATA_REPORT, SPLITS, TEST_LOCK, atomic_write_json, save_config, split_path
+from tuneforge.rundir import (
+    DATA_DIR,
+    DATA_REPORT,
+    SPLITS,
+    TEST_LOCK,
+    atomic_write_json,
+    file_sha256,
+    save_config,
+    split_path,
+)
 
 SCRATCH = ".records.jsonl"
 
@@ -132,7 +140,7 @@ def _locked_test(lock: Path) -> Path:
     """The locked test file, after checking it is unchanged since it was locked."""
     test = lock.parent / "test.jsonl"  # TEST_LOCK lies beside the split files
     info = json.loads(lock.read_text(encoding="utf-8"))
-    if not test.is_file() or sha256(test) != info["sha256"]:
+    if not test.is_file() or file_sha256(test) != info["sha256"]:
         raise DataError(
             f"{test} changed or vanished after it was locked ({lock})",
             f"restore it, or delete {lock} to draw a new test split",

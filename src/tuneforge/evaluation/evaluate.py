@@ -18,6 +18,7 @@ from tuneforge.errors import ConfigError, RunError
 from tuneforge.evaluation.classifier import evaluate_classifier
 from tuneforge.evaluation.generations import Answerer, answerer
 from tuneforge.evaluation.language import evaluate_language_model
+from tuneforge.evaluation.model_card import write_model_card
 from tuneforge.evaluation.preference import evaluate_preference
 from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.scores import TUNED, EvalReport, chosen_metrics
@@ -48,6 +49,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
     report.seconds = time.perf_counter() - start
     atomic_write_json(run_dir / EVAL, report.to_json())
     report.page = write_report(run_dir)
+    write_model_card(run_dir)
     return report
 
 

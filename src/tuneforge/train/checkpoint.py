@@ -20,7 +20,7 @@ import torch
 from tuneforge.config import RunConfig
 from tuneforge.data.labels import class_labels
 from tuneforge.errors import TrainingError
-from tuneforge.rundir import CHECKPOINTS, MODEL_DIR, RUN_INFO, atomic_write_json
+from tuneforge.rundir import CHECKPOINTS, MODEL_DIR, RUN_INFO, atomic_write_json, lineage_record
 from tuneforge.train.methods import METHODS
 from tuneforge.train.parallel import Parallel
 
@@ -202,6 +202,7 @@ def save_model(
             "run": cfg.name,
             # the head's classes, in order
             **({"labels": class_labels(cfg.data, cfg.run_dir)} if cfg.train.task == "classify" else {}),
+            "lineage": lineage_record(cfg),  # the code, config and exact splits that made this model
         },
     )
     _swap_in(tmp, final)

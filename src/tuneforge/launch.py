@@ -1,0 +1,92 @@
+"""What the ask, serve and chat commands build from their options: the index an `ask` reads, the retrieval service,
+the serving app with its files and jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, load_config
+from tuneforge.errors import RetrievalError, RunError
+from tuneforge.rundir import CONFIG_FILE, load_run
+
+
+def resolve_target(target: str, overrides: list[str] | None) -> RunConfig:
+    """Config of a YAML file or of an existing run directory, with overrides applied."""
+    path = Path(target)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return load_run(path, overrides)
+    return load_config(path, overrides)
+
+
+def rag_target(target: str, overrides: list[str]) -> tuple[Path, Any, str]:
+    """(index folder, rag settings with the overrides, answering model) of an index folder, a config or a run."""
+    from tuneforge.rag.stores import is_index
+
+    if is_index(Path(target)):
+        return Path(target), load_config(None, overrides).rag, EMBEDDED_MODEL
+    if not Path(target).is_file() and not (Path(target) / CONFIG_FILE).is_file():
+        raise RetrievalError(
+            f"no index at {target}", "pass an index folder, or the config it was built from (tuneforge index CONFIG)"
+        )
+    cfg = resolve_target(target, overrides)
+    return cfg.index_dir, cfg.rag, cfg.model.name
+
+
+INDEX_HELP = "Retrieve from this index (made by tuneforge index) [default: the run's own index, if it has one]."
+
+
+def retrieval_service(index_dir: Path | None, cfg: RunConfig) -> Any:
+    """The retrieval service of an --index folder, or of the run's own index when it has one (else None)."""
+    from tuneforge.rag.stores import is_index
+    from tuneforge.serve.retrieval import RetrievalService
+
+    folder = index_dir or cfg.index_dir
+    if index_dir is None and not is_index(folder):
+        return None
+    return RetrievalService.open(folder, cfg.rag)
+
+
+def serving_app(
+    run_dirs: list[Path],
+    cfg: RunConfig,
+    key: str | None,
+    retrieval: Any,
+    data_dir: Path | None,
+    database: str | None,
+    gguf: Path | None = None,
+) -> Any:
+    """The app of `tuneforge serve`: the runs' adapters (or cfg's model alone, or a GGUF export through llama.cpp),
+    retrieval, files and jobs."""
+    from tuneforge.jobs.files import open_file_store
+    from tuneforge.serve import create_app
+    from tuneforge.serve.engine import Engine
+
+    if gguf is not None:
+        if run_dirs or data_dir:
+            raise RunError(
+                "--gguf serves one exported file through llama.cpp, without runs or fine-tuning jobs",
+                "serve runs and jobs in another `tuneforge serve` (the jobs' adapters need tuneforge's engine)",
+            )
+        from tuneforge.serve.llama_cpp_engine import LlamaCppEngine
+
+        return create_app([], cfg.serve, api_key=key, engine=LlamaCppEngine(gguf), retrieval=retrieval)
+    files = open_file_store(data_dir, cfg.model.name, database) if data_dir else None
+    engine = None if run_dirs else Engine([], cfg.serve.max_batch, base=cfg.model.name)
+    return create_app(run_dirs, cfg.serve, api_key=key, engine=engine, retrieval=retrieval, files=files)
+
+
+def serve_settings(run_dirs: list[Path] | None, given: dict[str, Any]) -> RunConfig:
+    """The config `tuneforge serve` runs with: the first run's (or the defaults), with the options given on the
+    command line as overrides, validated by its rules (as JSON: a value stays a string)."""
+    overrides = [
+        f"{'' if '.' in name else 'serve.'}{name}={json.dumps(value)}"
+        for name, value in given.items()
+        if value is not None
+    ]
+    return load_run(run_dirs[0], overrides) if run_dirs else load_config(None, overrides)
+
+
+def serve_help(name: str) -> str:
+    return f"{ServeConfig.model_fields[name].description} [default: serve.{name} of the first run's config]"
