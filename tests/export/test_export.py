@@ -122,6 +122,11 @@ def test_the_command_says_what_it_wrote_and_how_to_serve_it(trained_run: Path, t
     )
     bad = CliRunner().invoke(app, ["export", str(trained_run), "--to", "onnx"])
     assert bad.exit_code == 2 and "choose one of merged, peft, gguf, classifier" in bad.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    kept = CliRunner().invoke(app, ["export", str(trained_run), "--to", "peft", "--out", str(tmp_path / "mine")])
+    assert kept.exit_code == 2 and "is not an earlier export" in kept.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_lineage_names_the_code_config_and_exact_data_and_the_card_shows_it(trained_run: Path, tmp_path: Path) -> None:

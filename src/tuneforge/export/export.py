@@ -63,6 +63,11 @@ def export(
     _check_kind(run, target)
     name = f"gguf-{quant.lower()}" if target == "gguf" else target
     out = out or run.cfg.run_dir / EXPORT_DIR / name
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / REPORT).is_file()):
+        raise RunError(
+            f"{out} exists and is not an earlier export (no {REPORT}): it would be replaced",
+            "choose an empty or new folder with --out",
+        )
     start = time.perf_counter()
     facts: dict[str, Any] = {"run": run.cfg.name, "base_model": run.hub_base, "method": run.cfg.train.method}
     limit, length = prompts, max_new_tokens or run.cfg.evaluate.max_new_tokens
