@@ -87,6 +87,9 @@ def _answer(pieces: Iterator[str | Completion], history: Messages, out: TextIO) 
     for piece in pieces:
         if isinstance(piece, Completion):
             history.append({"role": "assistant", "content": piece.text})
+            if piece.classification:  # a classifier: every class's probability after the label
+                shares = sorted(piece.classification["probabilities"].items(), key=lambda kv: -kv[1])
+                out.write("  (" + ", ".join(f"{label} {p:.2f}" for label, p in shares) + ")")
             if piece.finish_reason == "length":
                 out.write(" [cut at max tokens]")
         else:

@@ -300,11 +300,10 @@ def chat(
     answer."""
     from tuneforge.chat import chat_loop
     from tuneforge.generation import SamplingParams
-    from tuneforge.serve.engine import Engine
 
     with user_errors():
         retrieval = launch.retrieval_service(index_dir, load_run(run_dir))
-        engine = Engine([run_dir], max_batch=1)  # one user: no batch to wait for
+        engine = launch.chat_engine(run_dir)
         model_id = engine.base_id if base else engine.default_id
         params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
         try:

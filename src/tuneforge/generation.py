@@ -39,6 +39,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    classification: dict[str, Any] | None = None  # a classifier's answer: {"label", "probabilities"}
 
 
 @contextlib.contextmanager

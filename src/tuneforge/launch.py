@@ -9,7 +9,7 @@ from typing import Any
 
 from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, load_config
 from tuneforge.errors import RetrievalError, RunError
-from tuneforge.rundir import CONFIG_FILE, load_run
+from tuneforge.rundir import CONFIG_FILE, MODEL_DIR, load_run
 
 
 def resolve_target(target: str, overrides: list[str] | None) -> RunConfig:
@@ -72,9 +72,26 @@ def serving_app(
         from tuneforge.serve.llama_cpp_engine import LlamaCppEngine
 
         return create_app([], cfg.serve, api_key=key, engine=LlamaCppEngine(gguf), retrieval=retrieval)
+    from tuneforge.serve.classifiers import ClassifierEngine, is_classifier
+    from tuneforge.serve.combined import CombinedEngine, is_whole_model, load_whole_models
+
+    classify = [d for d in run_dirs if is_classifier(d)]
+    whole = [d for d in run_dirs if d not in classify and is_whole_model(d)]
+    adapters = [d for d in run_dirs if d not in classify and d not in whole]
     files = open_file_store(data_dir, cfg.model.name, database) if data_dir else None
-    engine = None if run_dirs else Engine([], cfg.serve.max_batch, base=cfg.model.name)
-    return create_app(run_dirs, cfg.serve, api_key=key, engine=engine, retrieval=retrieval, files=files)
+    if not classify and not whole:  # adapters of one base model (the app loads them), or the base model alone
+        base = None if adapters else Engine([], cfg.serve.max_batch, base=cfg.model.name)
+        return create_app(adapters, cfg.serve, api_key=key, engine=base, retrieval=retrieval, files=files)
+    whole_engines = load_whole_models(whole, cfg.serve.max_batch) if whole else {}
+    classifiers = ClassifierEngine(classify) if classify else None
+    if adapters:
+        chat: Any = Engine(adapters, cfg.serve.max_batch)
+    else:  # jobs train adapters of cfg's base model: serve it
+        chat = Engine([], cfg.serve.max_batch, base=cfg.model.name) if data_dir else None
+    engine = CombinedEngine(chat, classifiers, whole_engines)
+    return create_app(
+        [], cfg.serve, api_key=key, engine=engine, retrieval=retrieval, files=files, classifiers=classifiers
+    )
 
 
 def serve_settings(run_dirs: list[Path] | None, given: dict[str, Any]) -> RunConfig:
@@ -90,3 +107,17 @@ def serve_settings(run_dirs: list[Path] | None, given: dict[str, Any]) -> RunCon
 
 def serve_help(name: str) -> str:
     return f"{ServeConfig.model_fields[name].description} [default: serve.{name} of the first run's config]"
+
+
+def chat_engine(run_dir: Path) -> Any:
+    """What `tuneforge chat` talks to: the run's adapter on its base model (one user: no batch to wait for), its whole
+    fine-tuned model, or the classifier it trained (answers: the label and every class's probability)."""
+    from tuneforge.serve.classifiers import ClassifierEngine, is_classifier
+    from tuneforge.serve.combined import CombinedEngine, is_whole_model
+    from tuneforge.serve.engine import Engine
+
+    if is_classifier(run_dir):
+        return CombinedEngine(None, ClassifierEngine([run_dir]))
+    if is_whole_model(run_dir):  # full or freeze training: the saved model itself
+        return Engine([], max_batch=1, base=str(run_dir / MODEL_DIR))
+    return Engine([run_dir], max_batch=1)

@@ -51,3 +51,12 @@ def smol_tokenized_run(tmp_path_factory: pytest.TempPathFactory, toy_data: Path)
         tmp_path_factory.mktemp("runs"), f"model.name={folder}", f"data.path={toy_data}", "name=smol",
         "train.epochs=12", "train.learning_rate=0.01", "evaluate.max_new_tokens=24",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, toy_data: Path) -> Path:
+    """A full fine-tune of the tiny model: a whole model of its own."""
+    return trained(
+        tmp_path_factory.mktemp("runs"), f"model.name={tiny_model_dir}", f"data.path={toy_data}", "name=whole",
+        "train.method=full", "train.epochs=2", "train.learning_rate=0.001",
+    )  # fmt: skip

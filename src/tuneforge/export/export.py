@@ -62,12 +62,7 @@ def export(
     run = open_run(run_dir)
     _check_kind(run, target)
     name = f"gguf-{quant.lower()}" if target == "gguf" else target
-    out = out or run.cfg.run_dir / EXPORT_DIR / name
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / REPORT).is_file()):
-        raise RunError(
-            f"{out} exists and is not an earlier export (no {REPORT}): it would be replaced",
-            "choose an empty or new folder with --out",
-        )
+    out = _free(out or run.cfg.run_dir / EXPORT_DIR / name)
     start = time.perf_counter()
     facts: dict[str, Any] = {"run": run.cfg.name, "base_model": run.hub_base, "method": run.cfg.train.method}
     limit, length = prompts, max_new_tokens or run.cfg.evaluate.max_new_tokens
@@ -99,6 +94,16 @@ def export(
             f"see {out / REPORT} (examples of the disagreements); fix the cause and export again",
         )
     return result
+
+
+def _free(out: Path) -> Path:
+    """`out`, refused when it holds something other than an earlier export (the export replaces it)."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / REPORT).is_file()):
+        raise RunError(
+            f"{out} exists and is not an earlier export (no {REPORT}): it would be replaced",
+            "choose an empty or new folder with --out",
+        )
+    return out
 
 
 def _card_section(result: ExportResult) -> str:

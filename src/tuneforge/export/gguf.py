@@ -26,8 +26,8 @@ from tuneforge.errors import RunError
 from tuneforge.export.merged import swap_in, write_merged
 from tuneforge.export.parity import Answer, Parity, TuneforgeRuntime, check_chat
 from tuneforge.export.runs import Run, reference_model
-from tuneforge.generation import Messages
-from tuneforge.models import cache_dir
+from tuneforge.generation import Messages, eos_ids
+from tuneforge.models import cache_dir, load_tokenizer
 
 CONVERTED = {"f32", "f16", "bf16", "q8_0"}  # written by the converter itself
 QUANTIZED = {"q4_0": 2, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* of each
@@ -46,16 +46,19 @@ def write_gguf(run: Run, out: Path, quant: str) -> dict[str, Any]:
     source = converter()
     tmp = out.with_name(f".{out.name}-partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    merged = write_merged(run, tmp / "merged")
     name = f"model-{quant}.gguf"
-    first = tmp / (name if quant in CONVERTED else "model-f16.gguf")
-    _convert(source, merged, first, quant if quant in CONVERTED else "f16")
-    if quant in QUANTIZED:
-        _quantize(first, tmp / name, QUANTIZED[quant])
-        first.unlink()
-    shutil.rmtree(merged)
-    (tmp / "Modelfile").write_text(modelfile(name, run), encoding="utf-8")
-    swap_in(tmp, out)
+    try:
+        merged = write_merged(run, tmp / "merged")
+        first = tmp / (name if quant in CONVERTED else "model-f16.gguf")
+        _convert(source, merged, first, quant if quant in CONVERTED else "f16")
+        if quant in QUANTIZED:
+            _quantize(first, tmp / name, QUANTIZED[quant])
+            first.unlink()
+        shutil.rmtree(merged)
+        (tmp / "Modelfile").write_text(modelfile(name, run), encoding="utf-8")
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves no half folder (nor a merged copy)
     return {"gguf": name, "quantisation": quant, "bytes": (out / name).stat().st_size, "converter": str(source)}
 
 
@@ -117,7 +120,12 @@ def _convert(source: Path, merged: Path, target: Path, outtype: str) -> None:
     )  # fmt: skip
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
-        hint = "pip install sentencepiece" if "sentencepiece" in tail else "see the converter's message above"
+        if "sentencepiece" in tail:
+            hint = "pip install sentencepiece"
+        elif "pre-tokenizer was not recognized" in tail:
+            hint = "llama.cpp's converter does not know this model's tokenizer: export --to merged instead"
+        else:
+            hint = "see the converter's message above"
         raise RunError(f"llama.cpp's converter failed on {merged}:\n{tail}", hint)
 
 
@@ -134,11 +142,7 @@ def _quantize(source: Path, target: Path, ftype: int) -> None:
 def modelfile(gguf: str, run: Run) -> str:
     """An Ollama Modelfile: the file, greedy decoding, and the chat's end token as a stop (Ollama takes the chat
     template from the GGUF's tokenizer.chat_template)."""
-    from tuneforge.models import load_tokenizer
-
     tokenizer = load_tokenizer(run.cfg.model.name, run.cfg.model.revision)
-    from tuneforge.generation import eos_ids
-
     stops = [tokenizer.convert_ids_to_tokens(i) for i in sorted(eos_ids(tokenizer))]
     lines = [f"# {run.cfg.name}: {run.hub_base} tuned by tuneforge ({run.cfg.train.method})", f"FROM ./{gguf}"]
     lines += [f'PARAMETER stop "{s}"' for s in stops] + ["PARAMETER temperature 0"]

@@ -59,7 +59,9 @@ class ServedModel:
 class ServingEngine(Protocol):
     """What the app and its routes use of an engine: the Engine below, or a test's fake."""
 
-    models: dict[str, ServedModel]  # model id -> what answers as it
+    @property
+    def models(self) -> dict[str, ServedModel]: ...  # model id -> what answers as it
+
     base_id: str
     default_id: str
     batch_sizes: Counter[int]  # batch size -> how many batches of it ran
@@ -301,13 +303,13 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
     if info.get("task") == "classify":
         raise RunError(
             f"{run_dir} holds a classifier (train.task=classify): it answers with class probabilities, not chat",
-            f"score texts with `tuneforge evaluate {run_dir}` (predictions.jsonl holds the probabilities)",
+            f"`tuneforge serve {run_dir}` serves it as a classifier (POST /v1/classifications, or chat on its name)",
         )
     if not info.get("adapter", True):
         raise RunError(
             f"{run_dir} holds a whole fine-tuned model (train.method={info.get('method')}), not an adapter; the "
             "server attaches adapters to one base model",
-            "train with train.method=lora or dora to serve the result; the whole model folder "
-            f"({run_dir / MODEL_DIR}) also works as model.name of a new run",
+            f"`tuneforge serve {run_dir}` serves it as a whole model beside the adapters (a model of its own in "
+            "memory)",
         )
     return info

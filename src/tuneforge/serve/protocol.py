@@ -125,6 +125,7 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     citations: list[Citation] | None = None
+    classification: dict[str, Any] | None = None  # a classifier's answer: {"label", "probabilities"}
 
 
 class Delta(BaseModel):
@@ -147,6 +148,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     citations: list[Citation] | None = None  # on the first chunk, when the answer uses retrieval
+    classification: dict[str, Any] | None = None  # on the last chunk, when a classifier answers
 
 
 class EmbeddingRequest(BaseModel):
@@ -243,3 +245,34 @@ class ModelDeleted(BaseModel):
     id: str
     object: Literal["model"] = "model"
     deleted: bool
+
+
+class ClassificationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text
+    input: Text | list[Text] = Field(description="A text or a list of texts to classify.")
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts or any(not t for t in texts):
+            raise ValueError("input must hold at least one text, and no empty string")
+        if len(texts) > 2048:
+            raise ValueError(f"at most 2048 texts per request, got {len(texts)}")
+        return value
+
+
+class ClassificationOut(BaseModel):
+    object: Literal["classification"] = "classification"
+    index: int
+    label: str
+    probabilities: dict[str, float]
+
+
+class ClassificationList(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ClassificationOut]
+    usage: EmbeddingUsage

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -102,16 +103,16 @@ def _whole(
         cited = cited_numbers(final.text, len(sources))
         text += footer(sources, cited)
         citations = [_citation(s, cited) for s in sources]
-    return JSONResponse(
-        ChatCompletion(
-            id=rid,
-            created=created,
-            model=model,
-            choices=[Choice(message=AssistantMessage(content=text), finish_reason=final.finish_reason)],
-            usage=_usage(final),
-            citations=citations,
-        ).model_dump(exclude={"citations"} if citations is None else None)
-    )
+    body = ChatCompletion(
+        id=rid,
+        created=created,
+        model=model,
+        choices=[Choice(message=AssistantMessage(content=text), finish_reason=final.finish_reason)],
+        usage=_usage(final),
+        citations=citations,
+        classification=final.classification,
+    ).model_dump()
+    return JSONResponse({k: v for k, v in body.items() if v is not None or k not in ("citations", "classification")})
 
 
 def _retrieve(
@@ -189,14 +190,19 @@ def _sse(
     include_usage: bool,
     citations: list[Citation] | None = None,
 ) -> Iterator[str]:
-    def event(choices: list[ChunkChoice], usage: Usage | None = None, cites: list[Citation] | None = None) -> str:
-        chunk = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage, citations=cites)
+    def event(
+        choices: list[ChunkChoice], usage: Usage | None = None, cites: list[Citation] | None = None, **extra: Any
+    ) -> str:
+        chunk = ChatCompletionChunk(
+            id=rid, created=created, model=model, choices=choices, usage=usage, citations=cites, **extra
+        )
         return f"data: {chunk.model_dump_json(exclude_none=not include_usage or usage is None)}\n\n"
 
     yield event([ChunkChoice(delta=Delta(role="assistant", content=""))], cites=citations)
     for piece in pieces:
         if isinstance(piece, Completion):
-            yield event([ChunkChoice(delta=Delta(), finish_reason=piece.finish_reason)])
+            done = [ChunkChoice(delta=Delta(), finish_reason=piece.finish_reason)]
+            yield event(done, classification=piece.classification) if piece.classification else event(done)
             if include_usage:
                 yield event([], _usage(piece))
         else:

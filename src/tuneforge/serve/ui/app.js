@@ -108,6 +108,7 @@ async function readStream(response, node) {
       if (data === "[DONE]") continue;
       const chunk = JSON.parse(data);
       if (chunk.citations) showSources(node, chunk.citations);
+      if (chunk.classification) showProbabilities(node, chunk.classification);
       const piece = (chunk.choices[0] && chunk.choices[0].delta.content) || "";
       text += piece;
       span.textContent = text;
@@ -115,6 +116,14 @@ async function readStream(response, node) {
   }
   node.dataset.done = "true";
   return text;
+}
+
+function showProbabilities(node, classification) {
+  // A classifier's answer: every class with its probability, likeliest first.
+  const list = element("div", undefined, "sources probabilities");
+  const shares = Object.entries(classification.probabilities).sort((a, b) => b[1] - a[1]);
+  for (const [label, p] of shares) list.append(element("div", `${label} ${p.toFixed(3)}`));
+  node.after(list);
 }
 
 function showSources(node, citations) {
