@@ -151,13 +151,13 @@ class ChatCompletionChunk(BaseModel):
     classification: dict[str, Any] | None = None  # on the last chunk, when a classifier answers
 
 
-class EmbeddingRequest(BaseModel):
+class TextsRequest(BaseModel):
+    """A request for a model and one or more texts (embeddings, classifications)."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: Text
     input: Text | list[Text] = Field(description="A text or a list of texts (token arrays are not supported).")
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
 
     @field_validator("input")
     @classmethod
@@ -168,6 +168,11 @@ class EmbeddingRequest(BaseModel):
         if len(texts) > 2048:
             raise ValueError(f"at most 2048 texts per request, got {len(texts)}")
         return value
+
+
+class EmbeddingRequest(TextsRequest):
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
 
 
 class Embedding(BaseModel):
@@ -247,21 +252,8 @@ class ModelDeleted(BaseModel):
     deleted: bool
 
 
-class ClassificationRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: Text
-    input: Text | list[Text] = Field(description="A text or a list of texts to classify.")
-
-    @field_validator("input")
-    @classmethod
-    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
-        texts = [value] if isinstance(value, str) else value
-        if not texts or any(not t for t in texts):
-            raise ValueError("input must hold at least one text, and no empty string")
-        if len(texts) > 2048:
-            raise ValueError(f"at most 2048 texts per request, got {len(texts)}")
-        return value
+class ClassificationRequest(TextsRequest):
+    """Texts to classify with a classifier run."""
 
 
 class ClassificationOut(BaseModel):
