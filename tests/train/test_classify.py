@@ -148,7 +148,9 @@ def test_class_weights_weigh_the_loss_as_torch_does(tiny_config, tiny_bert_dir: 
         class_weights(tiny_config(f"data.path={data}", "train.class_weights={neutral: 2}"), ["neg", "pos"])
 
 
-def test_a_classifier_is_not_served(tiny_config, tiny_bert_dir: Path, reviews: Path) -> None:
+def test_the_chat_engine_sends_a_classifier_to_the_classification_route(
+    tiny_config, tiny_bert_dir: Path, reviews: Path
+) -> None:
     from tuneforge.serve.engine import _run_info
 
     cfg = classify_config(tiny_config, tiny_bert_dir, reviews, "train.max_steps=1")
@@ -156,7 +158,7 @@ def test_a_classifier_is_not_served(tiny_config, tiny_bert_dir: Path, reviews: P
     train(cfg, **QUIET)
     with pytest.raises(RunError, match="holds a classifier") as err:
         _run_info(cfg.run_dir)
-    assert "tuneforge evaluate" in err.value.hint
+    assert "serves it as a classifier (POST /v1/classifications" in err.value.hint  # tests/export: served so
 
 
 def test_a_run_without_a_validation_split_trains(tiny_config, tiny_bert_dir: Path, reviews: Path) -> None:
