@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import RunError
+from tuneforge.export.runs import open_run, reference_model
 from tuneforge.generation import Completion, Messages
-from tuneforge.models import load_adapter, load_model, load_tokenizer
-from tuneforge.rundir import MODEL_DIR, RUN_INFO, load_run
+from tuneforge.rundir import MODEL_DIR, RUN_INFO
 from tuneforge.serve.engine import ServedModel
 from tuneforge.train.classify import Labelled, probabilities
 
@@ -88,13 +88,9 @@ class ClassifierEngine:
 
 
 def _load(run_dir: Path) -> tuple[str, _Classifier]:
-    cfg = load_run(run_dir)
-    info = json.loads((run_dir / MODEL_DIR / RUN_INFO).read_text(encoding="utf-8"))
-    labels = [str(label) for label in info.get("labels") or []]
-    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
-    if info.get("adapter", True):
-        model = load_adapter(load_model(cfg.model.name, cfg.model.revision, labels=labels), run_dir / MODEL_DIR, "c")
+    """A classifier run's model as evaluation and export load it, its adapter merged once (nothing to switch)."""
+    run = open_run(run_dir)
+    model, tokenizer = reference_model(run)
+    if run.adapter:
         model = model.merge_and_unload()
-    else:
-        model = load_model(str(run_dir / MODEL_DIR), head="classifier")
-    return str(info.get("run") or run_dir.name), _Classifier(model.eval(), tokenizer, labels, cfg.data.max_seq_len)
+    return run.cfg.name, _Classifier(model.eval(), tokenizer, run.labels or [], run.cfg.data.max_seq_len)
