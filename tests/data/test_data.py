@@ -33,6 +33,12 @@ def read_issues(tmp_path: Path, lines: list[str] | bytes) -> list[str]:
         ('{"messages": [', "d.jsonl:1: invalid JSON: Expecting value at column 15 (invalid_json)"),
         ("[1, 2]", "d.jsonl:1: expected a JSON object, got list (not_an_object)"),
         ('{"txt": "x"}', "d.jsonl:1: no known record format (keys: ['txt']) (unknown_format)"),
+        (
+            '{"prompt": "Hi", "chosen": "Hello!"}',
+            "d.jsonl:1: no known record format (keys: ['chosen', 'prompt']); a preference record would need "
+            "'rejected' too",
+        ),
+        ('{"prompt": "Hi", "chosen": "Hello!", "rejected": ""}', "d.jsonl:1 [rejected]: 'rejected' is empty"),
         ('{"messages": []}', "d.jsonl:1 [messages]: 'messages' must be a non-empty list"),
         (
             '{"messages": [{"role": "bot", "content": "x"}]}',

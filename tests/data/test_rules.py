@@ -109,6 +109,15 @@ ROW_CASES: dict[str, tuple[str, str | bytes, list[str], int, str | None]] = {
         1,
         None,
     ),
+    "bad_margin": (
+        "d.jsonl",
+        line(
+            {"prompt": "Wo ist mein Paket?", "chosen": "Unterwegs, Ankunft Freitag.", "rejected": "?", "margin": "groß"}
+        ),
+        [],
+        1,
+        "margin",
+    ),
     "missing_label": ("d.jsonl", line({"text": "Lieferung kam zu spät."}), ["data.format=classification"], 1, "label"),
     "bad_label": ("d.jsonl", line({"text": "Great service, fast delivery.", "label": ["pos"]}), [], 1, "label"),
     "unknown_label": (

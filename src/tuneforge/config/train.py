@@ -30,12 +30,14 @@ class TrainConfig(Section):
     target_modules: list[str] | str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."
     )
-    task: Literal["sft", "pretrain", "classify", "dpo", "multitask"] = Field(
+    task: Literal["sft", "pretrain", "classify", "dpo", "multitask", "reward", "grpo"] = Field(
         "sft",
         description="'sft': chat data, loss on the assistant answers; 'pretrain': continued pre-training (domain "
         "adaptation) on text records packed into blocks of train.block_size tokens, loss on every token; "
         "'classify': a classification head on an encoder or decoder (classification data); 'dpo': preference "
-        "tuning on chosen/rejected pairs; 'multitask': the chat datasets of data.datasets mixed in one model.",
+        "tuning on chosen/rejected pairs; 'multitask': the chat datasets of data.datasets mixed in one model; "
+        "'reward': a reward model (a scalar head, Bradley-Terry loss on chosen/rejected pairs); 'grpo': "
+        "reinforcement learning on chat prompts with the rewards of train.rewards (docs/rlhf.md).",
     )
     packing: bool = Field(
         False,
@@ -54,6 +56,44 @@ class TrainConfig(Section):
         "model",
         description="task dpo: 'model': the model before training is the reference (its log-probabilities are "
         "computed once); 'none': reference-free.",
+    )
+    reward_margin: float = Field(
+        0.0,
+        ge=0,
+        description="task reward: the loss is -log sigmoid(r_chosen - r_rejected - reward_margin x the pair's "
+        "margin), a pair's margin being its rating gap (pairs made from ratings) or 1; 0: the plain Bradley-Terry "
+        "loss.",
+    )
+    rewards: dict[str, float] = Field(
+        default_factory=lambda: {"model": 1.0},
+        description="task grpo: the reward, a weighted sum {name: weight}. 'model': the score of train.reward_model; "
+        "'regex': 1 if train.reward_regex matches the answer, else 0; 'length': 1 within train.reward_length_budget "
+        "tokens, budget / length beyond; or any evaluate metric scored per answer against the example's reference "
+        "answer (json_valid, field_accuracy, exact_match, token_f1, rougeL, or your own module:function or "
+        "file.py:function (answer, reference) -> float).",
+    )
+    reward_model: str | None = Field(
+        None, description="task grpo: the reward model scoring answers: a train.task=reward run or its model folder."
+    )
+    reward_regex: str | None = Field(None, description="task grpo: the pattern of the 'regex' reward (re.search).")
+    reward_length_budget: int = Field(
+        64, ge=1, description="task grpo: answer tokens within which the 'length' reward is 1 (budget / length beyond)."
+    )
+    grpo_generations: int = Field(
+        4, ge=2, description="task grpo: answers sampled per prompt; each is rewarded against its group's mean."
+    )
+    grpo_beta: float = Field(
+        0.04,
+        ge=0,
+        description="task grpo: weight of the KL penalty against the starting model (0: none, no reference pass).",
+    )
+    grpo_temperature: PositiveFloat = Field(1.0, description="task grpo: sampling temperature of the answers.")
+    grpo_max_new_tokens: int = Field(64, ge=1, description="task grpo: the longest answer sampled, in tokens.")
+    grpo_eval_prompts: int = Field(
+        32,
+        ge=1,
+        description="task grpo: validation prompts answered greedily at each validation; their mean reward is "
+        "val_reward (val_loss is its negative, so early stopping keeps the most rewarded model).",
     )
     mixture_temperature: PositiveFloat = Field(
         1.0,
@@ -202,4 +242,19 @@ class TrainConfig(Section):
                 f"train.packing packs chat examples (task sft or multitask), not task {self.task}"
                 + (" (pretrain packs its blocks already)" if self.task == "pretrain" else "")
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rewards_known(self) -> TrainConfig:
+        if self.task != "grpo":
+            return self
+        if not self.rewards:
+            raise ValueError("train.rewards is empty: task grpo needs at least one reward, e.g. {valid_json: 1}")
+        if "model" in self.rewards and not self.reward_model:
+            raise ValueError(
+                "train.rewards uses 'model' but train.reward_model is not set: name a train.task=reward run "
+                "(runs/<name>), or use only verifiable rewards such as valid_json"
+            )
+        if "regex" in self.rewards and not self.reward_regex:
+            raise ValueError("train.rewards uses 'regex' but train.reward_regex is not set: give the pattern")
         return self

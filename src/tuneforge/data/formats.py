@@ -8,6 +8,8 @@ Converters check the fields of their own format, so an error names the field the
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -85,6 +87,8 @@ def convert(obj: Any, source: Source, fmt: str = "auto") -> Converted:
     name = fmt if fmt != "auto" else detect(obj)
     if name is None:
         known = "; ".join(f"{f}: {'+'.join(k)}" for f, k in SIGNATURES.items())
+        near = [(f, [k for k in keys if k not in obj]) for f, keys in SIGNATURES.items() if set(keys) & set(obj)]
+        missing = "".join(f"; a {f} record would need {', '.join(map(repr, m))} too" for f, m in near if m)
         return Converted(
             None,
             {},
@@ -93,7 +97,7 @@ def convert(obj: Any, source: Source, fmt: str = "auto") -> Converted:
                     "unknown_format",
                     source,
                     None,
-                    f"no known record format (keys: {sorted(obj)})",
+                    f"no known record format (keys: {sorted(obj)}){missing}",
                     f"give each row the keys of one format ({known}), map columns with data.columns, "
                     "or set data.format",
                 )
@@ -199,7 +203,9 @@ def from_preference(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any]
         value = obj.get(key)
         if key == "prompt" and value is None:
             continue
-        if isinstance(value, list):
+        if isinstance(value, str) and "prompt" not in obj and (turns := transcript(value)) is not None:
+            parts[key] = turns  # an HH-RLHF transcript: the shared turns become the prompt below
+        elif isinstance(value, list):
             found += check_messages(value, source, key, need_assistant=False)
             parts[key] = value
         elif problem := text_issue(obj, key, source, required=True):
@@ -210,7 +216,40 @@ def from_preference(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any]
         return {}, found
     if "prompt" not in parts:
         parts["prompt"], parts["chosen"], parts["rejected"] = _split_prefix(parts["chosen"], parts["rejected"])
-    return _check_pair(parts, source, ("chosen", "rejected"))
+    data, issues = _check_pair(parts, source, ("chosen", "rejected"))
+    extras, bad = _pair_extras(obj, source)
+    return ({}, issues + bad) if issues or bad else (data | extras, [])
+
+
+# "\n\nHuman: ... \n\nAssistant: ..." (Anthropic's HH-RLHF), the speaker names as its files write them
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+
+
+def transcript(text: str) -> Messages | None:
+    """The turns of an HH-RLHF-style transcript ("\n\nHuman: ...\n\nAssistant: ..."); None for plain text."""
+    marks = list(_TURN.finditer(text))
+    if not marks or marks[0].start() != 0 or marks[0].group(1) != "Human":
+        return None
+    turns = []
+    for mark, after in zip(marks, [*marks[1:], None], strict=True):
+        content = text[mark.end() : after.start() if after else len(text)].strip()
+        turns.append({"role": "user" if mark.group(1) == "Human" else "assistant", "content": content})
+    return turns
+
+
+def _pair_extras(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
+    """What a pair may carry besides its answers: a margin (a rating gap, for the reward model's margin loss) and
+    who judged it (for agreement figures)."""
+    extras: dict[str, Any] = {}
+    margin = obj.get("margin")
+    if margin is not None:
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin):
+            bad = f"'margin' must be a finite number, got {margin!r:.40}"
+            return {}, [error("bad_margin", source, "margin", bad, "write a number such as 2, or drop the field")]
+        extras["margin"] = float(margin)
+    if isinstance(obj.get("annotator"), str) and obj["annotator"]:
+        extras["annotator"] = obj["annotator"]
+    return extras, []
 
 
 @register("openai_preference", "preference")

@@ -21,14 +21,19 @@ from tuneforge.evaluation.language import evaluate_language_model
 from tuneforge.evaluation.model_card import write_model_card
 from tuneforge.evaluation.preference import evaluate_preference
 from tuneforge.evaluation.report import write_report
+from tuneforge.evaluation.reward import evaluate_reward_model
 from tuneforge.evaluation.scores import TUNED, EvalReport, chosen_metrics
 from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
 from tuneforge.rundir import DATA_DIR, EVAL, MODEL_DIR, RUN_INFO, atomic_write_json, read_jsonl, require
 from tuneforge.train.methods import METHODS
-from tuneforge.train.tasks import TASKS
+from tuneforge.train.tasks import TASKS, TaskContext, head_labels
 
 Evaluator = Callable[[RunConfig, dict[str, Any], list[dict[str, Any]], Any, Answerer], EvalReport]
-EVALUATORS: dict[str, Evaluator] = {"classify": evaluate_classifier, "dpo": evaluate_preference}  # else language
+EVALUATORS: dict[str, Evaluator] = {
+    "classify": evaluate_classifier,
+    "dpo": evaluate_preference,
+    "reward": evaluate_reward_model,
+}  # else language
 
 
 def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
@@ -55,9 +60,10 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
 
 def compared_folders(cfg: RunConfig) -> dict[str, Path]:
     """The model folders evaluate.compare names (a run directory means its model/), under unique variant names."""
-    if cfg.evaluate.compare and cfg.train.task == "dpo":
+    if cfg.evaluate.compare and cfg.train.task in ("dpo", "reward"):
         raise ConfigError(
-            "evaluate.compare scores answers or class probabilities; train.task=dpo is scored by its own measures",
+            f"evaluate.compare scores answers or class probabilities; train.task={cfg.train.task} is scored by its "
+            "own measures",
             "remove evaluate.compare, or evaluate each run on its own",
         )
     folders: dict[str, Path] = {}
@@ -110,7 +116,7 @@ def _models(cfg: RunConfig, model_dir: Path) -> tuple[dict[str, Any], dict[str, 
     model of evaluate.compare. A classifier has no base variant (no head)."""
     device = pick_device()
     task = TASKS[cfg.train.task]
-    labels = class_labels(cfg.data, cfg.run_dir) if task.head == "classifier" else None
+    labels = head_labels(TaskContext.of(cfg))
     compare = cfg.evaluate.compare_base and labels is None
     folders = {TUNED: model_dir, **compared_folders(cfg)}
     models: dict[str, Any] = {}

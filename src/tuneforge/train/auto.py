@@ -34,7 +34,7 @@ GROUPED_TASKS = ("classify",)
 # has no vocabulary-wide output layer and short batches, and each forward and backward streams every weight once
 # whatever its rows: split at 512, its grouped steps took 1.09x the CPU time of whole ones. 2048 never splits batch
 # 16 x max_seq_len 128 and still bounds the activations of longer texts.
-CPU_MICRO_BATCH_TOKENS_BY_TASK = {"classify": 2048}
+CPU_MICRO_BATCH_TOKENS_BY_TASK = {"classify": 2048, "grpo": 2048}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from tuneforge.train.parallel import Parallel, detect
 from tuneforge.train.precision import CpuBf16, autocast, cpu_bf16, precision_note, resolve_precision
 from tuneforge.train.setup import check_memory, load_splits, loss_share, micro_batch_tokens, optimization, setup_model
 from tuneforge.train.steps import answer_scorer, endless_steps, optimizer_step, trim_metrics, validate
-from tuneforge.train.tasks import TASKS, Task, TaskContext
+from tuneforge.train.tasks import TASKS, Batch, Task, TaskContext
 from tuneforge.train.tracking import Trackers
 
 
@@ -201,29 +201,22 @@ def _steps(run: _Run, metrics: IO[str] | None, trackers: Trackers) -> None:
     while state.step < run.total_steps:
         group, n_loss, n_tokens, n_examples = next(stream)
         lr = run.scheduler.get_last_lr()[0]  # the rate this step runs at
-        loss = optimizer_step(
-            run.model,
-            group,
-            run.optimizer,
-            run.scheduler,
-            run.params,
-            cfg.train,
-            run.device,
-            run.precision,
-            n_loss,
-            par,
-        )
+        loss = _optimizer_step(run, group, n_loss)
         state.record(loss, n_examples, n_tokens)
         row = state.row(lr, len(run.train_set), time.perf_counter() - run.start, run.total_steps)
+        if run.task.stats is not None:
+            row.update(run.task.stats(run.train_set))
         every = cfg.train.eval_steps or run.per_epoch
         if run.val_set and (state.step % every == 0 or state.step == run.total_steps):
             row.update(_validation(run))
-            bar.write(f"step {state.step}: val_loss {state.val_loss}")
+            shown = f"val_reward {row['val_reward']}" if "val_reward" in row else f"val_loss {state.val_loss}"
+            bar.write(f"step {state.step}: {shown}")
         if metrics is not None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
         trackers.log(row)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        postfix = {"reward": f"{row['reward']:.3f}"} if "reward" in row else {"loss": f"{loss:.4f}"}
+        bar.set_postfix(**postfix, tok_s=f"{row['tokens_per_s']:.0f}")
         bar.update(1)
         if state.step % cfg.train.save_steps == 0 and state.step < run.total_steps:
             state.elapsed = time.perf_counter() - run.start
@@ -240,12 +233,34 @@ def _steps(run: _Run, metrics: IO[str] | None, trackers: Trackers) -> None:
     bar.close()
 
 
+def _optimizer_step(run: _Run, group: list[Batch], n_loss: float) -> float:
+    """One optimizer step on `group`'s micro-batches (for grpo on the answers sampled for its prompts first,
+    outside autocast); returns its loss."""
+    cfg = run.cfg
+    if run.task.rollout is not None:
+        with run.fast.paused():
+            group = [run.task.rollout(run.par.unwrap(run.model), b, cfg.train) for b in group]
+    return optimizer_step(
+        run.model,
+        group,
+        run.optimizer,
+        run.scheduler,
+        run.params,
+        cfg.train,
+        run.device,
+        run.precision,
+        n_loss,
+        run.par,
+    )
+
+
 def _validation(run: _Run) -> dict[str, float]:
     """The validation losses (and scored answers, with train.eval_generate) of the model as it is now."""
     inner = run.par.unwrap(run.model)
-    row = validate(
-        inner, run.val_set, run.state, run.cfg, run.hp.batch_size, run.device, run.precision, run.pad_id, run.par
-    )
+    with run.fast.paused() if run.task.validate is not None else contextlib.nullcontext():
+        row = validate(
+            inner, run.val_set, run.state, run.cfg, run.hp.batch_size, run.device, run.precision, run.pad_id, run.par
+        )
     if run.answers_scored is not None:
         with run.fast.paused():  # generation runs outside autocast, on the fp32 weights
             row.update(run.answers_scored(inner))

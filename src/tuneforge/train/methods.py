@@ -52,7 +52,7 @@ def _lora_config(cfg: TrainConfig, hp: Hyper, dora: bool = False) -> LoraConfig:
         target_modules=cfg.target_modules,
         use_dora=dora,
         # SEQ_CLS: PEFT trains and saves the new classification head ("score"/"classifier") in full
-        task_type="SEQ_CLS" if cfg.task == "classify" else "CAUSAL_LM",
+        task_type="SEQ_CLS" if cfg.task in HEAD_TASKS else "CAUSAL_LM",
     )
 
 
@@ -114,7 +114,7 @@ def apply_full(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
 def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     """Only the last `train.trainable_layers` decoder layers and the modules named by `train.trainable_modules`
     train; everything else stays as it was."""
-    heads = [n for n in HEADS if cfg.task == "classify" and isinstance(getattr(model, n, None), torch.nn.Module)]
+    heads = [n for n in HEADS if cfg.task in HEAD_TASKS and isinstance(getattr(model, n, None), torch.nn.Module)]
     if not cfg.trainable_layers and not cfg.trainable_modules and not heads:
         raise ConfigError(
             "train.method=freeze with nothing to train",
@@ -149,6 +149,7 @@ def apply_freeze(model: Any, cfg: TrainConfig, hp: Hyper) -> Any:
     return model
 
 
+HEAD_TASKS = ("classify", "reward")  # the tasks that put a new head on the model
 HEADS = ("score", "classifier")  # what transformers calls the classification head of decoders and encoders
 
 

@@ -12,7 +12,6 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from tuneforge.config import RunConfig, TrainConfig
-from tuneforge.data.labels import class_labels
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models import load_model
@@ -23,7 +22,7 @@ from tuneforge.train.memory import available_memory, memory_need
 from tuneforge.train.methods import METHODS, count_parameters
 from tuneforge.train.parallel import Parallel
 from tuneforge.train.precision import bf16_copy_bytes
-from tuneforge.train.tasks import TASKS, Batch, Task, TaskContext, largest_micro_batch
+from tuneforge.train.tasks import TASKS, Batch, Task, TaskContext, head_labels, largest_micro_batch
 
 # Micro-batch token limit on CPU. bench/train.py's LoRA run (batches of 8 examples of 25-426 tokens), limits 512 /
 # 1024 / 2048 / none: 213 / 227 / 181 / 136 real tokens/s at 2817 / 4134 / 6033 / 8693 MiB peak RSS. Small
@@ -63,9 +62,9 @@ def setup_model(
     (`lengths`: token counts of the training examples; `loss_share`: the part of their tokens that carry loss)."""
     method, task = METHODS[cfg.train.method], TASKS[cfg.train.task]
     options = method.load_options(device) if method.load_options else None
-    labels = class_labels(cfg.data, cfg.run_dir) if task.head == "classifier" else None
+    labels = head_labels(TaskContext.of(cfg))
     base = load_model(cfg.model.name, cfg.model.revision, device=device, options=options, labels=labels)
-    if labels is not None:
+    if labels is not None and task.labels is None:
         log(f"classification head: {len(labels)} classes {labels[:10]}")
     hp, notes = resolve(cfg, len(lengths), sum(p.numel() for p in base.parameters()))
     model = method.apply(base, cfg.train, hp)

@@ -101,19 +101,25 @@ def validate(
     pad_id: int,
     par: Parallel,
 ) -> dict[str, float]:
-    """Score the validation split (per task too, for multitask); track the best score (saving its weights when
-    early stopping is on). Returns the metrics.jsonl fields."""
-    train = cfg.train
-    with autocast(device, precision):
-        losses = group_losses(model, TASKS[train.task], val_set, train, batch_size, pad_id, device)
-    state.val_loss = round(losses.pop(""), 5)
+    """Score the validation split (per task too, for multitask; by its own measure for a task that has one, which
+    runs outside autocast); track the best score (saving its weights when early stopping is on). Returns the
+    metrics.jsonl fields."""
+    train, task = cfg.train, TASKS[cfg.train.task]
+    if task.validate is not None:  # a task scored by what it generates (grpo: the reward); no autocast
+        fields = task.validate(model, val_set, train, device)
+        state.val_loss = fields.pop("val_loss")
+    else:
+        with autocast(device, precision):
+            losses = group_losses(model, task, val_set, train, batch_size, pad_id, device)
+        state.val_loss = round(losses.pop(""), 5)
+        fields = {f"val_loss_{g}": round(v, 5) for g, v in sorted(losses.items())}
     if state.best_val is None or state.val_loss < state.best_val - train.early_stopping_min_delta:
         state.best_val, state.best_step, state.bad_evals = state.val_loss, state.step, 0
         if train.early_stopping_patience and par.main:
             save_weights(model, cfg.run_dir / BEST)
     else:
         state.bad_evals += 1
-    return {"val_loss": state.val_loss, **{f"val_loss_{g}": round(v, 5) for g, v in sorted(losses.items())}}
+    return {"val_loss": state.val_loss, **fields}
 
 
 def answer_scorer(cfg: RunConfig, tokenizer: Any) -> Callable[[Any], dict[str, float]]:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from tuneforge.config import DataConfig, RunConfig, TrainConfig
+from tuneforge.data.labels import class_labels
 from tuneforge.data.records import Kind
 from tuneforge.errors import DataError
 from tuneforge.rundir import read_jsonl
@@ -44,6 +45,7 @@ class Batch:
     position_ids: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     filler: bool = False
+    examples: list[Any] = field(default_factory=list)  # what a rollout samples from (grpo's prompts)
 
     def to(self, device: str) -> Batch:
         """The same batch with its tensors on `device`."""
@@ -98,6 +100,12 @@ class Task:
     setup: Callable[[Any, dict[str, list[Any]], TaskContext, str, int, bool, Any], None] | None = None
     mix: Callable[[list[Any], TaskContext], list[Any]] | None = None  # resamples the training split (multitask)
     group: Callable[[Any], str] | None = None  # the group an example is scored under (multitask: its task)
+    labels: tuple[str, ...] | None = None  # a head of fixed outputs (reward: one score) instead of data's classes
+    # rollout(model, batch, train) -> the batch the loss trains on: samples answers first (grpo), outside autocast
+    rollout: Callable[[Any, Batch, TrainConfig], Batch] | None = None
+    # validate(model, examples, train, device) -> metrics.jsonl fields with the "val_loss" early stopping follows
+    validate: Callable[[Any, list[Any], TrainConfig, str], dict[str, float]] | None = None
+    stats: Callable[[list[Any]], dict[str, float]] | None = None  # (training split) -> this step's own figures
 
 
 TASKS: dict[str, Task] = {}
@@ -107,6 +115,15 @@ def register(name: str, task: Task) -> Task:
     """Add a task to the registry under `name`."""
     TASKS[name] = task
     return task
+
+
+def head_labels(context: TaskContext) -> list[str] | None:
+    """The outputs of the task's head in order: the classes of a classifier, one score for a reward model; None for
+    a language model."""
+    task = TASKS[context.train.task]
+    if task.head != "classifier":
+        return None
+    return list(task.labels) if task.labels is not None else class_labels(context.data, context.run_dir)
 
 
 def rows_with(path: Path, key: str, what: str, hint: str) -> list[dict[str, Any]]:

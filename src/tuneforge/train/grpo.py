@@ -1,0 +1,282 @@
+"""The `grpo` task: reinforcement learning with Group Relative Policy Optimization (Shao et al., 2024), the third
+step of the RLHF phase.
+
+Each optimizer step takes a batch of prompts; for each, the model as it is now samples `train.grpo_generations`
+answers (`rollout`, outside autocast, on tuneforge's CPU generation path), each answer is rewarded (rewards.py:
+a reward model, verifiable rewards or a weighted sum), and its advantage is its reward against its group's:
+(r - mean) / (std + 1e-4), so no value model is needed. The loss of an answer token t is
+
+    -A * exp(log p(t) - sg[log p(t)]) + beta * (exp(ref - log p(t)) - (ref - log p(t)) - 1)
+
+(one policy update per sample, so the importance ratio is 1 and its gradient is that of log p; the second term is
+the k3 estimate of KL(policy || start), with ref the starting model's log-probability: the base with the adapters
+switched off, or a frozen copy for full/freeze). It is averaged over each answer's tokens, then over the group:
+one loss unit per prompt (TRL's loss_type="grpo"). Reward, its parts, KL, answer length and entropy go to
+metrics.jsonl per step; validation answers held-out prompts greedily and reports their mean reward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tuneforge.config import TrainConfig
+from tuneforge.cpu.weight_packs import packed_weights
+from tuneforge.data.records import Messages
+from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_prompt
+from tuneforge.generation import eos_ids
+from tuneforge.train.lm import collate as collate_rows
+from tuneforge.train.lm import labelled_logits
+from tuneforge.train.rewards import RewardFn, combined_rewards, reward_functions
+from tuneforge.train.tasks import Batch, Task, TaskContext, register, rows_with
+
+
+@dataclass
+class Policy:
+    """What every prompt of a run shares: the tokenizer, the reward, and the starting model where the adapters
+    cannot stand in for it."""
+
+    tokenizer: Any
+    rewards: dict[str, RewardFn]
+    weights: dict[str, float]
+    reference: Any | None = None
+    stats: dict[str, list[float]] = field(default_factory=dict)  # this step's figures, emptied by `step_stats`
+
+
+@dataclass
+class Prompt:
+    """A prompt to sample answers for: its messages, token ids (with the generation prompt) and reference answer."""
+
+    messages: Messages
+    input_ids: list[int]
+    reference: str | None
+    policy: Policy
+    tokens: int  # the tokens its rollout trains on at most: (prompt + longest answer) x answers per prompt
+
+
+_POLICIES: dict[str, Policy] = {}  # per run directory: the splits (and a resumed run) share one reward model
+
+
+def load_grpo(path: Path, tokenizer: Any, context: TaskContext) -> list[Prompt]:
+    """The prompts of a prepared chat split; a conversation ending with an answer gives that as the reference."""
+    rows = rows_with(
+        path,
+        "messages",
+        "chat examples",
+        "train.task=grpo needs chat prompts (messages, alpaca, sharegpt or prompt/completion data; the answers, "
+        "if any, are the references of rewards such as exact_match)",
+    )
+    key = str(context.run_dir.resolve())
+    if key not in _POLICIES or _POLICIES[key].tokenizer is not tokenizer:
+        _POLICIES[key] = Policy(tokenizer, reward_functions(context.train), dict(context.train.rewards))
+    policy = _POLICIES[key]
+    train = context.train
+    prompts = []
+    for row in rows:
+        messages = row["messages"]
+        answered = bool(messages) and messages[-1]["role"] == "assistant"
+        prompt = messages[:-1] if answered else messages
+        ids = encode_prompt(tokenizer, prompt)
+        reference = messages[-1]["content"] if answered else None
+        tokens = (len(ids) + train.grpo_max_new_tokens) * train.grpo_generations
+        prompts.append(Prompt(prompt, ids, reference, policy, tokens))
+    return prompts
+
+
+def collate(prompts: list[Prompt], pad_id: int) -> Batch:
+    """The prompts themselves: `rollout` turns them into sampled answers before the loss."""
+    ids = torch.full((len(prompts), 1), pad_id, dtype=torch.long)
+    return Batch(ids, None, ids.clone(), float(len(prompts)), sum(len(p.input_ids) for p in prompts), examples=prompts)
+
+
+def group_advantages(rewards: np.ndarray) -> np.ndarray:
+    """Each answer's reward against its group's (rows: prompts, columns: answers): (r - mean) / (std + 1e-4), the
+    standard deviation of the group's rewards (population, as TRL's) so equal rewards give zero advantage."""
+    mean = rewards.mean(axis=1, keepdims=True)
+    std = rewards.std(axis=1, keepdims=True)
+    return (rewards - mean) / (std + 1e-4)
+
+
+@torch.no_grad()
+def sample(
+    model: Any, tokenizer: Any, prompts: list[list[int]], n: int, train: TrainConfig, greedy: bool = False
+) -> list[list[int]]:
+    """`n` sampled answers to each prompt (prompt-major order; `greedy`: the most likely one), each up to and
+    including its end token."""
+    rows = [p for p in prompts for _ in range(n)]
+    width = max(len(p) for p in rows)
+    pad = int(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=device)
+    ends = eos_ids(tokenizer)
+    was_training = model.training
+    model.eval()
+    with packed_weights(model) as packs, packs.decode_rows(len(rows)):
+        sampling = {"temperature": train.grpo_temperature, "top_p": 1.0, "top_k": 0}
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=not greedy,
+            **({"temperature": None, "top_p": None, "top_k": None} if greedy else sampling),
+            max_new_tokens=train.grpo_max_new_tokens,
+            eos_token_id=sorted(ends),
+            pad_token_id=pad,
+        )
+    model.train(was_training)
+    answers = []
+    for row in out[:, width:].tolist():
+        end = next((i for i, t in enumerate(row) if t in ends), None)
+        answers.append(row if end is None else row[: end + 1])
+    return answers
+
+
+def rollout(model: Any, batch: Batch, train: TrainConfig) -> Batch:
+    """Sample answers to the batch's prompts, reward them and give each its advantage: the batch the loss trains on
+    (prompt + answer rows, labels on the answer)."""
+    prompts: list[Prompt] = batch.examples
+    policy, n = prompts[0].policy, train.grpo_generations
+    answers = sample(model, policy.tokenizer, [p.input_ids for p in prompts], n, train)
+    ends = eos_ids(policy.tokenizer)
+    rewards = np.zeros((len(prompts), n))
+    for i, prompt in enumerate(prompts):
+        group = answers[i * n : (i + 1) * n]
+        texts = [policy.tokenizer.decode([t for t in a if t not in ends], skip_special_tokens=True) for a in group]
+        total, parts = combined_rewards(
+            policy.rewards, policy.weights, prompt.messages, texts, prompt.reference, [len(a) for a in group]
+        )
+        rewards[i] = total
+        for name, values in parts.items():
+            policy.stats.setdefault(f"reward_{name}", []).extend(values.tolist())
+    policy.stats.setdefault("reward", []).extend(rewards.ravel().tolist())
+    policy.stats.setdefault("answer_tokens", []).extend(len(a) for a in answers)
+    rows = [
+        Encoded(p.input_ids + a, [IGNORE_INDEX] * len(p.input_ids) + a)
+        for p, a in zip([p for p in prompts for _ in range(n)], answers, strict=True)
+    ]
+    out = collate_rows(rows, int(policy.tokenizer.pad_token_id))
+    out.n_loss, out.filler, out.examples = float(len(prompts)), batch.filler, prompts
+    out.extra["advantage"] = torch.tensor(group_advantages(rewards).ravel(), dtype=torch.float32)
+    return out
+
+
+@contextlib.contextmanager
+def starting_model(model: Any, policy: Policy) -> Iterator[Any]:
+    """The model training started from: the base with the adapters switched off, or the frozen copy."""
+    if hasattr(model, "disable_adapter") and policy.reference is None:
+        with model.disable_adapter():
+            yield model
+    else:
+        yield policy.reference if policy.reference is not None else model
+
+
+def loss_sum(model: Any, batch: Batch, train: TrainConfig) -> torch.Tensor:
+    """The GRPO loss summed over the batch's prompts (each the mean of its answers' token-mean losses)."""
+    policy: Policy = batch.examples[0].policy
+    logits, targets, rows = labelled_logits(model, batch)
+    logps = -F.cross_entropy(logits, targets, reduction="none")
+    advantage = batch.extra["advantage"][rows]
+    per_token = -advantage * torch.exp(logps - logps.detach())
+    n_rows = batch.input_ids.size(0)
+    counts = torch.zeros(n_rows, device=logps.device).index_add(0, rows, torch.ones_like(logps))
+    with torch.no_grad():
+        probs = torch.softmax(logits.detach(), dim=-1)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+    kl = torch.zeros_like(logps)
+    if train.grpo_beta > 0:
+        with torch.no_grad(), starting_model(model, policy) as start:
+            ref_logits, _, _ = labelled_logits(start, batch)
+            ref = -F.cross_entropy(ref_logits, targets, reduction="none")
+        diff = ref - logps
+        kl = torch.exp(diff) - diff - 1
+        per_token = per_token + train.grpo_beta * kl
+    per_answer = torch.zeros(n_rows, device=logps.device).index_add(0, rows, per_token) / counts.clamp_min(1)
+    if not batch.filler:
+        policy.stats.setdefault("kl", []).extend(_per_answer(kl.detach(), rows, counts))
+        policy.stats.setdefault("entropy", []).extend(_per_answer(entropy, rows, counts))
+    return per_answer.sum() / train.grpo_generations
+
+
+def _per_answer(values: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> list[float]:
+    sums = torch.zeros(counts.size(0), device=values.device).index_add(0, rows, values.float())
+    return (sums / counts.clamp_min(1)).tolist()
+
+
+def step_stats(examples: list[Prompt]) -> dict[str, float]:
+    """The means of this step's figures (reward and its parts, KL, answer length, entropy), then forgets them."""
+    if not examples:
+        return {}
+    stats = examples[0].policy.stats
+    out = {name: round(float(np.mean(values)), 5) for name, values in sorted(stats.items()) if values}
+    if stats.get("reward"):
+        out["reward_std"] = round(float(np.std(stats["reward"])), 5)
+    stats.clear()
+    return out
+
+
+def keep_reference(
+    model: Any, splits: dict[str, list[Prompt]], context: TaskContext, device: str, pad_id: int, fresh: bool, log: Any
+) -> None:
+    """Keep a frozen copy of the starting model for the KL penalty where no adapter can be switched off (full and
+    freeze training: twice the weights in memory). Runs before a resumed run restores its weights, so the copy is
+    always the starting model."""
+    prompts = splits.get("train") or []
+    if not prompts or context.train.grpo_beta == 0 or hasattr(model, "disable_adapter"):
+        return
+    reference = copy.deepcopy(model).eval()
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    prompts[0].policy.reference = reference
+    log("grpo: a frozen copy of the starting model is kept for the KL penalty (method full/freeze)")
+
+
+@torch.no_grad()
+def validate(model: Any, prompts: list[Prompt], train: TrainConfig, device: str) -> dict[str, float]:
+    """The mean reward of greedy answers to the first train.grpo_eval_prompts validation prompts (val_loss: its
+    negative, which early stopping follows)."""
+    chosen = prompts[: train.grpo_eval_prompts]
+    if not chosen:
+        return {}
+    policy = chosen[0].policy
+    ends = eos_ids(policy.tokenizer)
+    rewards, lengths = [], []
+    for start in range(0, len(chosen), 8):
+        part = chosen[start : start + 8]
+        answers = sample(model, policy.tokenizer, [p.input_ids for p in part], 1, train, greedy=True)
+        for prompt, answer in zip(part, answers, strict=True):
+            text = policy.tokenizer.decode([t for t in answer if t not in ends], skip_special_tokens=True)
+            total, _ = combined_rewards(
+                policy.rewards, policy.weights, prompt.messages, [text], prompt.reference, [len(answer)]
+            )
+            rewards.append(float(total[0]))
+            lengths.append(len(answer))
+    mean = float(np.mean(rewards))
+    return {
+        "val_loss": round(-mean, 5),
+        "val_reward": round(mean, 5),
+        "val_answer_tokens": round(float(np.mean(lengths)), 2),
+    }
+
+
+GRPO = register(
+    "grpo",
+    Task(
+        load_grpo,
+        collate,
+        loss_sum,
+        lambda p: 1.0,
+        lambda p: p.tokens,
+        setup=keep_reference,
+        rollout=rollout,
+        validate=validate,
+        stats=step_stats,
+    ),
+)
