@@ -9,6 +9,7 @@ import torch
 
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_prompt
+from tuneforge.evaluation import evaluate
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.rundir import METRICS
 from tuneforge.train import train
@@ -119,3 +120,11 @@ def test_grpo_raises_a_verifiable_reward(tiny_config, tmp_path: Path) -> None:
     validated = [r for r in rows if "val_reward" in r]
     assert [r["step"] for r in validated] == [6, 12] and validated[0]["val_loss"] == -validated[0]["val_reward"]
     assert (cfg.run_dir / "model" / "adapter_config.json").is_file()
+    report = evaluate(cfg, **QUIET)
+    base, tuned = report.scores["base"], report.scores["tuned"]
+    assert tuned["reward"] > base["reward"], (base, tuned)
+    assert report.intervals["tuned"]["reward"][0] <= tuned["reward"] <= report.intervals["tuned"]["reward"][1]
+    assert "reward" in report.comparison and report.details["tuned"]["kl_to_base_per_token"] > 0
+    assert {"json_valid", "field_accuracy"} <= set(tuned)  # the prompts have references: evaluate.metrics too
+    page = (cfg.run_dir / "report.html").read_text()
+    assert "KL to the starting model" in page and "mean reward" in page

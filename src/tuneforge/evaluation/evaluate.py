@@ -19,6 +19,7 @@ from tuneforge.evaluation.classifier import evaluate_classifier
 from tuneforge.evaluation.generations import Answerer, answerer
 from tuneforge.evaluation.language import evaluate_language_model
 from tuneforge.evaluation.model_card import write_model_card
+from tuneforge.evaluation.policy import evaluate_policy
 from tuneforge.evaluation.preference import evaluate_preference
 from tuneforge.evaluation.report import write_report
 from tuneforge.evaluation.reward import evaluate_reward_model
@@ -33,6 +34,7 @@ EVALUATORS: dict[str, Evaluator] = {
     "classify": evaluate_classifier,
     "dpo": evaluate_preference,
     "reward": evaluate_reward_model,
+    "grpo": evaluate_policy,
 }  # else language
 
 

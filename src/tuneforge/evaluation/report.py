@@ -350,6 +350,13 @@ def training_view(run_dir: Path) -> dict[str, Any] | None:
     other_val = {k: series(k) for k in val_keys if "loss" not in k}
     if other_val:
         charts.append(curve("validation metrics (generated answers)", other_val, "score"))
+    if any("reward" in r for r in rows):  # reinforcement learning: the reward, and what it cost
+        rewards = {"sampled answers": series("reward"), "held-out (greedy)": series("val_reward")}
+        charts.append(curve("reward", {k: v for k, v in rewards.items() if v[0]}, "mean reward"))
+        charts.append(curve("KL to the starting model", {"KL per token": series("kl")}, "nats", from_zero=True))
+        charts.append(
+            curve("answers", {"tokens": series("answer_tokens"), "entropy": series("entropy")}, "", from_zero=True)
+        )
     charts.append(curve("learning rate", {"lr": series("lr")}, "learning rate", from_zero=True))
     charts.append(curve("throughput", {"tokens/s": series("tokens_per_s")}, "tokens per second", from_zero=True))
     speeds = series("tokens_per_s")[1]
