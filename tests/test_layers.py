@@ -24,12 +24,13 @@ LAYERS: list[set[str]] = [
     {"generation"},
     {"train"},
     {"evaluation"},
+    {"feedback"},  # annotation sessions and rated answers -> preference pairs (the RLHF phase's data)
     {"tune"},
     {"rag"},  # index, retrieve, answer with citations
     {"workflow"},  # the whole run: prepare -> train -> evaluate
     {"compare"},  # the bake-off: prompt vs few-shot vs RAG vs fine-tune vs both
     {"serve", "jobs", "export"},  # the API server; the jobs service; exports for other runtimes
-    {"chat", "cli", "console", "launch", "__main__"},
+    {"annotate", "chat", "cli", "console", "launch", "__main__"},
 ]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50

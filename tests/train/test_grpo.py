@@ -25,9 +25,10 @@ QUIET = {"log": lambda *a: None}
 def test_group_advantages_are_rewards_against_their_group() -> None:
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0], [3.0, 0.0, 0.0, 0.0]])
     adv = group_advantages(rewards)
-    assert np.allclose(adv[0], [0.5 / 0.5001, -0.5 / 0.5001, -0.5 / 0.5001, 0.5 / 0.5001])
+    std = np.sqrt(4 * 0.5**2 / 3)  # the sample standard deviation of [1, 0, 0, 1] (as TRL's: n - 1)
+    assert np.allclose(adv[0], np.array([0.5, -0.5, -0.5, 0.5]) / (std + 1e-4))
     assert np.allclose(adv[1], 0.0)  # one reward for all: no signal
-    std = np.sqrt((3 * 0.75**2 + 2.25**2) / 4)  # population std of [3, 0, 0, 0] around 0.75
+    std = np.sqrt((3 * 0.75**2 + 2.25**2) / 3)
     assert np.allclose(adv[2], (rewards[2] - 0.75) / (std + 1e-4))
 
 

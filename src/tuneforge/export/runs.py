@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig
-from tuneforge.data.labels import class_labels
 from tuneforge.errors import RunError
 from tuneforge.evaluation.model_card import hub_id
-from tuneforge.models import load_adapter, load_model, load_tokenizer
+from tuneforge.models import load_trained
 from tuneforge.rundir import MODEL_DIR, load_run
-from tuneforge.train.tasks import TASKS
+from tuneforge.train.tasks import TaskContext, head_labels
 
 ADAPTER = "tuned"
 
@@ -44,20 +43,10 @@ def open_run(run_dir: Path) -> Run:
     adapter = (model_dir / "adapter_config.json").is_file()
     if not adapter and not (model_dir / "config.json").is_file():
         raise RunError(f"{run_dir} has no trained model in {MODEL_DIR}/", f"run `tuneforge train {run_dir}` first")
-    task = TASKS[cfg.train.task]
-    labels = class_labels(cfg.data, cfg.run_dir) if task.head == "classifier" else None
-    return Run(cfg, model_dir, adapter, labels)
+    return Run(cfg, model_dir, adapter, head_labels(TaskContext.of(cfg)))
 
 
 def reference_model(run: Run) -> tuple[Any, Any]:
     """The tuned model and tokenizer as `tuneforge serve` and `evaluate` run them: the base model in fp32 with the
     adapter attached (not merged), or the saved whole model."""
-    cfg = run.cfg
-    tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
-    if run.adapter:
-        base = load_model(cfg.model.name, cfg.model.revision, labels=run.labels)
-        model = load_adapter(base, run.model_dir, ADAPTER)
-        model.set_adapter(ADAPTER)
-    else:
-        model = load_model(str(run.model_dir), head="classifier" if run.classifier else "causal")
-    return model.eval(), tokenizer
+    return load_trained(run.model_dir, labels=run.labels)

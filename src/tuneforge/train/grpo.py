@@ -98,10 +98,10 @@ def collate(prompts: list[Prompt], pad_id: int) -> Batch:
 
 
 def group_advantages(rewards: np.ndarray) -> np.ndarray:
-    """Each answer's reward against its group's (rows: prompts, columns: answers): (r - mean) / (std + 1e-4), the
-    standard deviation of the group's rewards (population, as TRL's) so equal rewards give zero advantage."""
+    """Each answer's reward against its group's (rows: prompts, columns: answers): (r - mean) / (std + 1e-4), with
+    the sample standard deviation of the group's rewards, as TRL computes it; equal rewards give zero advantage."""
     mean = rewards.mean(axis=1, keepdims=True)
-    std = rewards.std(axis=1, keepdims=True)
+    std = rewards.std(axis=1, ddof=1, keepdims=True)
     return (rewards - mean) / (std + 1e-4)
 
 

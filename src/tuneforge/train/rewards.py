@@ -22,7 +22,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.data.records import Messages
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.metrics import resolve
-from tuneforge.models import load_adapter, load_model, load_tokenizer, pick_device
+from tuneforge.models import load_trained, pick_device
 from tuneforge.rundir import MODEL_DIR, RUN_INFO
 from tuneforge.train.reward import conversation_ids, score_conversations
 
@@ -60,14 +60,7 @@ class RewardModel:
     def load(self) -> tuple[Any, Any]:
         """The model (eval mode) and its tokenizer."""
         if self._loaded is None:
-            info = json.loads((self.folder / RUN_INFO).read_text(encoding="utf-8"))
-            device = pick_device()
-            if (self.folder / "adapter_config.json").is_file():
-                base = load_model(info["base_model"], info.get("revision"), device=device, labels=["reward"])
-                model = load_adapter(base, self.folder, "reward")
-            else:
-                model = load_model(str(self.folder), device=device, head="classifier")
-            self._loaded = (model.eval(), load_tokenizer(info["base_model"], info.get("revision")))
+            self._loaded = load_trained(self.folder, pick_device(), labels=["reward"])
         return self._loaded
 
     def score(self, prompt: Messages, answers: list[str]) -> list[float]:
