@@ -137,13 +137,16 @@ def print_summary(facts: dict[str, Any]) -> None:
 def preferences(
     rated: Annotated[Path, typer.Argument(help="JSONL of rated answers (1-5, thumbs up/down, true/false).")],
     out_file: Annotated[Path, typer.Option("--out", help="Where the preference pairs go.")] = Path("pairs.jsonl"),
+    per_prompt: Annotated[
+        int | None, typer.Option(min=1, help="At most this many pairs per prompt, drawn at random [default: all].")
+    ] = None,
 ) -> None:
     """Turn rated answers into preference pairs: every two differently rated answers to one prompt, the better one
     chosen, the rating gap as the pair's margin (train.reward_margin). Rows: {"prompt", "answers": [{"text",
     "rating"}]} or one answer per row {"prompt", "answer", "rating"}. Chosen/rejected pairs and HH-RLHF transcripts
     need no conversion: `prepare` reads them as they are."""
     with user_errors():
-        result = ratings_to_pairs(rated)
+        result = ratings_to_pairs(rated, per_prompt)
         write_pairs(result.pairs, out_file)
         log(f"{result.answers} rated answers to {result.prompts} prompts -> {len(result.pairs)} pairs in {out_file}")
         if result.unpaired:

@@ -248,9 +248,12 @@ def serve(
         typer.Option(help="The jobs database: postgresql://user:password@host/db [default: DATA_DIR/tuneforge.db]."),
     ] = None,
     gguf: Annotated[Path | None, typer.Option(help="Serve this GGUF export through llama.cpp instead.")] = None,
+    annotate: Annotated[Path | None, typer.Option(help="Prompts to judge on the web UI's Annotate page.")] = None,
+    preferences: Annotated[Path, typer.Option(help="Where --annotate's judgements go.")] = Path("preferences.jsonl"),
 ) -> None:
     """Serve tuned runs behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/embeddings; with
-    --data-dir also /v1/files and /v1/fine_tuning/jobs); with an index, answers use and cite its passages."""
+    --data-dir also /v1/files and /v1/fine_tuning/jobs; reward models: /v1/rewards); with an index, answers use and
+    cite its passages; with --annotate, the web UI collects preferences."""
     import uvicorn
 
     with user_errors():
@@ -260,7 +263,8 @@ def serve(
         config = run_cfg.serve
         key = os.environ.get(config.api_key_env) or None  # the key itself never enters a config (configs are saved)
         retrieval = launch.retrieval_service(index_dir, run_cfg)
-        application = launch.serving_app(run_dirs or [], run_cfg, key, retrieval, data_dir, database, gguf)
+        annotating = (annotate, preferences) if annotate else None
+        application = launch.serving_app(run_dirs or [], run_cfg, key, retrieval, data_dir, database, gguf, annotating)
         names = ", ".join(application.state.engine.models)
         state = "required" if key else "unset, none required"
         batch = "llama.cpp, one request at a time" if gguf else f"up to {config.max_batch} concurrent requests batched"

@@ -74,9 +74,41 @@ def serving_app(
     data_dir: Path | None,
     database: str | None,
     gguf: Path | None = None,
+    annotate: tuple[Path, Path] | None = None,
 ) -> Any:
     """The app of `tuneforge serve`: the runs' adapters (or cfg's model alone, or a GGUF export through llama.cpp),
-    retrieval, files and jobs."""
+    retrieval, files and jobs; reward models beside them, and with `annotate` (prompts, preference file) the
+    annotation page's session, sampling from the first served model."""
+    from tuneforge.serve.feedback import RewardService, is_reward_model
+
+    rewards = [d for d in run_dirs if is_reward_model(d)]
+    app = _serving_app([d for d in run_dirs if d not in rewards], cfg, key, retrieval, data_dir, database, gguf)
+    app.state.rewards = RewardService(rewards) if rewards else None
+    if annotate is not None:
+        app.state.annotation = annotation_service(app.state.engine, *annotate)
+    return app
+
+
+def annotation_service(engine: Any, prompts: Path, out: Path) -> Any:
+    """The web UI's annotation session: two answers per prompt sampled (temperature 0.8) from the engine's default
+    model, judgements appended to `out`."""
+    from tuneforge.feedback import Annotation
+    from tuneforge.serve.feedback import AnnotationService, engine_sampler
+
+    model_id = engine.default_id
+    sampler = engine_sampler(engine, model_id, 0.8, 256)
+    return AnnotationService(Annotation(prompts, out, sampler, model_id, {"temperature": 0.8, "max_new_tokens": 256}))
+
+
+def _serving_app(
+    run_dirs: list[Path],
+    cfg: RunConfig,
+    key: str | None,
+    retrieval: Any,
+    data_dir: Path | None,
+    database: str | None,
+    gguf: Path | None,
+) -> Any:
     from tuneforge.jobs.files import open_file_store
     from tuneforge.serve import create_app
     from tuneforge.serve.engine import Engine

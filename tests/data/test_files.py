@@ -45,6 +45,7 @@ def test_every_documented_example_converts_to_its_kind() -> None:
         "openai_preference": "preference",
         "preference": "preference",
         "completion": "chat",
+        "prompt": "chat",
         "classification": "classification",
         "text": "text",
     }

@@ -18,7 +18,16 @@ class ModelConfig(Section):
 
 
 DataFormat = Literal[
-    "auto", "chat", "sharegpt", "alpaca", "completion", "preference", "openai_preference", "classification", "text"
+    "auto",
+    "chat",
+    "sharegpt",
+    "alpaca",
+    "completion",
+    "prompt",
+    "preference",
+    "openai_preference",
+    "classification",
+    "text",
 ]
 PiiName = Literal[
     "EMAIL", "PHONE", "IBAN", "CREDIT_CARD", "IP_ADDRESS", "URL_SECRET", "DATE_OF_BIRTH", "PERSON", "ADDRESS"

@@ -28,6 +28,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "completion": ("prompt", "completion"),
     "classification": ("text", "label"),
     "text": ("text",),
+    "prompt": ("prompt",),  # only when no other format's key is there (a preference row missing its 'rejected')
 }
 # One-line example of each format: docs/data.md's table and `prepare --help` show these.
 EXAMPLES: dict[str, str] = {
@@ -41,6 +42,7 @@ EXAMPLES: dict[str, str] = {
     "completion": '{"prompt": "Capital of France?", "completion": "Paris"}',
     "classification": '{"text": "Lieferung kam zwei Wochen zu spät.", "label": "negative"}',
     "text": '{"text": "Raw domain text for continued pre-training ..."}',
+    "prompt": '{"prompt": "Extract the parties of: ..."}',
 }
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -65,7 +67,9 @@ def register(name: str, kind: Kind) -> Callable[[Converter], Converter]:
 
 def detect(obj: dict[str, Any]) -> str | None:
     """The format whose identifying keys the row has, or None."""
-    return next((f for f, keys in SIGNATURES.items() if set(keys) <= set(obj)), None)
+    found = next((f for f, keys in SIGNATURES.items() if set(keys) <= set(obj)), None)
+    others = {k for f, keys in SIGNATURES.items() if f != "prompt" for k in keys} - {"prompt"}
+    return None if found == "prompt" and set(obj) & others else found
 
 
 def convert(obj: Any, source: Source, fmt: str = "auto") -> Converted:
@@ -140,6 +144,18 @@ def from_completion(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any]
     if found:
         return {}, found
     return {"messages": [_user(obj["prompt"]), _assistant(obj["completion"])]}, []
+
+
+@register("prompt", "chat")
+def from_prompt(obj: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Issue]]:
+    """A prompt without an answer (what reinforcement learning samples answers for): text or a list of messages."""
+    value = obj.get("prompt")
+    if isinstance(value, list):
+        found = check_messages(value, source, "prompt", need_assistant=False)
+        return ({}, found) if found else ({"messages": value}, [])
+    if problem := text_issue(obj, "prompt", source, required=True):
+        return {}, [problem]
+    return {"messages": [_user(obj["prompt"])]}, []
 
 
 @register("sharegpt", "chat")

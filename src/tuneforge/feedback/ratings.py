@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,16 +118,22 @@ def read_rated(path: Path) -> dict[str, tuple[list[dict[str, Any]], list[Rated]]
     return groups
 
 
-def ratings_to_pairs(path: Path) -> Converted:
-    """Every pair of differently rated answers to one prompt, the better one chosen, margin = the rating gap."""
+def ratings_to_pairs(path: Path, per_prompt: int | None = None, seed: int = 0) -> Converted:
+    """Every pair of differently rated answers to one prompt, the better one chosen, margin = the rating gap
+    (`per_prompt`: at most that many of a prompt's pairs, drawn at random: a prompt with hundreds of rated answers
+    would otherwise give tens of thousands of pairs)."""
     result = Converted()
+    rng = random.Random(seed)
     for messages, rated in read_rated(path).values():
         result.prompts += 1
         result.answers += len(rated)
         made = 0
-        for a, b in itertools.combinations(rated, 2):
-            if a.rating == b.rating or a.answer == b.answer:
-                continue
+        candidates = [
+            (a, b) for a, b in itertools.combinations(rated, 2) if a.rating != b.rating and a.answer != b.answer
+        ]
+        if per_prompt is not None and len(candidates) > per_prompt:
+            candidates = rng.sample(candidates, per_prompt)
+        for a, b in candidates:
             better, worse = (a, b) if a.rating > b.rating else (b, a)
             pair: dict[str, Any] = {
                 "prompt": messages,

@@ -28,8 +28,9 @@ from tuneforge.serve.classifiers import ClassifierEngine
 from tuneforge.serve.combined import CombinedEngine
 from tuneforge.serve.engine import Engine, ServingEngine
 from tuneforge.serve.errors import api_error, http_error, jobs_error, server_error, validation_error
+from tuneforge.serve.feedback import AnnotationService, RewardService
 from tuneforge.serve.retrieval import RetrievalService
-from tuneforge.serve.routes import chat, classifications, embeddings, fine_tuning, models
+from tuneforge.serve.routes import chat, classifications, embeddings, feedback, fine_tuning, models
 from tuneforge.serve.routes import files as files_routes
 
 ERROR_HANDLERS: list[tuple[type[Exception], Any]] = [
@@ -53,30 +54,35 @@ def create_app(
     files: FileStore | None = None,
     run_jobs: bool = True,
     classifiers: ClassifierEngine | None = None,
+    rewards: RewardService | None = None,
+    annotation: AnnotationService | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `run_dirs` as `serve` (the config's `serve:` section) says. `api_key` (None: none is
     required) is passed apart from the config, which is written to run directories: the CLI reads it from the
     environment variable `serve.api_key_env` names. `engine` may be given (tests); else the runs are loaded. With
     `retrieval` (an index), chat answers use and cite its passages, and /v1/embeddings serves its model. With
     `files` (a data directory's store), /v1/files takes uploads and (unless not `run_jobs`) /v1/fine_tuning/jobs
-    trains on them, one job at a time, serving each finished model at once; `classifiers` answer /v1/classifications."""
+    trains on them, one job at a time, serving each finished model at once; `classifiers` answer /v1/classifications,
+    `rewards` /v1/rewards; `annotation` is the session of the web UI's annotation page (/v1/annotations)."""
     serve = serve or ServeConfig()
     app = FastAPI(title="tuneforge", version="0.1.0", docs_url="/docs", lifespan=_lifespan)
     app.state.serve = serve
-    if engine is None and (run_dirs or classifiers is None):
+    if engine is None and (run_dirs or (classifiers is None and rewards is None)):
         engine = Engine(list(run_dirs), serve.max_batch)  # (mypy holds the Engine to the ServingEngine protocol here)
     if classifiers is not None and not isinstance(engine, CombinedEngine):  # classifiers beside the chat models
         engine = CombinedEngine(engine, classifiers)
     assert engine is not None
     app.state.engine = engine
     app.state.classifiers = classifiers
+    app.state.rewards = rewards
+    app.state.annotation = annotation
     app.state.retrieval = retrieval
     app.state.files = files
     app.state.runner = _job_runner(files, engine) if files is not None and run_jobs else None
     app.state.serve_on_demand = _checkpoint_loader(files, engine) if files is not None else None
     for kind, handler in ERROR_HANDLERS:
         app.add_exception_handler(kind, handler)
-    for routes in (models, chat, embeddings, classifications, files_routes, fine_tuning):
+    for routes in (models, chat, embeddings, classifications, feedback, files_routes, fine_tuning):
         app.include_router(routes.router)
     _require_key(app, api_key)
     app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")

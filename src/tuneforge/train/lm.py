@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tuneforge.config import TrainConfig
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_chat
+from tuneforge.errors import DataError
 from tuneforge.train.linear_ce import linear_cross_entropy
 from tuneforge.train.parallel import unwrap
 from tuneforge.train.tasks import Batch, Task, TaskContext, register, rows_with
@@ -33,6 +34,12 @@ def load_sft(path: Path, tokenizer: PreTrainedTokenizerBase, context: TaskContex
         "train.task=sft needs chat data (messages, alpaca, sharegpt or prompt/completion); for raw text or "
         "documents set train.task=pretrain",
     )
+    unanswered = sum(1 for row in rows if all(m["role"] != "assistant" for m in row["messages"]))
+    if unanswered:
+        raise DataError(
+            f"{path}: {unanswered} of {len(rows)} examples are prompts without an answer: nothing to learn from",
+            "give every prompt its answer, or train on prompts alone with train.task=grpo (docs/rlhf.md)",
+        )
     examples = [encode_chat(tokenizer, row["messages"], row.get("tools")) for row in rows]
     return pack(examples, context.data.max_seq_len) if context.train.packing else examples
 

@@ -27,7 +27,7 @@ function element(tag, text, cls) {
 }
 
 function show(tab) {
-  for (const name of ["login", "chat", "jobs", "reports"]) $(name).hidden = name !== tab;
+  for (const name of ["login", "chat", "jobs", "reports", "annotate"]) $(name).hidden = name !== tab;
   for (const button of document.querySelectorAll("header nav button")) {
     button.classList.toggle("active", button.dataset.tab === tab);
   }
@@ -276,6 +276,60 @@ function curve(events) {
   svg.append(line, label);
   return svg;
 }
+
+// Annotate: two answers side by side, one judgement per click or key press
+async function nextItem() {
+  const annotator = $("annotator").value.trim();
+  if (!annotator) { $("annotate-status").textContent = "Enter your name first."; return; }
+  localStorage.setItem("tuneforge-annotator", annotator);
+  try {
+    const item = await json(`/annotations/next?annotator=${encodeURIComponent(annotator)}`);
+    state.item = item.item;
+    $("annotate-item").hidden = !item.item;
+    $("annotate-status").textContent = item.item
+      ? `Prompt ${item.done + 1} of ${item.total} (answers by ${item.model})`
+      : `All ${item.total} prompts judged by ${annotator}. Thank you!`;
+    if (!item.item) return;
+    $("annotate-prompt").replaceChildren(...item.prompt.map((m) => {
+      const line = element("div");
+      line.append(element("b", `${m.role}: `), element("span", m.content));
+      return line;
+    }));
+    $("answer-left").textContent = item.left;
+    $("answer-right").textContent = item.right;
+  } catch (error) {
+    $("annotate-status").textContent = `No annotation session: ${error.message}`;
+  }
+}
+
+async function judge(judgement) {
+  if (!state.item) return;
+  const body = { item: state.item, annotator: $("annotator").value.trim(), judgement };
+  state.item = null;
+  await api("/annotations", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  await nextItem();
+}
+
+async function agreement() {
+  const facts = await json("/annotations/summary");
+  const lines = Object.entries(facts.annotators).map(([name, counts]) =>
+    `${name}: ${Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+  for (const pair of facts.agreement) {
+    lines.push(`${pair.annotators.join(" & ")}: ${pair.items} prompts judged by both, agreement ${pair.agreement}, Cohen's kappa ${pair.kappa ?? "n/a"}`);
+  }
+  $("annotate-agreement").textContent = lines.join("\n") || "No judgements yet.";
+}
+
+const KEYS = { "1": "left", ArrowLeft: "left", "2": "right", ArrowRight: "right", t: "tie", b: "both_bad", s: "skip" };
+document.addEventListener("keydown", (e) => {
+  if ($("annotate").hidden || e.target.tagName === "INPUT" || !KEYS[e.key]) return;
+  e.preventDefault();
+  judge(KEYS[e.key]);
+});
+for (const button of document.querySelectorAll("[data-judgement]")) button.onclick = () => judge(button.dataset.judgement);
+$("annotate-start").onclick = nextItem;
+$("annotate-summary").onclick = agreement;
+$("annotator").value = localStorage.getItem("tuneforge-annotator") || "";
 
 $("login-form").onsubmit = signIn;
 $("chat-form").onsubmit = send;
