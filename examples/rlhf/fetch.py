@@ -117,10 +117,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = preference_pairs(args.out / "pairs.jsonl")
     counts = movie_files(args.out, args.prompts, args.seed)
-    print(f"{args.out}: pairs.jsonl {pairs} pairs (llamafactory {PACKAGES['llamafactory']}); "
-          f"{counts['snippets']} movie snippets (vaderSentiment {PACKAGES['vaderSentiment']}) -> movie-rated-train.jsonl "
-          f"{counts['rated-train']} and movie-rated-test.jsonl {counts['rated-test']} rated answers, movie-prompts.jsonl {counts['prompts']} prompts, movie-judge.tsv "
-          f"{counts['judge']} sentences")
+    print(f"{args.out}: pairs.jsonl {pairs} pairs (llamafactory {PACKAGES['llamafactory']})")
+    print(f"{counts['snippets']} movie snippets (vaderSentiment {PACKAGES['vaderSentiment']}) ->")
+    rated = f"{counts['rated-train']} + {counts['rated-test']}"
+    print(f"  movie-rated-train.jsonl + movie-rated-test.jsonl: {rated} rated answers")
+    print(f"  movie-prompts.jsonl {counts['prompts']} prompts, movie-judge.tsv {counts['judge']} sentences")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_the_grpo_loss_is_the_papers(tiny_config, tiny_model_dir: Path) -> None:
     tokenizer = load_tokenizer(str(tiny_model_dir))
     advantages = [1.0, -1.0, 0.5, -0.25]
     policy = Policy(tokenizer, {}, {})
-    cfg = tiny_config("train.task=grpo", "train.rewards={json_valid: 1}", "train.grpo_generations=2")
+    cfg = tiny_config("train.task=grpo", "train.rewards={json_valid: 1}", "train.num_generations=2")
     # the gradient: that of -A x (mean log p over the answer's tokens), averaged over each prompt's answers
     model = load_model(str(tiny_model_dir))
     batch = _rollout_batch(tokenizer, policy, advantages)
@@ -104,8 +104,8 @@ def test_grpo_raises_a_verifiable_reward(tiny_config, tmp_path: Path) -> None:
         "train.task=grpo",
         "data.estimate=false",
         f"train.rewards={{{rewards}:quotes: 1.0}}",
-        "train.grpo_max_new_tokens=12",
-        "train.grpo_generations=4",
+        "train.max_completion_length=12",
+        "train.num_generations=4",
         "train.max_steps=12",
         "train.batch_size=4",
         "train.learning_rate=0.05",
@@ -129,3 +129,25 @@ def test_grpo_raises_a_verifiable_reward(tiny_config, tmp_path: Path) -> None:
     assert {"json_valid", "field_accuracy"} <= set(tuned)  # the prompts have references: evaluate.metrics too
     page = (cfg.run_dir / "report.html").read_text()
     assert "KL to the starting model" in page and "mean reward" in page
+
+
+@pytest.mark.parametrize("method", ["dora", "full", "freeze"])
+def test_grpo_trains_with_every_method(method: str, tiny_config, tmp_path: Path) -> None:
+    """LoRA's reference is the base with its adapters off; DoRA's too; full and freeze keep a frozen copy of the
+    starting model for the KL penalty: after one update the policy has moved away from it."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", toy_rows(16))
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text(
+        "def quotes(answer, reference):\n    return sum(c == '\"' for c in answer) / max(len(answer), 1)\n"
+    )
+    freeze = ["train.trainable_layers=1"] if method == "freeze" else []
+    cfg = tiny_config(
+        f"data.path={data}", "train.task=grpo", "data.estimate=false", f"train.rewards={{{rewards}:quotes: 1.0}}",
+        f"train.method={method}", *freeze, "train.max_completion_length=8", "train.max_steps=3", "train.batch_size=4",
+        "train.learning_rate=0.01", "data.val_size=0", "data.test_size=0",
+    )  # fmt: skip
+    prepare(cfg)
+    train(cfg, **QUIET)
+    rows = [json.loads(line) for line in (cfg.run_dir / METRICS).read_text().splitlines()]
+    assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0, [r["kl"] for r in rows]
+    assert (cfg.run_dir / "model" / ("adapter_config.json" if method == "dora" else "config.json")).is_file()

@@ -41,7 +41,7 @@ def task_data(task: str, folder: Path) -> list[str]:
         return [f"data.path={write_jsonl(folder / 'docs.jsonl', docs)}", "train.block_size=64", "train.epochs=3"]
     if task == "classify":
         return [f"data.path={write_jsonl(folder / 'reviews.jsonl', review_rows(40, 40))}", "train.epochs=8"]
-    if task == "dpo":  # lower learning rates: the summed log-probabilities of a pair move fast
+    if task in ("dpo", "kto", "orpo", "reward"):  # lower learning rates: the summed log-probabilities move fast
         return [f"data.path={write_jsonl(folder / 'pairs.jsonl', preference_rows(60))}", "train.epochs=2"]
     colour, greet = (
         write_jsonl(folder / "colour.jsonl", toy_rows(60)),
@@ -59,6 +59,18 @@ LEARNING_RATES = {  # (task, method) -> learning rate where the method's default
     ("dpo", "dora"): 0.001,
     ("dpo", "full"): 0.0005,
     ("dpo", "freeze"): 0.001,
+    ("kto", "lora"): 0.003,
+    ("kto", "dora"): 0.003,
+    ("kto", "full"): 0.001,
+    ("kto", "freeze"): 0.003,
+    ("orpo", "lora"): 0.003,
+    ("orpo", "dora"): 0.003,
+    ("orpo", "full"): 0.001,
+    ("orpo", "freeze"): 0.005,
+    ("reward", "lora"): 0.003,
+    ("reward", "dora"): 0.003,
+    ("reward", "full"): 0.0005,
+    ("reward", "freeze"): 0.005,
 }
 
 
@@ -76,7 +88,7 @@ def validation_loss(cfg, model: torch.nn.Module, tokenizer, device: str = "cpu",
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
-@pytest.mark.parametrize("task", ["sft", "pretrain", "classify", "dpo", "multitask"])
+@pytest.mark.parametrize("task", ["sft", "pretrain", "classify", "dpo", "kto", "orpo", "reward", "multitask"])
 def test_method_learns_moves_what_it_trains_and_reloads(
     task: str, method: str, tiny_config, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -97,7 +109,7 @@ def test_method_learns_moves_what_it_trains_and_reloads(
     # the saved model scores the validation split exactly as the model did at the end of training
     assert validation_loss(cfg, saved, tokenizer) == pytest.approx(result.val_loss, abs=1e-4)
 
-    labels = ["neg", "pos"] if task == "classify" else None
+    labels = {"classify": ["neg", "pos"], "reward": ["reward"]}.get(task)
     base = {k: v for k, v in load_model(str(tiny_model_dir), labels=labels).state_dict().items() if HEAD not in k}
     if METHODS[method].adapter:
         tuned = {

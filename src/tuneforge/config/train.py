@@ -30,14 +30,20 @@ class TrainConfig(Section):
     target_modules: list[str] | str = Field(
         "all-linear", description="Modules that get adapters: 'all-linear' or a list such as [q_proj, v_proj]."
     )
-    task: Literal["sft", "pretrain", "classify", "dpo", "multitask", "reward", "grpo"] = Field(
-        "sft",
-        description="'sft': chat data, loss on the assistant answers; 'pretrain': continued pre-training (domain "
-        "adaptation) on text records packed into blocks of train.block_size tokens, loss on every token; "
-        "'classify': a classification head on an encoder or decoder (classification data); 'dpo': preference "
-        "tuning on chosen/rejected pairs; 'multitask': the chat datasets of data.datasets mixed in one model; "
-        "'reward': a reward model (a scalar head, Bradley-Terry loss on chosen/rejected pairs); 'grpo': "
-        "reinforcement learning on chat prompts with the rewards of train.rewards (docs/rlhf.md).",
+    task: Literal["sft", "pretrain", "classify", "dpo", "kto", "orpo", "multitask", "reward", "grpo", "best_of_n"] = (
+        Field(
+            "sft",
+            description="'sft': chat data, loss on the assistant answers; 'pretrain': continued pre-training (domain "
+            "adaptation) on text records packed into blocks of train.block_size tokens, loss on every token; "
+            "'classify': a classification head on an encoder or decoder (classification data); 'dpo': preference "
+            "tuning on chosen/rejected pairs; 'kto' / 'orpo': the same pairs with KTO's loss (each answer against a "
+            "reference point) or ORPO's (no reference model: cross-entropy on the chosen plus an odds-ratio term); "
+            "'multitask': the chat datasets of data.datasets mixed in one model; 'reward': a reward model (a scalar "
+            "head, Bradley-Terry loss on chosen/rejected pairs); 'grpo': reinforcement learning on chat prompts with "
+            "the rewards of train.rewards; 'best_of_n': rejection-sampling fine-tuning (the best of "
+            "train.num_generations sampled answers per prompt, by train.rewards, trained on as sft trains; "
+            "docs/rlhf.md).",
+        )
     )
     packing: bool = Field(
         False,
@@ -50,11 +56,13 @@ class TrainConfig(Section):
         "n / (classes x count), scikit-learn's rule) or {label: weight}.",
     )
     dpo_beta: PositiveFloat = Field(
-        0.1, description="task dpo: how far the model may move from the reference (higher: stays closer)."
+        0.1,
+        description="task dpo, kto: how far the model may move from the reference (higher: stays closer); task "
+        "orpo: the weight of the odds-ratio term beside the chosen answers' cross-entropy (TRL's beta).",
     )
     dpo_reference: Literal["model", "none"] = Field(
         "model",
-        description="task dpo: 'model': the model before training is the reference (its log-probabilities are "
+        description="task dpo, kto: 'model': the model before training is the reference (its log-probabilities are "
         "computed once); 'none': reference-free.",
     )
     reward_margin: float = Field(
@@ -66,29 +74,41 @@ class TrainConfig(Section):
     )
     rewards: dict[str, float] = Field(
         default_factory=lambda: {"model": 1.0},
-        description="task grpo: the reward, a weighted sum {name: weight}. 'model': the score of train.reward_model; "
-        "'regex': 1 if train.reward_regex matches the answer, else 0; 'length': 1 within train.reward_length_budget "
-        "tokens, budget / length beyond; or any evaluate metric scored per answer against the example's reference "
-        "answer (json_valid, field_accuracy, exact_match, token_f1, rougeL, or your own module:function or "
-        "file.py:function (answer, reference) -> float).",
+        description="task grpo, best_of_n: the reward, a weighted sum {name: weight}. 'model': the score of "
+        "train.reward_model; 'regex': 1 if train.reward_regex matches the answer, else 0; 'length': 1 within "
+        "train.reward_length_budget tokens, budget / length beyond; or any evaluate metric scored per answer "
+        "against the example's reference answer (json_valid, field_accuracy, exact_match, token_f1, rougeL, or "
+        "your own module:function or file.py:function (answer, reference) -> float).",
     )
     reward_model: str | None = Field(
-        None, description="task grpo: the reward model scoring answers: a train.task=reward run or its model folder."
+        None,
+        description="task grpo, best_of_n: the reward model scoring answers: a train.task=reward run or its model "
+        "folder.",
     )
-    reward_regex: str | None = Field(None, description="task grpo: the pattern of the 'regex' reward (re.search).")
+    reward_regex: str | None = Field(None, description="the pattern of train.rewards' 'regex' reward (re.search).")
     reward_length_budget: int = Field(
-        64, ge=1, description="task grpo: answer tokens within which the 'length' reward is 1 (budget / length beyond)."
+        64, ge=1, description="answer tokens within which train.rewards' 'length' reward is 1 (budget / length beyond)."
     )
-    grpo_generations: int = Field(
-        4, ge=2, description="task grpo: answers sampled per prompt; each is rewarded against its group's mean."
+    num_generations: int = Field(
+        4,
+        ge=2,
+        description="task grpo: answers sampled per prompt, each rewarded against its group's mean; task best_of_n: "
+        "answers sampled per prompt, the best one kept.",
+    )
+    best_of_n_min_reward: float | None = Field(
+        None, description="task best_of_n: drop a prompt whose best answer scores below this (default: keep all)."
     )
     grpo_beta: float = Field(
         0.04,
         ge=0,
         description="task grpo: weight of the KL penalty against the starting model (0: none, no reference pass).",
     )
-    grpo_temperature: PositiveFloat = Field(1.0, description="task grpo: sampling temperature of the answers.")
-    grpo_max_new_tokens: int = Field(64, ge=1, description="task grpo: the longest answer sampled, in tokens.")
+    generation_temperature: PositiveFloat = Field(
+        1.0, description="task grpo, best_of_n: sampling temperature of the answers."
+    )
+    max_completion_length: int = Field(
+        64, ge=1, description="task grpo, best_of_n: the longest answer sampled, in tokens."
+    )
     grpo_eval_prompts: int = Field(
         32,
         ge=1,
@@ -246,10 +266,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _rewards_known(self) -> TrainConfig:
-        if self.task != "grpo":
+        if self.task not in ("grpo", "best_of_n"):
             return self
         if not self.rewards:
-            raise ValueError("train.rewards is empty: task grpo needs at least one reward, e.g. {valid_json: 1}")
+            raise ValueError(
+                f"train.rewards is empty: task {self.task} needs at least one reward, e.g. {{json_valid: 1}}"
+            )
         if "model" in self.rewards and not self.reward_model:
             raise ValueError(
                 "train.rewards uses 'model' but train.reward_model is not set: name a train.task=reward run "

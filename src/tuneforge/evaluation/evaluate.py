@@ -33,8 +33,11 @@ Evaluator = Callable[[RunConfig, dict[str, Any], list[dict[str, Any]], Any, Answ
 EVALUATORS: dict[str, Evaluator] = {
     "classify": evaluate_classifier,
     "dpo": evaluate_preference,
+    "kto": evaluate_preference,
+    "orpo": evaluate_preference,
     "reward": evaluate_reward_model,
     "grpo": evaluate_policy,
+    "best_of_n": evaluate_policy,
 }  # else language
 
 
@@ -62,7 +65,7 @@ def evaluate(cfg: RunConfig, log: Any = print) -> EvalReport:
 
 def compared_folders(cfg: RunConfig) -> dict[str, Path]:
     """The model folders evaluate.compare names (a run directory means its model/), under unique variant names."""
-    if cfg.evaluate.compare and cfg.train.task in ("dpo", "reward"):
+    if cfg.evaluate.compare and cfg.train.task in ("dpo", "kto", "orpo", "reward"):
         raise ConfigError(
             f"evaluate.compare scores answers or class probabilities; train.task={cfg.train.task} is scored by its "
             "own measures",

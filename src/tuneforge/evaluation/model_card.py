@@ -80,7 +80,7 @@ def model_card(run_dir: Path, extra: str = "") -> str:
     shown = [
         k
         for k in shown
-        if (k != "dpo_beta" or cfg.train.task == "dpo")
+        if (k != "dpo_beta" or cfg.train.task in ("dpo", "kto", "orpo"))
         and (not k.startswith("lora_") or meta["library_name"] == "peft")
     ]
     hyper = ", ".join(f"{k}={train[k]}" for k in shown)

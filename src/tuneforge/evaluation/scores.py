@@ -138,7 +138,7 @@ def chosen_metrics(cfg: RunConfig) -> dict[str, Metric]:
     what the run's task produces (generated text, or class probabilities)."""
     task = TASKS[cfg.train.task]
     kind: Kind = "class" if task.head == "classifier" else "text"
-    if cfg.train.task in ("dpo", "reward") or (kind == "text" and not task.generative):
+    if cfg.train.task in ("dpo", "kto", "orpo", "reward") or (kind == "text" and not task.generative):
         if cfg.evaluate.metrics:
             raise ConfigError(
                 f"train.task={cfg.train.task} is scored by its own measures (losses, preference accuracy), not by "

@@ -4,7 +4,7 @@ The registries are filled here: each task module registers its tasks (`TASKS`) w
 methods (`METHODS`).
 """
 
-from tuneforge.train import classify, dpo, grpo, lm, multitask, reward  # noqa: F401  (each registers its tasks)
+from tuneforge.train import best_of_n, classify, dpo, grpo, lm, multitask, preference_losses, reward  # noqa: F401  (each registers its tasks)
 from tuneforge.train.loop import TrainResult, train
 
 __all__ = ["TrainResult", "train"]

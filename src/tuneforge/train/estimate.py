@@ -42,6 +42,11 @@ def estimate_training(cfg: RunConfig, data: TrainingData) -> dict[str, Any]:
     task = TASKS[cfg.train.task]
     if task.reads != data.kind:
         return {"unavailable": f"train.task={cfg.train.task} trains on {task.reads} records, these are {data.kind}"}
+    if task.rollout is not None or (task.setup is not None and task.reads == "chat"):  # grpo, best_of_n
+        return {  # the time goes to sampling answers, which a few probe steps on stand-in rows would not measure
+            "unavailable": f"train.task={cfg.train.task} samples its answers while it trains; bench/grpo.py measures "
+            "its steps"
+        }
     cfg, context = _probe_config(cfg, data.labels)
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
@@ -95,7 +100,7 @@ def _scaled(
     scale = 2.0 if task.reads == "preference" else 1.0  # a pair trains its chosen and its rejected answer
     train_tokens, val_tokens = scale * float(data.lengths.sum()), scale * float(data.val_lengths.sum())
     eval_s = eval_per_token * val_tokens * evals
-    if cfg.train.task == "dpo" and cfg.train.dpo_reference == "model":  # the reference pass over both splits
+    if cfg.train.task in ("dpo", "kto") and cfg.train.dpo_reference == "model":  # the reference pass over both splits
         eval_s += eval_per_token * (train_tokens + val_tokens)
     return total_steps, epochs, train_tokens, eval_s
 

@@ -1,7 +1,7 @@
 """The `grpo` task: reinforcement learning with Group Relative Policy Optimization (Shao et al., 2024), the third
 step of the RLHF phase.
 
-Each optimizer step takes a batch of prompts; for each, the model as it is now samples `train.grpo_generations`
+Each optimizer step takes a batch of prompts; for each, the model as it is now samples `train.num_generations`
 answers (`rollout`, outside autocast, on tuneforge's CPU generation path), each answer is rewarded (rewards.py:
 a reward model, verifiable rewards or a weighted sum), and its advantage is its reward against its group's:
 (r - mean) / (std + 1e-4), so no value model is needed. The loss of an answer token t is
@@ -47,6 +47,7 @@ class Policy:
     tokenizer: Any
     rewards: dict[str, RewardFn]
     weights: dict[str, float]
+    generations: int = 1  # answers sampled per prompt
     reference: Any | None = None
     stats: dict[str, list[float]] = field(default_factory=dict)  # this step's figures, emptied by `step_stats`
 
@@ -76,7 +77,8 @@ def load_grpo(path: Path, tokenizer: Any, context: TaskContext) -> list[Prompt]:
     )
     key = str(context.run_dir.resolve())
     if key not in _POLICIES or _POLICIES[key].tokenizer is not tokenizer:
-        _POLICIES[key] = Policy(tokenizer, reward_functions(context.train), dict(context.train.rewards))
+        train = context.train
+        _POLICIES[key] = Policy(tokenizer, reward_functions(train), dict(train.rewards), train.num_generations)
     policy = _POLICIES[key]
     train = context.train
     prompts = []
@@ -86,15 +88,26 @@ def load_grpo(path: Path, tokenizer: Any, context: TaskContext) -> list[Prompt]:
         prompt = messages[:-1] if answered else messages
         ids = encode_prompt(tokenizer, prompt)
         reference = messages[-1]["content"] if answered else None
-        tokens = (len(ids) + train.grpo_max_new_tokens) * train.grpo_generations
+        tokens = (len(ids) + train.max_completion_length) * train.num_generations
         prompts.append(Prompt(prompt, ids, reference, policy, tokens))
     return prompts
 
 
+def longest_rows(prompt: Prompt, answers: int) -> list[Encoded]:
+    """Stand-ins of the rows the prompt's rollout trains on: the prompt and an answer of the longest length allowed,
+    `answers` times (what the memory check and the automatic batch size measure)."""
+    budget = prompt.tokens // prompt.policy.generations - len(prompt.input_ids)
+    answer = [prompt.input_ids[-1]] * budget
+    return [Encoded(prompt.input_ids + answer, [IGNORE_INDEX] * len(prompt.input_ids) + answer)] * answers
+
+
 def collate(prompts: list[Prompt], pad_id: int) -> Batch:
-    """The prompts themselves: `rollout` turns them into sampled answers before the loss."""
-    ids = torch.full((len(prompts), 1), pad_id, dtype=torch.long)
-    return Batch(ids, None, ids.clone(), float(len(prompts)), sum(len(p.input_ids) for p in prompts), examples=prompts)
+    """The prompts (`rollout` turns them into sampled answers before the loss), over stand-ins of the rows their
+    rollouts will train on at most."""
+    n = prompts[0].policy.generations
+    batch = collate_rows([row for p in prompts for row in longest_rows(p, n)], pad_id)
+    batch.n_loss, batch.examples = float(len(prompts)), prompts
+    return batch
 
 
 def group_advantages(rewards: np.ndarray) -> np.ndarray:
@@ -121,13 +134,13 @@ def sample(
     was_training = model.training
     model.eval()
     with packed_weights(model) as packs, packs.decode_rows(len(rows)):
-        sampling = {"temperature": train.grpo_temperature, "top_p": 1.0, "top_k": 0}
+        sampling = {"temperature": train.generation_temperature, "top_p": 1.0, "top_k": 0}
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             do_sample=not greedy,
             **({"temperature": None, "top_p": None, "top_k": None} if greedy else sampling),
-            max_new_tokens=train.grpo_max_new_tokens,
+            max_new_tokens=train.max_completion_length,
             eos_token_id=sorted(ends),
             pad_token_id=pad,
         )
@@ -143,7 +156,7 @@ def rollout(model: Any, batch: Batch, train: TrainConfig) -> Batch:
     """Sample answers to the batch's prompts, reward them and give each its advantage: the batch the loss trains on
     (prompt + answer rows, labels on the answer)."""
     prompts: list[Prompt] = batch.examples
-    policy, n = prompts[0].policy, train.grpo_generations
+    policy, n = prompts[0].policy, train.num_generations
     answers = sample(model, policy.tokenizer, [p.input_ids for p in prompts], n, train)
     ends = eos_ids(policy.tokenizer)
     rewards = np.zeros((len(prompts), n))
@@ -202,7 +215,7 @@ def loss_sum(model: Any, batch: Batch, train: TrainConfig) -> torch.Tensor:
     if not batch.filler:
         policy.stats.setdefault("kl", []).extend(_per_answer(kl.detach(), rows, counts))
         policy.stats.setdefault("entropy", []).extend(_per_answer(entropy, rows, counts))
-    return per_answer.sum() / train.grpo_generations
+    return per_answer.sum() / train.num_generations
 
 
 def _per_answer(values: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> list[float]:
