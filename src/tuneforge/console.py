@@ -94,7 +94,9 @@ def print_export(result: Any) -> None:
             log(f"  warning: {problem}")
     if result.target == "merged":
         log(f"  transformers: AutoModelForCausalLM.from_pretrained('{folder}'); vLLM: vllm serve {folder}")
-    if result.target == "classifier":
+    if result.target == "classifier" and facts.get("task") == "reward":
+        log(f"  transformers: pipeline('text-classification', model='{folder}', function_to_apply='none') (the reward)")
+    elif result.target == "classifier":
         log(f"  transformers: pipeline('text-classification', model='{folder}', top_k=None)")
     if result.parity is not None:
         log(result.parity.summary())

@@ -88,6 +88,8 @@ def test_a_reward_model_learns_to_order_separable_pairs(tiny_config, tmp_path: P
     assert details["rewards"]["chosen"]["mean"] > details["rewards"]["rejected"]["mean"]
     assert sum(details["rewards"]["chosen"]["histogram"]) == report.n
     assert set(details["annotators"]) == {"ann", "bob"}
+    page = report.page.read_text(encoding="utf-8") if report.page else ""
+    assert 'id="reward-chart"' in page and 'id="annotators"' in page  # both distributions, agreement per annotator
     # the trained model scores new answers through the reward-model loader RL uses
     scorer = RewardModel.at(str(cfg.run_dir))
     prompt = [{"role": "user", "content": "Item 99: what colour?"}]

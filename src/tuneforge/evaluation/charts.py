@@ -101,3 +101,17 @@ def score_bars(
         figure.legend(loc="outside lower center", ncols=len(models))
         axes.grid(axis="y", visible=False)
         return svg(figure)
+
+
+def histograms(title: str, edges: Sequence[float], counts: Mapping[str, Sequence[int]], xlabel: str) -> str:
+    """Step histograms of several named series on shared bin edges (a reward model's chosen against rejected)."""
+    with matplotlib.rc_context(STYLE):  # type: ignore[arg-type]  # its keys are typed as literals
+        figure = _figure()
+        axes = figure.add_subplot()
+        for i, (name, values) in enumerate(counts.items()):
+            axes.stairs(list(values), list(edges), label=name, color=COLOURS[(i + 1) % len(COLOURS)], linewidth=1.5)
+        axes.set_title(title, loc="left")
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel("answers")
+        axes.legend()
+        return svg(figure)

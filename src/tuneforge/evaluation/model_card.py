@@ -67,14 +67,18 @@ def model_card(run_dir: Path, extra: str = "") -> str:
     cfg = load_run(run_dir)
     facts = lineage(run_dir)
     scores = _json(cfg.run_dir / EVAL)
-    classifier = cfg.train.task == "classify"
+    classifier = cfg.train.task in ("classify", "reward")
     meta = {
         "base_model": facts["base_model"]["hub_id"],
         "library_name": "peft" if cfg.train.method in ("lora", "dora", "qlora") else "transformers",
         "pipeline_tag": "text-classification" if classifier else "text-generation",
         "tags": ["tuneforge", cfg.train.method, cfg.train.task],
     }
-    task = f"classify texts into {len(_labels(run_dir))} classes" if classifier else "answer prompts like those"
+    task = {
+        "classify": f"classify texts into {len(_labels(run_dir))} classes",
+        "reward": "score answers to prompts like those as the annotators preferred them (a reward model: one number, "
+        "higher is preferred)",
+    }.get(cfg.train.task, "answer prompts like those")
     train = cfg.train.model_dump()
     shown = [k for k in HYPERPARAMETERS if train.get(k) is not None]
     shown = [

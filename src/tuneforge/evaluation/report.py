@@ -21,7 +21,7 @@ from tuneforge import __version__
 from tuneforge.config import PrivacyConfig
 from tuneforge.errors import RunError
 from tuneforge.evaluation.bakeoff_view import bakeoff_view
-from tuneforge.evaluation.charts import COLOURS, curve, score_bars
+from tuneforge.evaluation.charts import COLOURS, curve, histograms, score_bars
 from tuneforge.evaluation.predictions import redactor
 from tuneforge.metrics import is_loss, lower_is_better
 from tuneforge.rundir import (
@@ -88,6 +88,7 @@ def write_report(run_dir: Path) -> Path:
         "details": detail_rows(evaluation),
         "bars": _bars(evaluation),
         "confusion": confusion_view(evaluation),
+        "rewards": reward_view(evaluation),
         "examples": examples(run_dir, evaluation, _redactor(config)),
         "forgetting": evaluation.get("forgetting"),
         "training": training_view(run_dir),
@@ -216,6 +217,19 @@ def _bars(evaluation: dict[str, Any]) -> str | None:
     ]
     labels = {m: f"{m} (lower is better)" if lower_is_better(m) else m for m in metrics}
     return score_bars(metrics, list(scores), scores, intervals, labels) if metrics else None
+
+
+def reward_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """A reward model's rewards of chosen against rejected answers and its agreement per annotator; a policy's KL
+    from its base. None for other runs."""
+    tuned = evaluation.get("details", {}).get("tuned", {})
+    if "rewards" not in tuned and "kl_to_base_per_token" not in tuned:
+        return None
+    chart = None
+    if "rewards" in tuned:
+        counts = {name: tuned["rewards"][name]["histogram"] for name in ("chosen", "rejected")}
+        chart = histograms("rewards of held-out answers", tuned["bin_edges"], counts, "reward")
+    return {"chart": chart, "annotators": tuned.get("annotators", {}), "kl": tuned.get("kl_to_base_per_token")}
 
 
 def confusion_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:

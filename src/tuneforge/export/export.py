@@ -15,6 +15,7 @@ from tuneforge.export.adapter import write_adapter
 from tuneforge.export.classifier import check_classifier
 from tuneforge.export.merged import write_merged
 from tuneforge.export.parity import Parity, TransformersRuntime, TuneforgeRuntime, check_chat
+from tuneforge.export.reward import check_reward_model
 from tuneforge.export.runs import Run, open_run, reference_model
 from tuneforge.models import resolve
 from tuneforge.rundir import atomic_write_json
@@ -64,7 +65,9 @@ def export(
     name = f"gguf-{quant.lower()}" if target == "gguf" else target
     out = _free(out or run.cfg.run_dir / EXPORT_DIR / name)
     start = time.perf_counter()
-    facts: dict[str, Any] = {"run": run.cfg.name, "base_model": run.hub_base, "method": run.cfg.train.method}
+    facts: dict[str, Any] = {
+        "run": run.cfg.name, "base_model": run.hub_base, "method": run.cfg.train.method, "task": run.cfg.train.task
+    }  # fmt: skip
     limit, length = prompts, max_new_tokens or run.cfg.evaluate.max_new_tokens
     parity = None
     torch.manual_seed(0)
@@ -109,7 +112,7 @@ def _free(out: Path) -> Path:
 def _card_section(result: ExportResult) -> str:
     """The model card's section on this export: what it is and how it compared with tuneforge's own model."""
     facts = result.facts
-    kinds = {"merged": "merged weights", "peft": "the adapter alone", "classifier": "a text-classification model"}
+    kinds = {"merged": "merged weights", "peft": "the adapter alone", "classifier": "a sequence-classification model"}
     what = kinds.get(result.target, f"GGUF {facts.get('quantisation')}")
     lines = ["## This export", "", f"- {what}, written by `tuneforge export --to {result.target}`"]
     if result.parity is not None:
@@ -133,6 +136,8 @@ def _check_kind(run: Run, target: str) -> None:
 
 def _check_merged(run: Run, out: Path, limit: int, length: int) -> Parity:
     model, tokenizer = reference_model(run)
+    if run.cfg.train.task == "reward":
+        return check_reward_model(run, model, tokenizer, out, limit)
     if run.classifier:
         return check_classifier(run, model, tokenizer, out, limit)
     from transformers import AutoModelForCausalLM, AutoTokenizer
