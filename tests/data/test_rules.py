@@ -270,3 +270,13 @@ def test_every_rule_has_an_example_here() -> None:
     missing = _rules_in_source() - set(ROW_CASES) - set(elsewhere)
     assert not missing, f"rules without an example: {sorted(missing)}"
     assert "personal_data" in _rules_in_source() and len(_rules_in_source()) > 40
+
+
+def test_too_long_records_are_dropped_when_asked(tiny_config, tmp_path: Path) -> None:
+    """clean.drop_too_long turns the too_long error into a removal the report counts (public sets' long tail)."""
+    rows = toy_rows(20) + [chat("Bitte fassen Sie zusammen: " + "Vertrag " * 400, "Kurz.")]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    strict = findings(tiny_config(f"data.path={path}", "data.estimate=false"))
+    assert [i["rule"] for i in strict if i["severity"] == "error"] == ["too_long"]
+    result = prepare(tiny_config(f"data.path={path}", "data.estimate=false", "clean.drop_too_long=true"), check=True)
+    assert result.report["removed"].get("too_long") == 1 and result.report["kept"] == 20

@@ -138,6 +138,11 @@ class CleanConfig(Section):
     )
     min_chars: int = Field(1, ge=0, description="Drop records with fewer characters of text.")
     max_chars: int | None = Field(None, ge=1, description="Drop records with more characters of text.")
+    drop_too_long: bool = Field(
+        False,
+        description="Drop records longer than data.max_seq_len tokens (counted in the data report) instead of "
+        "stopping with an error for each (public sets with a long tail).",
+    )
 
 
 class PrivacyConfig(Section):

@@ -125,7 +125,10 @@ class Scan:
             if n < 0:
                 continue
             if limited and (too_long := check_length(n, self.cfg.data.max_seq_len, record.source)):
-                self.findings.add(too_long)
+                if self.cfg.clean.drop_too_long:
+                    self.findings.remove("too_long", record, f"{n} tokens")
+                else:
+                    self.findings.add(too_long)
                 continue
             record.n_tokens = n
             self._append(record, fixed_test)
