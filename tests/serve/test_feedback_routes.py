@@ -88,3 +88,23 @@ def test_the_annotation_routes_save_pairs_and_report_agreement(tmp_path: Path) -
     assert wrong.status_code == 400
     none = TestClient(create_app([], engine=FakeEngine())).get("/v1/annotations/next", params={"annotator": "a"})
     assert none.status_code == 404 and "--annotate" in none.json()["error"]["message"]
+
+
+def test_serve_sorts_out_reward_runs_and_opens_the_annotation_page(reward_run: Path, tmp_path: Path) -> None:
+    """What `tuneforge serve runs/rm --annotate prompts.txt` builds: the reward model on /v1/rewards, its base model
+    for chat (sampling the annotation page's answers)."""
+    from tuneforge.launch import serving_app
+    from tuneforge.rundir import load_run
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Item 1?\nItem 2?\n")
+    app = serving_app([reward_run], load_run(reward_run), None, None, None, None, None, (prompts, tmp_path / "p.jsonl"))
+    client = TestClient(app)
+    assert (
+        client.post("/v1/rewards", json={"model": "rm", "input": [{"prompt": "Item 1?", "answer": "x"}]}).status_code
+        == 200
+    )
+    served = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert served and "rm" not in served  # the base model answers chat; the reward model only scores
+    item = client.get("/v1/annotations/next", params={"annotator": "ann"}).json()
+    assert item["prompt"] == [{"role": "user", "content": "Item 1?"}] and item["total"] == 2
