@@ -152,14 +152,45 @@ def sample(
     return answers
 
 
-def rollout(model: Any, batch: Batch, train: TrainConfig) -> Batch:
-    """Sample answers to the batch's prompts, reward them and give each its advantage: the batch the loss trains on
-    (prompt + answer rows, labels on the answer)."""
-    prompts: list[Prompt] = batch.examples
+GENERATION_ROWS = 64  # answers sampled in one generate call: a step's prompts together, in chunks of this many rows
+
+
+def rollout(model: Any, batches: list[Batch], train: TrainConfig) -> list[Batch]:
+    """Sample answers to the prompts of a step's micro-batches (all in one generation pass: a micro-batch holds few
+    prompts where prompts are long, and generating them one micro-batch at a time ran at a quarter of the batch),
+    reward them, give each its advantage; return the micro-batches the loss trains on (prompt + answer rows, labels
+    on the answer), each with the prompts it came with."""
+    prompts = [p for b in batches for p in b.examples]
     policy, n = prompts[0].policy, train.num_generations
-    answers = sample(model, policy.tokenizer, [p.input_ids for p in prompts], n, train)
+    per_call = max(1, GENERATION_ROWS // n)
+    answers: list[list[int]] = []
+    for start in range(0, len(prompts), per_call):
+        part = prompts[start : start + per_call]
+        answers += sample(model, policy.tokenizer, [p.input_ids for p in part], n, train)
+    advantages = _rewarded(prompts, answers, n, batches)
+    out, at = [], 0
+    for batch in batches:
+        k = len(batch.examples)
+        mine = answers[at * n : (at + k) * n]
+        rows = [
+            Encoded(p.input_ids + a, [IGNORE_INDEX] * len(p.input_ids) + a)
+            for p, a in zip([p for p in batch.examples for _ in range(n)], mine, strict=True)
+        ]
+        done = collate_rows(rows, int(policy.tokenizer.pad_token_id))
+        done.n_loss, done.filler, done.examples = float(k), batch.filler, batch.examples
+        done.extra["advantage"] = torch.tensor(advantages[at * n : (at + k) * n], dtype=torch.float32)
+        out.append(done)
+        at += k
+    return out
+
+
+def _rewarded(prompts: list[Prompt], answers: list[list[int]], n: int, batches: list[Batch]) -> np.ndarray:
+    """Every answer's advantage within its prompt's group (prompt-major), the step's rewards logged (filler batches'
+    left out)."""
+    policy = prompts[0].policy
     ends = eos_ids(policy.tokenizer)
     rewards = np.zeros((len(prompts), n))
+    counted = [not b.filler for b in batches for _ in b.examples]
     for i, prompt in enumerate(prompts):
         group = answers[i * n : (i + 1) * n]
         texts = [policy.tokenizer.decode([t for t in a if t not in ends], skip_special_tokens=True) for a in group]
@@ -167,18 +198,12 @@ def rollout(model: Any, batch: Batch, train: TrainConfig) -> Batch:
             policy.rewards, policy.weights, prompt.messages, texts, prompt.reference, [len(a) for a in group]
         )
         rewards[i] = total
-        for name, values in parts.items():
-            policy.stats.setdefault(f"reward_{name}", []).extend(values.tolist())
-    policy.stats.setdefault("reward", []).extend(rewards.ravel().tolist())
-    policy.stats.setdefault("answer_tokens", []).extend(len(a) for a in answers)
-    rows = [
-        Encoded(p.input_ids + a, [IGNORE_INDEX] * len(p.input_ids) + a)
-        for p, a in zip([p for p in prompts for _ in range(n)], answers, strict=True)
-    ]
-    out = collate_rows(rows, int(policy.tokenizer.pad_token_id))
-    out.n_loss, out.filler, out.examples = float(len(prompts)), batch.filler, prompts
-    out.extra["advantage"] = torch.tensor(group_advantages(rewards).ravel(), dtype=torch.float32)
-    return out
+        if counted[i]:
+            for name, values in parts.items():
+                policy.stats.setdefault(f"reward_{name}", []).extend(values.tolist())
+            policy.stats.setdefault("reward", []).extend(total.tolist())
+            policy.stats.setdefault("answer_tokens", []).extend(len(a) for a in group)
+    return group_advantages(rewards).ravel()
 
 
 @contextlib.contextmanager

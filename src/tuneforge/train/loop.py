@@ -239,7 +239,7 @@ def _optimizer_step(run: _Run, group: list[Batch], n_loss: float) -> float:
     cfg = run.cfg
     if run.task.rollout is not None:
         with run.fast.paused():
-            group = [run.task.rollout(run.par.unwrap(run.model), b, cfg.train) for b in group]
+            group = run.task.rollout(run.par.unwrap(run.model), group, cfg.train)
     return optimizer_step(
         run.model,
         group,

@@ -101,8 +101,9 @@ class Task:
     mix: Callable[[list[Any], TaskContext], list[Any]] | None = None  # resamples the training split (multitask)
     group: Callable[[Any], str] | None = None  # the group an example is scored under (multitask: its task)
     labels: tuple[str, ...] | None = None  # a head of fixed outputs (reward: one score) instead of data's classes
-    # rollout(model, batch, train) -> the batch the loss trains on: samples answers first (grpo), outside autocast
-    rollout: Callable[[Any, Batch, TrainConfig], Batch] | None = None
+    # rollout(model, a step's micro-batches, train) -> the micro-batches the loss trains on: samples answers first
+    # (grpo), outside autocast
+    rollout: Callable[[Any, list[Batch], TrainConfig], list[Batch]] | None = None
     # validate(model, examples, train, device) -> metrics.jsonl fields with the "val_loss" early stopping follows
     validate: Callable[[Any, list[Any], TrainConfig, str], dict[str, float]] | None = None
     stats: Callable[[list[Any]], dict[str, float]] | None = None  # (training split) -> this step's own figures
