@@ -9,6 +9,7 @@ import torch
 
 from tuneforge.data import prepare
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_prompt
+from tuneforge.errors import DataError
 from tuneforge.evaluation import evaluate
 from tuneforge.models import load_model, load_tokenizer
 from tuneforge.rundir import METRICS
@@ -151,3 +152,21 @@ def test_grpo_trains_with_every_method(method: str, tiny_config, tmp_path: Path)
     rows = [json.loads(line) for line in (cfg.run_dir / METRICS).read_text().splitlines()]
     assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0, [r["kl"] for r in rows]
     assert (cfg.run_dir / "model" / ("adapter_config.json" if method == "dora" else "config.json")).is_file()
+
+
+def test_prompts_without_answers_train_on_rewards_that_need_none(tiny_config, tmp_path: Path) -> None:
+    """The prompt format (no answers) trains with a length reward; a reward that compares with a reference answer
+    is refused before the first step, with the count of prompts lacking one."""
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Item {i}: what colour?"} for i in range(12)])
+    common = [f"data.path={data}", "train.task=grpo", "data.estimate=false", "data.test_size=0", "data.val_size=0",
+              "train.max_completion_length=6", "train.max_steps=1", "train.batch_size=4"]  # fmt: skip
+    cfg = tiny_config(*common, "train.rewards={length: 1.0}", "train.reward_length_budget=3")
+    prepare(cfg)
+    train(cfg, **QUIET)
+    assert json.loads((cfg.run_dir / METRICS).read_text().splitlines()[0])["reward"] > 0
+    refused = tiny_config(*common, "train.rewards={json_valid: 1.0}", "name=refused")
+    prepare(refused)
+    with pytest.raises(
+        DataError, match=r"12 of 12 prompts have no reference answer, and train.rewards \['json_valid'\]"
+    ):
+        train(refused, **QUIET)

@@ -32,6 +32,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.cpu.weight_packs import packed_weights
 from tuneforge.data.records import Messages
 from tuneforge.data.tokenize import IGNORE_INDEX, Encoded, encode_prompt
+from tuneforge.errors import DataError
 from tuneforge.generation import eos_ids
 from tuneforge.train.lm import collate as collate_rows
 from tuneforge.train.lm import labelled_logits
@@ -90,6 +91,14 @@ def load_grpo(path: Path, tokenizer: Any, context: TaskContext) -> list[Prompt]:
         reference = messages[-1]["content"] if answered else None
         tokens = (len(ids) + train.max_completion_length) * train.num_generations
         prompts.append(Prompt(prompt, ids, reference, policy, tokens))
+    compared = sorted(set(train.rewards) - {"model", "regex", "length"})  # the rewards that need a reference answer
+    missing = sum(1 for p in prompts if p.reference is None)
+    if compared and missing:
+        raise DataError(
+            f"{path}: {missing} of {len(prompts)} prompts have no reference answer, and train.rewards {compared} "
+            "compare answers with one",
+            "give every prompt its answer (chat rows ending with the assistant), or reward with model/regex/length",
+        )
     return prompts
 
 
