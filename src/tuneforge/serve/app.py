@@ -73,9 +73,7 @@ def create_app(
         engine = CombinedEngine(engine, classifiers)
     assert engine is not None
     app.state.engine = engine
-    app.state.classifiers = classifiers
-    app.state.rewards = rewards
-    app.state.annotation = annotation
+    app.state.classifiers, app.state.rewards, app.state.annotation = classifiers, rewards, annotation
     app.state.retrieval = retrieval
     app.state.files = files
     app.state.runner = _job_runner(files, engine) if files is not None and run_jobs else None

@@ -34,19 +34,24 @@ from tuneforge.train.tasks import TASKS, Task, TaskContext, largest_micro_batch,
 PROBE_BATCHES = 3  # timed typical micro-batches (after one untimed warm-up on the longest)
 
 
+def _unmeasurable(cfg: RunConfig, task: Task, data: TrainingData) -> str | None:
+    """Why no estimate can be made: records of another kind, or a task whose time goes to sampling answers (grpo,
+    best_of_n), which a few probe steps on stand-in rows would not measure."""
+    if task.reads != data.kind:
+        return f"train.task={cfg.train.task} trains on {task.reads} records, these are {data.kind}"
+    if task.rollout is not None or (task.setup is not None and task.reads == "chat"):
+        return f"train.task={cfg.train.task} samples its answers while it trains; bench/grpo.py measures its steps"
+    return None
+
+
 def estimate_training(cfg: RunConfig, data: TrainingData) -> dict[str, Any]:
     """Measured speed and peak memory of training `cfg` on the prepared training split `data` describes.
 
     Returns the figures the data report shows, or {"unavailable": why} when train.task reads other records.
     """
     task = TASKS[cfg.train.task]
-    if task.reads != data.kind:
-        return {"unavailable": f"train.task={cfg.train.task} trains on {task.reads} records, these are {data.kind}"}
-    if task.rollout is not None or (task.setup is not None and task.reads == "chat"):  # grpo, best_of_n
-        return {  # the time goes to sampling answers, which a few probe steps on stand-in rows would not measure
-            "unavailable": f"train.task={cfg.train.task} samples its answers while it trains; bench/grpo.py measures "
-            "its steps"
-        }
+    if (why := _unmeasurable(cfg, task, data)) is not None:
+        return {"unavailable": why}
     cfg, context = _probe_config(cfg, data.labels)
     device = pick_device()
     precision = resolve_precision(cfg.train.precision, device)
