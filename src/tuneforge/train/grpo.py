@@ -36,6 +36,7 @@ from tuneforge.errors import DataError
 from tuneforge.generation import eos_ids
 from tuneforge.train.lm import collate as collate_rows
 from tuneforge.train.lm import labelled_logits
+from tuneforge.train.parallel import unwrap
 from tuneforge.train.rewards import RewardFn, combined_rewards, reward_functions
 from tuneforge.train.tasks import Batch, Task, TaskContext, register, rows_with
 
@@ -239,7 +240,7 @@ def loss_sum(model: Any, batch: Batch, train: TrainConfig) -> torch.Tensor:
         entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
     kl = torch.zeros_like(logps)
     if train.grpo_beta > 0:
-        with torch.no_grad(), starting_model(model, policy) as start:
+        with torch.no_grad(), starting_model(unwrap(model)[0], policy) as start:  # not through DDP's wrapper
             ref_logits, _, _ = labelled_logits(start, batch)
             ref = -F.cross_entropy(ref_logits, targets, reduction="none")
         diff = ref - logps
