@@ -60,17 +60,19 @@ def read_key() -> str:
 
 def show(session: Annotation, annotator: str, item: Item, width: int) -> None:
     """The prompt, then the two answers side by side with the annotator's progress."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     done, total = session.progress(annotator)
-    out.rule(f"[{done + 1}/{total}] {annotator}")
-    for message in item.prompt:
-        out.print(f"[bold]{message['role']}:[/bold] {message['content']}", markup=True, highlight=False)
+    out.rule(escape(f"[{done + 1}/{total}] {annotator}"))
+    for message in item.prompt:  # the texts are data: brackets in them are not markup
+        out.print(f"[bold]{escape(message['role'])}:[/bold] {escape(str(message['content']))}", highlight=False)
     left, right = session.shown(annotator, item)
     table = Table(show_lines=True, expand=True)
     table.add_column("left (1)")
     table.add_column("right (2)")
-    table.add_row(textwrap.shorten(left, 4000), textwrap.shorten(right, 4000))
+    table.add_row(Text(left[:4000]), Text(right[:4000]))  # as written (line breaks kept), never read as markup
     out.print(table)
     out.print(KEY_HELP, highlight=False)
 
