@@ -26,8 +26,9 @@ constant (no warm-up), AdamW, clipping at 1.0, seed 0:
                bf16=True: accelerate's bf16 autocast around the model's forward), use_cpu on a CPU;
                TRL's defaults otherwise, gradient checkpointing included (`--trl key=value` changes one).
 Both divide by the group's sample standard deviation (Bessel-corrected, as TRL does). Not matched: each side shuffles
-the prompts its own way, so the steps see different prompts (of similar length). Both sample the answers in fp32 without autocast (TRL's generate
-bypasses accelerate's autocast wrapper) and run the loss forward under bf16 autocast where the precision is bf16.
+the prompts its own way, so the steps see different prompts (of similar length). Both sample the answers in fp32
+without autocast (TRL's generate bypasses accelerate's autocast wrapper) and run the loss forward under bf16 autocast
+where the precision is bf16.
 
 Every variant runs 1 + --steps optimizer steps in its own process (so its peak RSS is its own); the first is the
 warm-up, the rest are timed (tuneforge: elapsed_s of runs/<name>/metrics.jsonl; TRL: on_step_end timestamps).
